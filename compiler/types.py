@@ -1,0 +1,121 @@
+"""Central value types passed between pipeline stages (frozen dataclasses).
+
+Rendered files, file trees, observed host state, plans and releases. No behaviour beyond
+digests and small lookups: each stage module owns its logic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedFile:
+    """One file the compiler wants on a host. `path` is absolute on the host."""
+
+    path: str
+    content: bytes
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+    role: str = ""
+    sensitive: bool = False  # never print its content (passwords, keys)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class FileTree(Mapping[str, RenderedFile]):
+    """All files for one host, by absolute path."""
+
+    files: Mapping[str, RenderedFile] = field(default_factory=dict)
+
+    def __getitem__(self, path: str) -> RenderedFile:
+        return self.files[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.files))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def digest(self) -> str:
+        """Stable digest of paths, metadata and contents: the release's identity."""
+        h = hashlib.sha256()
+        for path in self:
+            f = self.files[path]
+            h.update(f"{path}\0{f.mode:o}\0{f.owner}\0{f.group}\0{f.sha256}\n".encode())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedFile:
+    sha256: str
+    mode: int
+    owner: str
+    group: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    """What is on the host now: the current release and every managed file's metadata.
+    `files` covers the paths of the current manifest plus the desired ones (missing → absent)."""
+
+    release_id: str | None
+    files: Mapping[str, ObservedFile] = field(default_factory=dict)
+    # Content of managed files as recorded in the current release (for diffs); may be partial.
+    previous: Mapping[str, bytes] = field(default_factory=dict)
+
+
+class ChangeKind(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    path: str
+    kind: ChangeKind
+    before: bytes | None
+    after: bytes | None
+    role: str = ""
+    sensitive: bool = False
+    drift: bool = False  # the host's file differs from what the current release installed
+    meta_only: bool = False  # only mode/owner differ
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """What a role does once its files changed: validate staged files, then reload/restart."""
+
+    role: str
+    service: str
+    action: str  # "reload" | "restart"
+    validate: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    host: str
+    changes: tuple[FileChange, ...]
+    activations: tuple[Activation, ...]
+    tree_digest: str
+    current_release: str | None
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    id: str
+    tree_digest: str
+    previous_id: str | None

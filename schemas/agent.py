@@ -1,0 +1,50 @@
+"""The agent's config file (`agent.json`): everything the runtime needs, rendered by the compiler.
+
+This is the only channel from compiler to agent. The agent validates it with `AgentConfig`
+(`AgentConfig.model_validate_json`) and never reads the inventory.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from schemas.common import Address, DomainName, Frozen, SafeLine
+from schemas.domain import SenderList
+from schemas.policy import FailAction, FilterLine, Limits, SpamPolicy
+
+AGENT_CONFIG_VERSION = 1
+
+
+class AgentAccount(Frozen):
+    """One local mailbox account as the agent sees it; `limits` are fully resolved."""
+
+    enabled: bool = True
+    whitelist: SenderList = SenderList()
+    blacklist: SenderList = SenderList()
+    limits: Limits
+
+
+class AgentConfig(Frozen):
+    version: int = AGENT_CONFIG_VERSION
+    host: str
+    hostname: DomainName
+    listen: SafeLine  # "unix:/run/mailcfg/policy.sock" or "tcp:127.0.0.1:10031"
+    state: SafeLine  # "sqlite:///path/state.db" or "redis://host:port/db"
+    local_domains: list[DomainName]
+    accounts: dict[Address, AgentAccount] = Field(default_factory=dict)
+    redirects: dict[Address, list[Address]] = Field(default_factory=dict)
+    global_filter: list[FilterLine] = Field(default_factory=list)
+    global_filter_reject_text: SafeLine
+    whitelist_reject_text: SafeLine
+    whitelist_notice: bool = False
+    spam: SpamPolicy = SpamPolicy()
+    default_limits: Limits
+    fail_action_inbound: FailAction = FailAction.DUNNO
+    fail_action_outbound: FailAction = FailAction.TEMPFAIL
+    postmaster: Address
+    # Where the agent submits notices and alerts (local Postfix, trusted by mynetworks).
+    notify_smtp: SafeLine = "127.0.0.1:25"
+    # Logs the follower reads (Postfix maillog_file or syslog's mail log; Dovecot's log_path).
+    logs: list[SafeLine] = Field(default_factory=list)
+    postfix_config_dir: SafeLine = "/etc/postfix"
+    state_dir: SafeLine = "/var/lib/mailcfg/agent"

@@ -1,0 +1,115 @@
+"""One mail domain: accounts, redirects, per-account lists, autoresponders, domain admins.
+
+Declared in `inventory/domains/<domain>.yml`; a file may only declare objects of its own domain.
+Names are local parts ("alice") or full addresses of the file's domain ("alice@example.com").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from schemas.common import (
+    Address,
+    DomainName,
+    Frozen,
+    SafeLine,
+    SafeText,
+    SenderPattern,
+    Token,
+    check_local_part,
+)
+from schemas.password import PasswordHash
+from schemas.policy import LimitsOverride
+
+_SIZE_RE = re.compile(r"^(\d+)\s*([KMGT]?)B?$", re.I)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(value: object) -> object:
+    """Accept 1073741824, "1G", "512M", "0" (unlimited)."""
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value.strip())
+        if not m:
+            raise ValueError(f"{value!r} is not a size (bytes, or a number with K, M, G or T)")
+        return int(m.group(1)) * _UNITS[m.group(2).upper()]
+    return value
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+
+
+def _name(value: str) -> str:
+    """Local part, or the full address (domain checked against the file's domain later)."""
+    if "@" in value:
+        local, _, domain = value.rpartition("@")
+        return f"{check_local_part(local)}@{domain.lower()}"
+    return check_local_part(value)
+
+
+Name = Annotated[str, BeforeValidator(lambda v: _name(v) if isinstance(v, str) else v)]
+
+
+class SenderList(Frozen):
+    """A white or black list: entries are full addresses or '@domain'."""
+
+    enabled: bool = False
+    entries: list[SenderPattern] = Field(default_factory=list)
+
+
+class Autoresponder(Frozen):
+    enabled: bool = True
+    subject: SafeLine
+    body: SafeText
+    only_whitelisted: bool = False
+    start: dt.date | None = None
+    end: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _dates(self) -> Autoresponder:
+        if self.start and self.end and self.end < self.start:
+            raise ValueError("autoresponder end date is before its start date")
+        return self
+
+
+class Account(Frozen):
+    name: Name
+    password: PasswordHash
+    quota: Size = 0  # bytes; 0 = unlimited
+    imap: bool = True
+    pop3: bool = True
+    enabled: bool = True
+    whitelist: SenderList = SenderList()
+    blacklist: SenderList = SenderList()
+    autoresponder: Autoresponder | None = None
+    limits: LimitsOverride | None = None
+
+
+class Redirect(Frozen):
+    """Mail to `name` goes to every address in `to` (any domain). On an account that has a
+    mailbox, the redirect wins; removing it restores the mailbox."""
+
+    name: Name
+    to: list[Address] = Field(min_length=1)
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class Domain(Frozen):
+    domain: DomainName
+    admins: list[Token] = Field(default_factory=list)  # CODEOWNERS owners (@user, @org/team, mail)
+    accounts: list[Account] = Field(default_factory=list)
+    redirects: list[Redirect] = Field(default_factory=list)
+
+    def address_of(self, name: str) -> str:
+        """Full address for a declared name (local part or full address)."""
+        return name if "@" in name else f"{name}@{self.domain}"
+
+
+__all__ = ["Account", "Address", "Autoresponder", "Domain", "Redirect", "SenderList", "Size"]

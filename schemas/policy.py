@@ -1,0 +1,176 @@
+"""Server policy: listeners, TLS, size limits, global filter, spam checks, sending limits, paths.
+
+Set once in `mailcfg.yml` under `policy:`; groups and hosts override any part of it.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, field_validator
+
+from schemas.common import Address, DomainName, Frozen, Port, SafeLine, Token
+
+
+def check_filter_line(value: str) -> str:
+    """A global filter line: plain text (case-insensitive substring of the sender) or /regex/."""
+    if "\n" in value or "\r" in value or not value.strip():
+        raise ValueError("a filter line must be one non-empty line")
+    if len(value) >= 2 and value.startswith("/") and value.endswith("/"):
+        try:
+            re.compile(value[1:-1], re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
+    return value
+
+
+FilterLine = Annotated[str, AfterValidator(check_filter_line)]
+
+
+class Listener(Frozen):
+    """One listening service. `port` may be moved (tests, NAT); `enabled` switches it off."""
+
+    enabled: bool = True
+    port: Port
+    address: Token = "all"
+
+
+class Listeners(Frozen):
+    smtp: Listener = Listener(port=25)
+    submission: Listener = Listener(port=587)
+    submission_alt: Listener = Listener(port=2525)
+    smtps: Listener = Listener(port=465)
+    imap: Listener = Listener(port=143)
+    imaps: Listener = Listener(port=993)
+    pop3: Listener = Listener(port=110)
+    pop3s: Listener = Listener(port=995)
+    lmtp: Listener = Listener(port=24, address="127.0.0.1")
+
+
+class Tls(Frozen):
+    cert: Token = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
+    key: Token = "/etc/ssl/private/ssl-cert-snakeoil.key"
+    min_protocol: Token = "TLSv1.2"
+
+
+class KnownDnsbl(StrEnum):
+    SPAMHAUS_ZEN = "zen.spamhaus.org"
+    SPAMCOP = "bl.spamcop.net"
+    SORBS = "dnsbl.sorbs.net"
+    BARRACUDA = "b.barracudacentral.org"
+    MAILSPIKE = "bl.mailspike.net"
+    PSBL = "psbl.surriel.com"
+
+
+class Dnsbl(Frozen):
+    """A DNS blacklist zone; `listed` limits which A answers count as a listing (Spamhaus
+    returns 127.255.255.x for errors, which must never reject)."""
+
+    zone: DomainName
+    listed: list[Token] = Field(default_factory=lambda: ["127.0.0.2-127.0.0.254"])
+
+
+class SpamPolicy(Frozen):
+    spf: bool = True
+    dnsbl: list[KnownDnsbl] = Field(default_factory=list)
+    custom_dnsbl: list[Dnsbl] = Field(default_factory=list)
+    dns_timeout: float = Field(default=2.0, gt=0, le=30)
+    # Nameservers the agent queries (tests point this at a loopback server); empty: system's.
+    nameservers: list[Token] = Field(default_factory=list)
+
+
+class OnExceed(StrEnum):
+    LOCK = "lock"  # defer and lock the account until `mailcfg-agent unlock`
+    DEFER = "defer"  # defer only while over the window
+
+
+class CountBy(StrEnum):
+    RECIPIENTS = "recipients"
+    MESSAGES = "messages"
+
+
+class Limits(Frozen):
+    """Outbound sending limits of an account; `None` means unlimited for that window."""
+
+    per_hour: int | None = Field(default=None, ge=0)
+    per_day: int | None = Field(default=None, ge=0)
+    per_month: int | None = Field(default=None, ge=0)
+    on_exceed: OnExceed = OnExceed.LOCK
+    count: CountBy = CountBy.RECIPIENTS
+
+
+class LimitsOverride(Frozen):
+    """Per-account override: only the windows given replace the defaults."""
+
+    per_hour: int | None = Field(default=None, ge=0)
+    per_day: int | None = Field(default=None, ge=0)
+    per_month: int | None = Field(default=None, ge=0)
+
+
+class FailAction(StrEnum):
+    DUNNO = "DUNNO"
+    DEFER = "DEFER_IF_PERMIT"
+    TEMPFAIL = "DEFER"
+
+
+class Paths(Frozen):
+    """Where things live on the host. Defaults are Debian's; tests move them to temp roots."""
+
+    postfix_config_dir: Token = "/etc/postfix"
+    postfix_queue_dir: Token = "/var/spool/postfix"
+    postfix_data_dir: Token = "/var/lib/postfix"
+    dovecot_config_dir: Token = "/etc/dovecot"
+    dovecot_base_dir: Token = "/run/dovecot"
+    mail_root: Token = "/var/vmail"
+    vmail_user: Token = "vmail"
+    vmail_uid: int = Field(default=5000, ge=1)
+    vmail_gid: int = Field(default=5000, ge=1)
+    agent_config_dir: Token = "/etc/mailcfg"
+    agent_state_dir: Token = "/var/lib/mailcfg/agent"
+    agent_socket: Token = "/run/mailcfg/policy.sock"
+    maillog_file: Token | None = None  # None: syslog (/var/log/mail.log)
+    mail_log: Token = "/var/log/mail.log"
+    dovecot_log: Token | None = None
+    systemd_unit_dir: Token = "/etc/systemd/system"
+
+
+class ServerPolicy(Frozen):
+    trusted_networks: list[Token] = Field(default_factory=lambda: ["127.0.0.0/8", "[::1]/128"])
+    listeners: Listeners = Listeners()
+    tls: Tls = Tls()
+    message_size_limit: int = Field(default=45_000_000, ge=1_000)
+    recipient_limit: int = Field(default=100, ge=1)
+    helo_required: bool = True
+    disable_vrfy: bool = True
+    reject_unknown_sender_domain: bool = True
+    smtpd_client_connection_count_limit: int = Field(default=10, ge=1)
+    default_process_limit: int = Field(default=100, ge=1)
+    smtpd_timeout: Token = "180s"
+    smtpd_error_sleep_time: Token = "3s"
+    global_filter: list[FilterLine] = Field(default_factory=list)
+    global_filter_reject_text: SafeLine = "Sender rejected by the server's input filter"
+    whitelist_reject_text: SafeLine = (
+        "Recipient accepts mail only from approved senders; ask the recipient to add you"
+    )
+    whitelist_notice: bool = False  # optional explanation mail to rejected senders
+    spam: SpamPolicy = SpamPolicy()
+    limits: Limits = Limits(per_hour=200, per_day=1000, per_month=20000)
+    policy_fail_action_inbound: FailAction = FailAction.DUNNO
+    policy_fail_action_outbound: FailAction = FailAction.TEMPFAIL
+    policy_state: SafeLine = "sqlite:///var/lib/mailcfg/agent/state.db"
+    postmaster: Address | None = None  # default postmaster@<first domain of the host>
+    paths: Paths = Paths()
+    # Extra main.cf parameters (role defaults < group < host); values are single lines.
+    postfix_main: dict[Token, SafeLine] = Field(default_factory=dict)
+    dovecot_auth_failure_delay: Token = "2s"
+    keep_releases: int = Field(default=5, ge=1)
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[0-9.]+)(/\d{1,3})?$", net):
+                raise ValueError(f"{net!r} is not a network (a.b.c.d/n or [v6]/n)")
+        return value
