@@ -1,0 +1,1 @@
+"""Agent state (counters, locks, once-ledgers, statistics, log positions) behind one interface."""
