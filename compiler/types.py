@@ -93,12 +93,21 @@ class FileChange:
 
 @dataclass(frozen=True, slots=True)
 class Activation:
-    """What a role does once its files changed: validate staged files, then reload/restart."""
+    """What a role does once its files changed, as shell commands run on the host.
+
+    `build` and `validate` run against the staged tree: `{stage}` in them is replaced by the
+    staging directory that mirrors "/" (a staged /etc/postfix/main.cf is at
+    `{stage}/etc/postfix/main.cf`). `build` makes derived files in staging (postmap), which are
+    installed with the rendered ones (before them). `apply` runs after install: reload or restart
+    (empty when the service watches its own files)."""
 
     role: str
     service: str
-    action: str  # "reload" | "restart"
+    action: str  # "reload" | "restart" | "none"
+    build: tuple[str, ...] = ()
     validate: tuple[str, ...] = ()
+    apply: tuple[str, ...] = ()
+    verify: tuple[str, ...] = ()  # after apply: the service answers
 
 
 @dataclass(frozen=True, slots=True)
