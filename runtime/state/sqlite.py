@@ -1,0 +1,265 @@
+"""SQLite state backend: the embedded default (`sqlite:///var/lib/mailcfg/agent/state.db`).
+
+One connection, WAL journal, `synchronous=NORMAL`. Every public call is one transaction
+(`BEGIN IMMEDIATE` for writes, so the read-check-write of a limit is atomic against other
+connections and processes sharing the file) and is committed before the call returns.
+
+Durability: in WAL mode a COMMIT appends the transaction to the `-wal` file with write(2)
+before returning; `synchronous=NORMAL` only skips the fsync. A `kill -9` of the agent cannot
+lose data already handed to the kernel, so every decision the agent answered is counted after a
+restart. Only a power loss or kernel crash can drop the last transactions (FULL would fsync
+each commit, ~100x slower; not worth it for rate counters).
+
+Tables: `usage` (one row per account: current hour/day/month bucket and count), `locks`,
+`once_keys`, `stats` (day, account, counter), `positions` (log follower offsets).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from runtime.state.base import STAT_COUNTERS, Consumption, StatRow, Window
+from runtime.state.limits import (
+    WINDOW_NAMES,
+    LimitRequest,
+    LimitResult,
+    bucket_keys,
+    check_windows,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    account TEXT PRIMARY KEY,
+    hour_key INTEGER NOT NULL, hour_n INTEGER NOT NULL,
+    day_key INTEGER NOT NULL, day_n INTEGER NOT NULL,
+    month_key INTEGER NOT NULL, month_n INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS locks (
+    account TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS once_keys (key TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stats (
+    day TEXT NOT NULL, account TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (day, account, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS positions (
+    name TEXT PRIMARY KEY, identity TEXT NOT NULL, offset INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+_SELECT_USAGE = (
+    "SELECT hour_key, hour_n, day_key, day_n, month_key, month_n FROM usage WHERE account = ?"
+)
+_UPSERT_USAGE = (
+    "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET "
+    "hour_key = excluded.hour_key, hour_n = excluded.hour_n, day_key = excluded.day_key, "
+    "day_n = excluded.day_n, month_key = excluded.month_key, month_n = excluded.month_n"
+)
+_SELECT_LOCK = "SELECT 1 FROM locks WHERE account = ?"
+_INSERT_LOCK = "INSERT OR IGNORE INTO locks VALUES (?, ?, ?)"
+
+
+class SqliteStore:
+    """`StateStore` + `LimitStore` on one SQLite file. Thread-safe (one lock per store)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are explicit, so nothing stays open between calls.
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+        )
+        self._mutex = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    # -- limits ---------------------------------------------------------------------------
+
+    def _usage(self, account: str, now: float) -> tuple[tuple[int, int, int], list[int]]:
+        keys = bucket_keys(now)
+        row = self._db.execute(_SELECT_USAGE, (account,)).fetchone()
+        counts = [0, 0, 0]
+        if row is not None:
+            for i in range(3):
+                if row[2 * i] == keys[i]:
+                    counts[i] = row[2 * i + 1]
+        return keys, counts
+
+    def _add(
+        self,
+        account: str,
+        amount: int,
+        windows: Sequence[Window],
+        now: float,
+        force: bool,
+    ) -> tuple[bool, str | None, dict[str, int]]:
+        keys, counts = self._usage(account, now)
+        exceeded = None
+        for w in windows:
+            i = _INDEX[w.name]
+            if counts[i] + amount > w.limit:
+                exceeded = w.name
+                break
+        if exceeded is None or force:
+            counts = [c + amount for c in counts]
+            self._db.execute(
+                _UPSERT_USAGE,
+                (account, keys[0], counts[0], keys[1], counts[1], keys[2], counts[2]),
+            )
+        # With force the amount was added anyway; `exceeded` then says a window is now over.
+        return exceeded is None, exceeded, dict(zip(WINDOW_NAMES, counts, strict=True))
+
+    def consume(
+        self,
+        account: str,
+        amount: int,
+        windows: Sequence[Window],
+        now: float,
+        *,
+        force: bool = False,
+    ) -> Consumption:
+        check_windows(windows)
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                allowed, exceeded, counts = self._add(account, amount, windows, now, force)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return Consumption(allowed=allowed, exceeded=exceeded, counts=counts)
+
+    def consume_limits(self, requests: Sequence[LimitRequest]) -> list[LimitResult]:
+        for r in requests:
+            check_windows(r.windows)
+        results: list[LimitResult] = []
+        db = self._db
+        with self._mutex:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for r in requests:
+                    if db.execute(_SELECT_LOCK, (r.account,)).fetchone() is not None:
+                        results.append(LimitResult(False, True, None, False, {}))
+                        continue
+                    allowed, exceeded, counts = self._add(
+                        r.account, r.amount, r.windows, r.now, False
+                    )
+                    newly = False
+                    if not allowed and r.lock:
+                        db.execute(_INSERT_LOCK, (r.account, r.reason, r.now))
+                        newly = True
+                    results.append(LimitResult(allowed, False, exceeded, newly, counts))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return results
+
+    # -- locks and once-ledger ------------------------------------------------------------
+
+    def _write(self, sql: str, params: Sequence[object]) -> int:
+        with self._mutex:
+            return self._db.execute(sql, params).rowcount
+
+    def lock(self, account: str, reason: str, now: float) -> bool:
+        return self._write(_INSERT_LOCK, (account, reason, now)) == 1
+
+    def unlock(self, account: str) -> bool:
+        return self._write("DELETE FROM locks WHERE account = ?", (account,)) == 1
+
+    def is_locked(self, account: str) -> bool:
+        with self._mutex:
+            return self._db.execute(_SELECT_LOCK, (account,)).fetchone() is not None
+
+    def locks(self) -> Mapping[str, str]:
+        with self._mutex:
+            rows = self._db.execute("SELECT account, reason FROM locks ORDER BY account")
+            return dict(rows.fetchall())
+
+    def once(self, key: str, ttl: float, now: float) -> bool:
+        # One statement: insert, or take over an expired key; rowcount says which happened.
+        sql = (
+            "INSERT INTO once_keys VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+            "expires = excluded.expires WHERE once_keys.expires <= ?"
+        )
+        return self._write(sql, (key, now + ttl, now)) == 1
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def add_stats(self, day: str, account: str, counters: Mapping[str, int]) -> None:
+        rows = [(day, account, name, n) for name, n in counters.items() if n]
+        if not rows:
+            return
+        sql = (
+            "INSERT INTO stats VALUES (?, ?, ?, ?) ON CONFLICT(day, account, name) "
+            "DO UPDATE SET value = value + excluded.value"
+        )
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def set_stat(self, day: str, account: str, name: str, value: int) -> None:
+        sql = (
+            "INSERT INTO stats VALUES (?, ?, ?, ?) ON CONFLICT(day, account, name) "
+            "DO UPDATE SET value = excluded.value"
+        )
+        self._write(sql, (day, account, name, value))
+
+    def stats(self, day: str | None = None, account: str | None = None) -> list[StatRow]:
+        sql = "SELECT day, account, name, value FROM stats WHERE 1=1"
+        params: list[str] = []
+        if day is not None:
+            sql += " AND day = ?"
+            params.append(day)
+        if account is not None:
+            sql += " AND account = ?"
+            params.append(account)
+        with self._mutex:
+            rows = self._db.execute(sql + " ORDER BY day, account", params).fetchall()
+        return group_stats(rows)
+
+    # -- log positions --------------------------------------------------------------------
+
+    def get_position(self, name: str) -> tuple[str, int] | None:
+        with self._mutex:
+            row = self._db.execute(
+                "SELECT identity, offset FROM positions WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def set_position(self, name: str, identity: str, offset: int) -> None:
+        self._write("INSERT OR REPLACE INTO positions VALUES (?, ?, ?)", (name, identity, offset))
+
+    def close(self) -> None:
+        with self._mutex:
+            self._db.close()
+
+
+_INDEX = {"hour": 0, "day": 1, "month": 2}
+
+
+def group_stats(rows: Sequence[tuple[str, str, str, int]]) -> list[StatRow]:
+    """(day, account, name, value) rows sorted by day, account → StatRows with every counter."""
+    out: list[StatRow] = []
+    current: tuple[str, str] | None = None
+    counters: dict[str, int] = {}
+    for day, account, name, value in rows:
+        if (day, account) != current:
+            if current is not None:
+                out.append(StatRow(current[0], current[1], counters))
+            current = (day, account)
+            counters = dict.fromkeys(STAT_COUNTERS, 0)
+        counters[name] = int(value)
+    if current is not None:
+        out.append(StatRow(current[0], current[1], counters))
+    return out
