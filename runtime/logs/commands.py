@@ -1,0 +1,221 @@
+"""The `mailcfg-agent` subcommands of the log side: `stats`, `ingest` and `follow`.
+
+`add_parsers(subparsers)` registers them; each handler takes the parsed `argparse.Namespace`
+and returns the process exit code. Handlers are thin: the work is in `ingest.py`. Bad input
+(missing or invalid config, unreadable log) is one clear line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from runtime.logs.ingest import Follower, account_policy, follow_logs, ingest_files
+from runtime.state.base import STAT_COUNTERS, StateStore, StatRow
+from schemas.agent import AgentConfig
+
+DEFAULT_CONFIG = "/etc/mailcfg/agent.json"
+_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class CommandError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def load_agent_config(path: str) -> AgentConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise CommandError(f"cannot read agent config {path}: {exc.strerror}") from exc
+    try:
+        return AgentConfig.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise CommandError(
+            f"{path}: invalid agent config at {where}: {first['msg']} "
+            f"({exc.error_count()} error(s))"
+        ) from exc
+
+
+def open_state(dsn: str) -> StateStore:
+    """The store named by `dsn` (`sqlite:///path` or `redis://…`)."""
+    try:
+        from runtime.state.open import open_store  # the policy side's backend chooser
+    except ImportError:
+        open_store = None
+    try:
+        if open_store is not None:
+            store: StateStore = open_store(dsn)
+            return store
+        if dsn.startswith("sqlite://"):
+            from runtime.state.sqlite import SqliteStore
+
+            return SqliteStore(dsn.removeprefix("sqlite://"))
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot open state {dsn}: {exc}") from exc
+    raise CommandError(f"unsupported state DSN {dsn!r} (expected sqlite:///path or redis://…)")
+
+
+def stat_records(rows: Sequence[StatRow]) -> list[dict[str, object]]:
+    """Rows as `{"day", "account", <every counter>}` objects (missing counters are 0)."""
+    return [
+        {
+            "day": r.day,
+            "account": r.account,
+            **{n: int(r.counters.get(n, 0)) for n in STAT_COUNTERS},
+        }
+        for r in rows
+    ]
+
+
+def format_records(records: list[dict[str, object]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(records, indent=1) + "\n"
+    columns = ["day", "account", *STAT_COUNTERS]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        return buf.getvalue()
+    table = [columns] + [[str(r[c]) for c in columns] for r in records]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    return "".join(
+        "  ".join(
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        + "\n"
+        for row in table
+    )
+
+
+def _store_for(args: argparse.Namespace, config: AgentConfig) -> StateStore:
+    return open_state(args.state or config.state)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    if args.day is not None and not _DAY_RE.match(args.day):
+        raise CommandError(f"--day {args.day!r}: expected YYYY-MM-DD")
+    config = load_agent_config(args.config)
+    store = _store_for(args, config)
+    try:
+        account = args.account.lower() if args.account else None
+        rows = store.stats(day=args.day, account=account)
+    finally:
+        store.close()
+    sys.stdout.write(format_records(stat_records(rows), args.format))
+    return 0
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    config = load_agent_config(args.config)
+    paths = [Path(p) for p in args.files]
+    for p in paths:
+        if not p.is_file():
+            raise CommandError(f"{p}: no such log file")
+    store = _store_for(args, config)
+    try:
+        result = ingest_files(paths, store, account_policy(config), year=args.year)
+    except OSError as exc:
+        raise CommandError(f"cannot read log: {exc}") from exc
+    finally:
+        store.close()
+    print(
+        f"ingested {result.lines} lines ({result.unknown} not log lines) into "
+        f"{len(result.rows)} account-days",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_follow(args: argparse.Namespace) -> int:
+    config = load_agent_config(args.config)
+    store = _store_for(args, config)
+    try:
+        if args.once:
+            follower = Follower.open(config, store)
+            try:
+                follower.run_once()
+            finally:
+                follower.close()
+            return 0
+        asyncio.run(_follow_until_signal(config, store, use_inotify=not args.poll))
+    finally:
+        store.close()
+    return 0
+
+
+async def _follow_until_signal(config: AgentConfig, store: StateStore, use_inotify: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await follow_logs(config, store, stop, use_inotify=use_inotify)
+
+
+def _guarded(handler: object) -> object:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)  # type: ignore[operator, no-any-return]
+        except CommandError as exc:
+            print(f"mailcfg-agent {args.command_name}: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `stats`, `ingest` and `follow` on the agent's subcommand parser."""
+
+    def common(p: argparse.ArgumentParser, name: str) -> None:
+        p.add_argument("--config", default=DEFAULT_CONFIG, help="agent config (agent.json)")
+        p.add_argument("--state", default=None, help="state DSN (default: the config's)")
+        p.set_defaults(command_name=name)
+
+    p = subparsers.add_parser("stats", help="print per-account daily statistics")
+    common(p, "stats")
+    p.add_argument("--day", help="only this day (YYYY-MM-DD)")
+    p.add_argument("--account", help="only this account")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.set_defaults(func=_guarded(run_stats))
+
+    p = subparsers.add_parser("ingest", help="count existing mail logs (also .gz) into the stats")
+    common(p, "ingest")
+    p.add_argument("files", nargs="+", metavar="FILE", help="log files, oldest first")
+    p.add_argument("--year", type=int, help="year of the first line (classic syslog format)")
+    p.set_defaults(func=_guarded(run_ingest))
+
+    p = subparsers.add_parser("follow", help="follow the config's logs into the stats")
+    common(p, "follow")
+    p.add_argument("--once", action="store_true", help="read what is there, then exit")
+    p.add_argument("--poll", action="store_true", help="poll instead of inotify")
+    p.set_defaults(func=_guarded(run_follow))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry (tests, before the lead wires these into `mailcfg-agent`)."""
+    parser = argparse.ArgumentParser(prog="mailcfg-agent")
+    sub = parser.add_subparsers(required=True)
+    add_parsers(sub)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(BrokenPipeError):
+        code: int = args.func(args)
+        return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

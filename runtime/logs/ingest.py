@@ -1,0 +1,324 @@
+"""Lines → stored statistics: backfill from files (`ingest_files`), live following
+(`follow_logs`), the `queued` gauge (`set_queue_gauge`) and log-driven sending limits.
+
+Exactly-once: a chunk's counters and the log position after it are committed together when the
+store offers `record_log` (one transaction); otherwise counters first, then the position, so a
+crash in between re-counts that one chunk (at-least-once, never a skipped line). The tracking
+state (queue id → sender, smtpd session → account) is saved beside the position in
+`state_dir` so a restart attributes deliveries of messages queued before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from runtime.logs.follower import Chunk, FollowedFile, Watcher, make_watcher
+from runtime.logs.parser import DayResolver, LineParser, parse_lines
+from runtime.logs.stats import AccountPolicy, Charge, Tally, queue_gauge
+from runtime.state.base import StateStore, Window
+from schemas.agent import AgentConfig
+from schemas.policy import CountBy, Limits, OnExceed
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.25  # seconds between checks without inotify (latency bound)
+SAFETY_INTERVAL = 5.0  # with inotify, re-check anyway this often
+QUEUE_INTERVAL = 60.0  # seconds between `postqueue -j` runs
+READ_BYTES = 4 << 20  # bytes per chunk when backfilling
+
+Rows = Mapping[tuple[str, str], Mapping[str, int]]
+
+
+@runtime_checkable
+class LogRecorder(Protocol):
+    """Optional store method: add counters and set a log position in one transaction."""
+
+    def record_log(self, name: str, identity: str, offset: int, rows: Rows) -> None: ...
+
+
+def account_policy(config: AgentConfig) -> AccountPolicy:
+    return AccountPolicy(frozenset(config.local_domains), frozenset(config.accounts))
+
+
+def store_rows(store: StateStore, rows: Rows) -> None:
+    for (day, account), counters in rows.items():
+        store.add_stats(day, account, counters)
+
+
+def limit_windows(limits: Limits) -> list[Window]:
+    windows = []
+    for name, limit in (
+        ("hour", limits.per_hour),
+        ("day", limits.per_day),
+        ("month", limits.per_month),
+    ):
+        if limit is not None:
+            windows.append(Window(name, limit))
+    return windows
+
+
+def apply_charges(
+    config: AgentConfig, store: StateStore, charges: Iterable[Charge], now: float
+) -> list[str]:
+    """Charge sendmail-submitted mail to the senders' limits; lock over-limit accounts as the
+    policy service would. Returns the accounts newly locked."""
+    locked: list[str] = []
+    for charge in charges:
+        account = config.accounts.get(charge.account)
+        limits = account.limits if account is not None else config.default_limits
+        amount = charge.recipients if limits.count == CountBy.RECIPIENTS else 1
+        result = store.consume(
+            charge.account, max(amount, 1), limit_windows(limits), now, force=True
+        )
+        if result.exceeded is not None and limits.on_exceed == OnExceed.LOCK:
+            reason = (
+                f"over the per-{result.exceeded} sending limit (mail {charge.qid} submitted "
+                "with sendmail)"
+            )
+            if store.lock(charge.account, reason, now):
+                log.warning("locked %s: %s", charge.account, reason)
+                locked.append(charge.account)
+    return locked
+
+
+# -- backfill -----------------------------------------------------------------------------
+
+
+@dataclass
+class IngestResult:
+    lines: int = 0
+    unknown: int = 0
+    rows: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+
+
+def _open_log(path: Path) -> Iterable[bytes]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        while True:
+            data = fh.read(READ_BYTES)
+            if not data:
+                return
+            yield data
+
+
+def ingest_files(
+    paths: Iterable[Path], store: StateStore, policy: AccountPolicy, year: int | None = None
+) -> IngestResult:
+    """Count existing logs (plain or `.gz`, oldest first) into `store`. Sending limits are not
+    charged: this is history. `year` is the year of the first classic-format line."""
+    result = IngestResult()
+    parser = LineParser(DayResolver(year=year))
+    tally = Tally(policy)
+    for path in paths:
+        rest = b""
+        for data in _open_log(path):
+            data = rest + data
+            end = data.rfind(b"\n") + 1
+            rest = data[end:]
+            lines = data[:end].decode("utf-8", "replace").split("\n")
+            lines.pop()
+            result.lines += len(lines)
+            tally.add_events(parse_lines(lines, parser))
+        if rest:
+            result.lines += 1
+            tally.add_events(parse_lines([rest.decode("utf-8", "replace")], parser))
+    rows = tally.take_rows()
+    store_rows(store, rows)
+    result.rows = rows
+    result.unknown = parser.unknown
+    return result
+
+
+# -- live following -----------------------------------------------------------------------
+
+
+class LogSource:
+    """One followed file with its parser, tally and persisted position."""
+
+    def __init__(self, path: str, store: StateStore, policy: AccountPolicy, state_dir: Path):
+        self.path = path
+        self.name = f"log:{path}"
+        self.store = store
+        self.parser = LineParser(DayResolver())
+        self.tally = Tally(policy)
+        saved = store.get_position(self.name)
+        self.file = FollowedFile(path, saved)
+        digest = hashlib.sha1(path.encode()).hexdigest()[:12]
+        self._snapshot_path = state_dir / f"follow-{digest}.json"
+        self._restore(saved)
+
+    def _restore(self, saved: tuple[str, int] | None) -> None:
+        try:
+            data = json.loads(self._snapshot_path.read_text())
+            if saved is not None and [data["identity"], data["offset"]] == list(saved):
+                self.tally.restore(json.dumps(data["tally"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no usable snapshot: deliveries of already-queued mail go unattributed
+
+    def _save_snapshot(self, chunk: Chunk) -> None:
+        body = json.dumps(
+            {
+                "identity": chunk.identity,
+                "offset": chunk.offset,
+                "tally": json.loads(self.tally.snapshot()),
+            }
+        )
+        tmp = self._snapshot_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(body)
+            os.replace(tmp, self._snapshot_path)
+        except OSError as exc:
+            log.warning("cannot save follower state %s: %s", self._snapshot_path, exc)
+
+    def step(self, limit: int) -> tuple[int, list[Charge]]:
+        """Read, count and commit one chunk; returns (lines, charges) — (0, []) when idle."""
+        chunk = self.file.read_chunk(limit)
+        if chunk is None:
+            return 0, []
+        lines = chunk.data.decode("utf-8", "replace").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        self.tally.add_events(parse_lines(lines, self.parser))
+        rows = self.tally.take_rows()
+        self._save_snapshot(chunk)
+        if isinstance(self.store, LogRecorder):
+            self.store.record_log(self.name, chunk.identity, chunk.offset, rows)
+        else:
+            store_rows(self.store, rows)
+            self.store.set_position(self.name, chunk.identity, chunk.offset)
+        return len(lines), self.tally.take_charges()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_queue(postfix_config_dir: str) -> str | None:
+    """`postqueue -j` output (one JSON object per queued message), None if it failed."""
+    try:
+        proc = subprocess.run(
+            ["postqueue", "-c", postfix_config_dir, "-j"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("postqueue -j failed: %s", exc)
+        return None
+    if proc.returncode != 0:
+        log.warning("postqueue -j failed: %s", proc.stderr.strip())
+        return None
+    return proc.stdout
+
+
+def set_queue_gauge(store: StateStore, policy: AccountPolicy, queue_json: str, now: float) -> None:
+    """Set today's `queued` gauge of each local sender (0 for senders whose mail left)."""
+    counts, bad = queue_gauge(queue_json, policy)
+    if bad:
+        log.warning("postqueue -j: %d lines were not JSON", bad)
+    day = time.strftime("%Y-%m-%d", time.localtime(now))
+    for row in store.stats(day=day):
+        if row.counters.get("queued") and row.account not in counts:
+            store.set_stat(day, row.account, "queued", 0)
+    for account, n in counts.items():
+        store.set_stat(day, account, "queued", n)
+
+
+@dataclass
+class Follower:
+    """All followed logs of one agent; `run_once` drains them, `follow_logs` loops."""
+
+    config: AgentConfig
+    store: StateStore
+    sources: list[LogSource]
+    enforce_limits: bool = True
+
+    @classmethod
+    def open(cls, config: AgentConfig, store: StateStore) -> Follower:
+        state_dir = Path(config.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        policy = account_policy(config)
+        return cls(config, store, [LogSource(p, store, policy, state_dir) for p in config.logs])
+
+    def run_once(self, limit: int = 1 << 20, max_chunks: int | None = None) -> int:
+        """Process what is there now (at most `max_chunks` chunks per file); lines read."""
+        total = 0
+        for source in self.sources:
+            n = 0
+            while max_chunks is None or n < max_chunks:
+                lines, charges = source.step(limit)
+                if charges and self.enforce_limits:
+                    apply_charges(self.config, self.store, charges, time.time())
+                if not lines:
+                    break
+                total += lines
+                n += 1
+        return total
+
+    def close(self) -> None:
+        for source in self.sources:
+            source.close()
+
+
+async def follow_logs(
+    config: AgentConfig,
+    store: StateStore,
+    stop: asyncio.Event,
+    *,
+    use_inotify: bool = True,
+    queue_interval: float = QUEUE_INTERVAL,
+) -> None:
+    """Follow `config.logs` into `store` until `stop` is set. Runs in the event loop beside the
+    policy server: reading is bounded per step (1 MiB per file) so a backlog never blocks the
+    loop for long, and waiting is a descriptor readiness or a timer, never a blocked thread."""
+    follower = Follower.open(config, store)
+    watcher: Watcher = make_watcher(list(config.logs), use_inotify=use_inotify)
+    loop = asyncio.get_running_loop()
+    woken = asyncio.Event()
+    fd = watcher.fileno()
+
+    def on_change() -> None:
+        watcher.drain()
+        woken.set()
+
+    if fd is not None:
+        loop.add_reader(fd, on_change)
+    interval = SAFETY_INTERVAL if fd is not None else POLL_INTERVAL
+    policy = account_policy(config)
+    next_queue = 0.0
+    try:
+        while not stop.is_set():
+            woken.clear()
+            while follower.run_once(max_chunks=1):
+                await asyncio.sleep(0)  # a backlog: let the policy server answer in between
+                if stop.is_set():
+                    return
+            if queue_interval > 0 and time.monotonic() >= next_queue:
+                next_queue = time.monotonic() + queue_interval
+                queue_json = await asyncio.to_thread(read_queue, config.postfix_config_dir)
+                if queue_json is not None:
+                    set_queue_gauge(store, policy, queue_json, time.time())
+            with contextlib.suppress(TimeoutError):
+                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait())]
+                _done, pending = await asyncio.wait(
+                    waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in pending:
+                    task.cancel()
+    finally:
+        if fd is not None:
+            loop.remove_reader(fd)
+        watcher.close()
+        follower.close()

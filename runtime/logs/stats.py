@@ -1,0 +1,204 @@
+"""Events → per-account per-day counters, with the queue-id and session tracking it needs.
+
+`Tally` attributes each event to an account (decisions documented in `AccountPolicy`):
+- `sent` / `bounced` / `deferred`: one per recipient delivery attempt of a message whose
+  envelope sender (the latest `qmgr … from=<…>`) is a local address;
+- `received`: one per successful delivery to a local address;
+- `rejected`: Postfix `reject:` lines whose sender is local (outbound shipments refused);
+- `imap_logins` / `pop3_logins` / `login_failures` (IMAP, POP3, SMTP AUTH);
+- `lost_connections`: smtpd sessions in which the account authenticated and that end with
+  `lost connection after …`, plus Dovecot sessions closed by the client or for inactivity.
+`blacklist_blocked` / `spf_blocked` are counted by the policy service when it decides (it knows
+why it refused; the log line alone cannot tell a policy text from a server text), and `queued`
+is a gauge read from `postqueue -j` (`queue_gauge`), never from the log.
+
+Tracking state is bounded: a queue id is dropped on `removed`, an smtpd session on
+`disconnect`; only local senders and sendmail-submitted ids are remembered. `snapshot()` /
+`restore()` carry it across a restart of the follower.
+
+Log-driven limits: a message submitted with the `sendmail` command (`pickup`) never passes the
+policy service, so when qmgr first sees it the recipients (or the message) are charged to the
+sender's account with `consume(force=True)`; `Tally.charges` lists them for the caller to apply.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.logs.parser import (
+    DELIVERY,
+    LOGIN,
+    LOGIN_FAILED,
+    PICKED_UP,
+    QUEUED,
+    REJECT,
+    REMOVED,
+    SESSION_LOST,
+    SMTP_AUTH,
+    SMTP_END,
+    SMTP_LOST,
+    Event,
+)
+
+# Tracked ids beyond this are evicted oldest-first (a queue this large means the log lost
+# `removed` lines, e.g. the follower started mid-way; never grow without bound).
+MAX_TRACKED = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPolicy:
+    """Which addresses get counters: any address of a local domain. Login failures only for
+    known accounts (when the list is known), so a dictionary attack does not mint rows."""
+
+    local_domains: frozenset[str]
+    accounts: frozenset[str] = frozenset()
+
+    def is_local(self, address: str) -> bool:
+        at = address.rfind("@")
+        return at > 0 and address[at + 1 :] in self.local_domains
+
+    def is_account(self, address: str) -> bool:
+        return address in self.accounts if self.accounts else self.is_local(address)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Recipients of a sendmail-submitted message to charge to `account`'s sending limits."""
+
+    account: str
+    recipients: int
+    day: str
+    qid: str
+
+
+@dataclass
+class Tally:
+    policy: AccountPolicy
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    senders: dict[str, str] = field(default_factory=dict)  # qid → local sender
+    picked_up: dict[str, str] = field(default_factory=dict)  # qid → day of pickup
+    sessions: dict[str, str] = field(default_factory=dict)  # smtpd tag → account
+    charges: list[Charge] = field(default_factory=list)
+
+    def add_events(self, events: Iterable[Event]) -> None:
+        counts = self.counts
+        senders = self.senders
+        is_local = self.policy.is_local
+        for ev in events:
+            kind = ev[0]
+            if kind == DELIVERY:
+                _, day, qid, rcpt, status = ev
+                sender = senders.get(qid)
+                if sender is not None:
+                    key = (day, sender, status)
+                    counts[key] = counts.get(key, 0) + 1
+                if status == "sent" and is_local(rcpt):
+                    key = (day, rcpt, "received")
+                    counts[key] = counts.get(key, 0) + 1
+            elif kind == QUEUED:
+                _, day, qid, sender, nrcpt = ev
+                if is_local(sender):
+                    if qid not in senders and len(senders) >= MAX_TRACKED:
+                        del senders[next(iter(senders))]
+                    senders[qid] = sender
+                    if self.picked_up.pop(qid, None) is not None and self.policy.is_account(sender):
+                        self.charges.append(Charge(sender, nrcpt, day, qid))
+                else:
+                    senders.pop(qid, None)
+                    self.picked_up.pop(qid, None)
+            elif kind == REMOVED:
+                senders.pop(ev[2], None)
+                self.picked_up.pop(ev[2], None)
+            elif kind == LOGIN:
+                _, day, service, account = ev
+                if is_local(account):
+                    key = (day, account, "imap_logins" if service == "imap" else "pop3_logins")
+                    counts[key] = counts.get(key, 0) + 1
+            elif kind == SMTP_END:
+                self.sessions.pop(ev[2], None)
+            elif kind == SMTP_AUTH:
+                if is_local(ev[3]):
+                    if len(self.sessions) >= MAX_TRACKED:
+                        del self.sessions[next(iter(self.sessions))]
+                    self.sessions[ev[2]] = ev[3]
+            elif kind == SMTP_LOST:
+                account = self.sessions.pop(ev[2], None)
+                if account is not None:
+                    self._inc(ev[1], account, "lost_connections")
+            elif kind == SESSION_LOST:
+                if is_local(ev[3]):
+                    self._inc(ev[1], ev[3], "lost_connections")
+            elif kind == REJECT:
+                if is_local(ev[2]):
+                    self._inc(ev[1], ev[2], "rejected")
+            elif kind == LOGIN_FAILED:
+                if self.policy.is_account(ev[3]):
+                    self._inc(ev[1], ev[3], "login_failures")
+            elif kind == PICKED_UP:
+                if len(self.picked_up) >= MAX_TRACKED:
+                    del self.picked_up[next(iter(self.picked_up))]
+                self.picked_up[ev[2]] = ev[1]
+
+    def _inc(self, day: str, account: str, name: str) -> None:
+        key = (day, account, name)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def take_rows(self) -> dict[tuple[str, str], dict[str, int]]:
+        """The counters accumulated since the last call, grouped by (day, account); resets."""
+        rows: dict[tuple[str, str], dict[str, int]] = {}
+        for (day, account, name), n in self.counts.items():
+            rows.setdefault((day, account), {})[name] = n
+        self.counts = {}
+        return rows
+
+    def take_charges(self) -> list[Charge]:
+        charges, self.charges = self.charges, []
+        return charges
+
+    def snapshot(self) -> str:
+        """The tracking state (not the counters) as JSON."""
+        return json.dumps(
+            {"senders": self.senders, "picked_up": self.picked_up, "sessions": self.sessions},
+            separators=(",", ":"),
+        )
+
+    def restore(self, text: str) -> None:
+        data: Any = json.loads(text)
+        self.senders = {str(k): str(v) for k, v in data["senders"].items()}
+        self.picked_up = {str(k): str(v) for k, v in data["picked_up"].items()}
+        self.sessions = {str(k): str(v) for k, v in data["sessions"].items()}
+
+
+def queue_gauge(postqueue_json: str, policy: AccountPolicy) -> tuple[dict[str, int], int]:
+    """Messages now in the queue per local sender, from `postqueue -j` output (one JSON object
+    per line); returns (counts, number of lines that were not JSON objects)."""
+    counts: dict[str, int] = {}
+    bad = 0
+    for line in postqueue_json.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            sender = str(entry["sender"]).lower()
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+            continue
+        if policy.is_local(sender):
+            counts[sender] = counts.get(sender, 0) + 1
+    return counts, bad
+
+
+def merge_rows(
+    rows: Iterable[Mapping[tuple[str, str], Mapping[str, int]]],
+) -> dict[tuple[str, str], dict[str, int]]:
+    """Sum several `take_rows` results."""
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for batch in rows:
+        for key, counters in batch.items():
+            target = out.setdefault(key, {})
+            for name, n in counters.items():
+                target[name] = target.get(name, 0) + n
+    return out
