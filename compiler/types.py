@@ -63,14 +63,33 @@ class ObservedFile:
 
 
 @dataclass(frozen=True, slots=True)
+class ManagedFile:
+    """A file as the current release installed it (its manifest entry)."""
+
+    sha256: str
+    mode: int
+    owner: str
+    group: str
+    role: str = ""
+    sensitive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class HostState:
     """What is on the host now: the current release and every managed file's metadata.
     `files` covers the paths of the current manifest plus the desired ones (missing → absent)."""
 
     release_id: str | None
     files: Mapping[str, ObservedFile] = field(default_factory=dict)
-    # Content of managed files as recorded in the current release (for diffs); may be partial.
+    # Content now on the host of files that differ from the desired ones (for diffs); partial:
+    # never sensitive or very large files.
     previous: Mapping[str, bytes] = field(default_factory=dict)
+    # The current release's manifest (rendered files only, not derived maps): drift and deletes.
+    managed: Mapping[str, ManagedFile] = field(default_factory=dict)
+    # An apply that stopped after recording its activations (crash): its release id and the
+    # activations it still owes, so the next apply reloads even if every file is already in place.
+    interrupted: str | None = None
+    pending: tuple[Activation, ...] = ()
 
 
 class ChangeKind(StrEnum):
@@ -89,6 +108,9 @@ class FileChange:
     sensitive: bool = False
     drift: bool = False  # the host's file differs from what the current release installed
     meta_only: bool = False  # only mode/owner differ
+    # "0640 root:postfix" before/after when mode or ownership change ("" otherwise).
+    meta_before: str = ""
+    meta_after: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +142,8 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.changes)
+        # Activations without file changes are owed by an interrupted apply: still work to do.
+        return bool(self.changes or self.activations)
 
 
 @dataclass(frozen=True, slots=True)
