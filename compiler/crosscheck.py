@@ -1,0 +1,298 @@
+"""Rules that span objects or files, which a single model cannot check.
+
+Domain files: the file name equals the domain, a file declares only objects of its own domain,
+an address is an account at most once and a redirect source at most once (an account and a
+redirect of the same name are allowed: the redirect wins), no redirect loops (any cycle, also
+multi-hop and across files). Inventory file: hosts name known groups and domains; `postfix_main`
+overrides are plain `name = value` lines. Everything here returns unlocated `Finding`s.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from compiler.diagnostics import DataPath, Finding, Ref
+from schemas.domain import Domain
+from schemas.inventory import InventoryFile
+
+_MAIN_CF_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSource:
+    """A validated domain and where it came from."""
+
+    file: str
+    stem: str  # the file name without extension: must equal the domain
+    domain: Domain
+
+
+def check_domains(sources: Sequence[DomainSource]) -> list[Finding]:
+    findings: list[Finding] = []
+    accounts: dict[str, Ref] = {}
+    redirects: dict[str, tuple[Ref, tuple[str, ...]]] = {}
+    for src in sources:
+        dom = src.domain
+        if src.stem != dom.domain:
+            findings.append(
+                Finding(
+                    src.file,
+                    ("domain",),
+                    f"the file declares domain {dom.domain!r} but is named {src.stem!r}; "
+                    f"a domain file must be named after its domain ({dom.domain}.yml)",
+                )
+            )
+        for i, acc in enumerate(dom.accounts):
+            path: DataPath = ("accounts", i, "name")
+            findings.extend(_foreign(src, path, acc.name))
+            address = dom.address_of(acc.name)
+            if address in accounts:
+                findings.append(
+                    Finding(
+                        src.file,
+                        path,
+                        f"account {address} is declared twice (first at {{0}}); "
+                        "an address may have one account",
+                        refs=(accounts[address],),
+                    )
+                )
+            else:
+                accounts[address] = Ref(src.file, path)
+        for i, red in enumerate(dom.redirects):
+            path = ("redirects", i, "name")
+            findings.extend(_foreign(src, path, red.name))
+            address = dom.address_of(red.name)
+            if address in redirects:
+                findings.append(
+                    Finding(
+                        src.file,
+                        path,
+                        f"redirect {address} is declared twice (first at {{0}}); "
+                        "list every target in one redirect's `to`",
+                        refs=(redirects[address][0],),
+                    )
+                )
+            else:
+                redirects[address] = (Ref(src.file, path), tuple(red.to))
+    findings.extend(_redirect_loops(redirects))
+    findings.extend(_dangling_targets(sources, accounts, redirects))
+    return findings
+
+
+def _foreign(src: DomainSource, path: DataPath, name: str) -> list[Finding]:
+    if "@" not in name:
+        return []
+    other = name.rpartition("@")[2]
+    if other == src.domain.domain:
+        return []
+    return [
+        Finding(
+            src.file,
+            path,
+            f"{name} belongs to domain {other}, not {src.domain.domain}; declare it in that "
+            f"domain's file (domains/{other}.yml)",
+        )
+    ]
+
+
+def _redirect_loops(redirects: Mapping[str, tuple[Ref, tuple[str, ...]]]) -> list[Finding]:
+    graph = {src: [t for t in to if t in redirects] for src, (_, to) in redirects.items()}
+    findings = []
+    for component in _strongly_connected(graph):
+        start = min(component)
+        if len(component) == 1 and start not in graph[start]:
+            continue
+        cycle = _cycle_through(start, graph, set(component))
+        hops = " → ".join([*cycle, cycle[0]])
+        refs = tuple(redirects[a][0] for a in cycle)
+        where = ", ".join(f"{a} at {{{i}}}" for i, a in enumerate(cycle))
+        first = redirects[start][0]
+        to_index = redirects[start][1].index(cycle[1] if len(cycle) > 1 else start)
+        findings.append(
+            Finding(
+                first.file,
+                (*first.path[:-1], "to", to_index),
+                f"redirect loop: {hops} (mail would circle until it bounces); "
+                f"redirects in the loop: {where}",
+                refs=refs,
+            )
+        )
+    return findings
+
+
+def _strongly_connected(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Tarjan's algorithm, iterative (redirect chains can be longer than the recursion limit)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            targets = graph[node]
+            if i < len(targets):
+                work.append((node, i + 1))
+                nxt = targets[i]
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    component.append(top)
+                    if top == node:
+                        break
+                out.append(component)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return out
+
+
+def _cycle_through(start: str, graph: Mapping[str, Sequence[str]], allowed: set[str]) -> list[str]:
+    """A shortest cycle start → ... → start inside one strongly connected component."""
+    previous: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt_frontier = []
+        for node in frontier:
+            for t in graph[node]:
+                if t == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(previous[path[-1]])
+                    return list(reversed(path))
+                if t in allowed and t not in previous:
+                    previous[t] = node
+                    nxt_frontier.append(t)
+        frontier = nxt_frontier
+    return [start]
+
+
+def _dangling_targets(
+    sources: Sequence[DomainSource],
+    accounts: Mapping[str, Ref],
+    redirects: Mapping[str, tuple[Ref, tuple[str, ...]]],
+) -> list[Finding]:
+    local = {src.domain.domain for src in sources}
+    findings = []
+    for src in sources:
+        for i, red in enumerate(src.domain.redirects):
+            for j, target in enumerate(red.to):
+                domain = target.rpartition("@")[2]
+                if domain in local and target not in accounts and target not in redirects:
+                    findings.append(
+                        Finding(
+                            src.file,
+                            ("redirects", i, "to", j),
+                            f"{target} is in local domain {domain} but is neither an account "
+                            "nor a redirect there; mail to it will bounce",
+                            severity="warning",
+                        )
+                    )
+    return findings
+
+
+def check_hosts(inv: InventoryFile, domain_files: Mapping[str, str], *, file: str) -> list[Finding]:
+    """Hosts name existing groups and domains (`domain_files`: domain → its file); every
+    domain is served by some host."""
+    known = set(domain_files)
+    served: set[str] = set()
+    findings = []
+    for name, host in inv.hosts.items():
+        for i, group in enumerate(host.groups):
+            if group not in inv.groups:
+                allowed = ", ".join(sorted(inv.groups)) or "none are defined"
+                findings.append(
+                    Finding(
+                        file,
+                        ("hosts", name, "groups", i),
+                        f"unknown group {group!r}; groups: {allowed}",
+                    )
+                )
+        if host.domains == "all":
+            served |= known
+            continue
+        for i, domain in enumerate(host.domains):
+            served.add(domain)
+            if domain not in known:
+                findings.append(
+                    Finding(
+                        file,
+                        ("hosts", name, "domains", i),
+                        f"unknown domain {domain!r}: there is no domains/{domain}.yml",
+                    )
+                )
+    for domain in sorted(known - served):
+        findings.append(
+            Finding(
+                domain_files[domain],
+                ("domain",),
+                f"domain {domain} is served by no host (add it to a host's `domains`)",
+                severity="warning",
+            )
+        )
+    return findings
+
+
+def check_postfix_main(raw: Any, *, file: str) -> list[Finding]:
+    """`postfix_main` overrides at every layer of the raw inventory file: a parameter name and
+    a one-line value that cannot break out of its `name = value` line."""
+    if not isinstance(raw, Mapping):
+        return []
+    layers: list[tuple[DataPath, Any]] = [(("policy",), raw.get("policy"))]
+    for section in ("groups", "hosts"):
+        entries = raw.get(section)
+        if isinstance(entries, Mapping):
+            for name, spec in entries.items():
+                if isinstance(spec, Mapping):
+                    layers.append(((section, name, "policy"), spec.get("policy")))
+    findings = []
+    for prefix, policy in layers:
+        if not isinstance(policy, Mapping) or not isinstance(policy.get("postfix_main"), Mapping):
+            continue
+        for key, value in policy["postfix_main"].items():
+            path = (*prefix, "postfix_main", key)
+            if not isinstance(key, str) or not _MAIN_CF_NAME.match(key):
+                findings.append(
+                    Finding(
+                        file,
+                        path,
+                        f"{key!r} is not a main.cf parameter name "
+                        "(lower-case letters, digits and '_')",
+                        at_key=True,
+                    )
+                )
+            if isinstance(value, str):
+                problem = _main_cf_value_problem(value)
+                if problem:
+                    findings.append(Finding(file, path, f"{value!r}: {problem}"))
+    return findings
+
+
+def _main_cf_value_problem(value: str) -> str | None:
+    if re.search(r"[\"'\\]", value):
+        return "quotes and backslashes have no meaning in main.cf and are not allowed"
+    depth = 0
+    for ch in value:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            break
+    if depth != 0:
+        return "unbalanced '{' '}' (main.cf braces group a value; they must pair up)"
+    return None

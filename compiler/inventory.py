@@ -1,0 +1,283 @@
+"""Load the inventory directory into one validated, cross-checked `Inventory`.
+
+`load_inventory` reads `mailcfg.yml` and `domains/*.yml`, parses them fast (`yamlload`), reuses
+cached domain files (`parsecache`), validates with the schema models, merges and validates each
+host's policy layers, runs the cross-file checks, and only then reads exact positions for the
+files that have diagnostics. Every error of the run is raised together in `InventoryError`;
+warnings (legacy hashes, dangling redirect targets...) come back with the inventory.
+Pure: reads local files only (and writes the cache when asked to).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from compiler.crosscheck import DomainSource, check_domains, check_hosts, check_postfix_main
+from compiler.diagnostics import (
+    DataPath,
+    Diagnostic,
+    Finding,
+    InventoryError,
+    locate_findings,
+)
+from compiler.parsecache import CachedDomain, DomainCache
+from compiler.resolve import resolve_policy
+from compiler.validate import findings_from_error, validate_data
+from compiler.yamlload import YamlSyntaxError, load_positions, locate, parse_yaml
+from schemas.domain import Domain
+from schemas.inventory import Inventory, InventoryFile
+from schemas.password import is_legacy_hash, split_hash
+from schemas.policy import ServerPolicy
+
+INVENTORY_FILE = "mailcfg.yml"
+DOMAINS_DIR = "domains"
+_DOMAIN_SUFFIXES = (".yml", ".yaml")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedInventory:
+    inventory: Inventory
+    warnings: tuple[Diagnostic, ...]
+    files: tuple[str, ...]  # every file read, as named in diagnostics
+
+
+@dataclass(slots=True)
+class LoadStats:
+    """What a load did, for tests and benchmarks (the caller owns the object)."""
+
+    parsed: list[str] = field(default_factory=list)  # parsed and validated this run
+    cached: list[str] = field(default_factory=list)  # taken from the cache
+    slow_path: list[str] = field(default_factory=list)  # parsed by ruamel instead of rapidyaml
+
+
+@dataclass(slots=True)
+class _Run:
+    """Working state of one load (local to the call, never shared)."""
+
+    contents: dict[str, bytes] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    located: list[Diagnostic] = field(default_factory=list)
+    positions: dict[str, Any] = field(default_factory=dict)
+
+    def locator(self, file: str, path: DataPath, at_key: bool) -> tuple[int, int] | None:
+        if file not in self.positions:
+            data = self.contents.get(file)
+            self.positions[file] = load_positions(data) if data is not None else None
+        root = self.positions[file]
+        return locate(root, path, at_key) if root is not None else None
+
+
+def load_inventory(
+    path: Path, *, cache_dir: Path | None = None, stats: LoadStats | None = None
+) -> LoadedInventory:
+    """Load the inventory at `path` (the directory, or its `mailcfg.yml`)."""
+    path = Path(path)
+    main = path if path.is_file() or path.suffix in _DOMAIN_SUFFIXES else path / INVENTORY_FILE
+    root = main.parent
+    stats = stats if stats is not None else LoadStats()
+    run = _Run()
+    cache = DomainCache.open(cache_dir) if cache_dir is not None else None
+
+    main_name = str(main)
+    raw_main = _read(run, main, stats, missing=f"no {INVENTORY_FILE} in {root}")
+    inv_file: InventoryFile | None = None
+    if raw_main is not _FAILED:
+        inv_file, findings = validate_data(InventoryFile, raw_main, file=main_name)
+        run.findings.extend(findings)
+        run.findings.extend(check_postfix_main(raw_main, file=main_name))
+
+    sources, used = _load_domains(run, root / DOMAINS_DIR, cache, stats)
+    if cache is not None:
+        cache.prune(used)
+
+    run.findings.extend(check_domains(sources))
+    domains: dict[str, Domain] = {}
+    domain_files: dict[str, str] = {}
+    for src in sources:
+        if src.domain.domain not in domains or src.stem == src.domain.domain:
+            domains[src.domain.domain] = src.domain
+            domain_files[src.domain.domain] = src.file
+
+    inventory = None
+    if inv_file is not None:
+        policy, findings = validate_data(
+            ServerPolicy, inv_file.policy, file=main_name, prefix=("policy",)
+        )
+        run.findings.extend(findings)
+        inventory = Inventory(
+            schema_version=inv_file.schema_version,
+            hosts=inv_file.hosts,
+            groups=inv_file.groups,
+            policy=policy or ServerPolicy(),
+            domains=dict(sorted(domains.items())),
+        )
+        run.findings.extend(_check_host_policies(inventory, inv_file, main_name))
+        run.findings.extend(check_hosts(inv_file, domain_files, file=main_name))
+
+    diagnostics = sorted(
+        [*run.located, *locate_findings(run.findings, run.locator)], key=Diagnostic.sort_key
+    )
+    if inventory is None or any(d.severity == "error" for d in diagnostics):
+        raise InventoryError(diagnostics)
+    return LoadedInventory(
+        inventory=inventory,
+        warnings=tuple(diagnostics),
+        files=tuple(run.contents),
+    )
+
+
+_FAILED: Any = object()
+
+
+def _read(run: _Run, file: Path, stats: LoadStats, *, missing: str) -> Any:
+    """Read and parse one file; record a located diagnostic and return _FAILED on failure."""
+    name = str(file)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        run.located.append(Diagnostic(name, None, None, "", missing))
+        return _FAILED
+    except OSError as exc:
+        run.located.append(Diagnostic(name, None, None, "", f"cannot read: {exc.strerror}"))
+        return _FAILED
+    run.contents[name] = data
+    return _parse(run, name, data, stats)
+
+
+def _parse(run: _Run, name: str, data: bytes, stats: LoadStats) -> Any:
+    try:
+        result = parse_yaml(data)
+    except YamlSyntaxError as exc:
+        run.located.append(Diagnostic(name, exc.line, exc.col, "", exc.message))
+        return _FAILED
+    if not result.fast:
+        stats.slow_path.append(name)
+    if result.data is None:
+        run.located.append(
+            Diagnostic(name, 1, 1, "", "the file is empty; expected a mapping of keys to values")
+        )
+        return _FAILED
+    return result.data
+
+
+def _domain_files(directory: Path) -> list[Path]:
+    try:
+        entries = sorted(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    return [
+        p
+        for p in entries
+        if p.suffix in _DOMAIN_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    ]
+
+
+def _load_domains(
+    run: _Run, directory: Path, cache: DomainCache | None, stats: LoadStats
+) -> tuple[list[DomainSource], set[str]]:
+    sources: list[DomainSource] = []
+    used: set[str] = set()
+    for file in _domain_files(directory):
+        name = str(file)
+        data = file.read_bytes()
+        run.contents[name] = data
+        key = cache.key(data) if cache is not None else ""
+        entry = cache.get(key) if cache is not None else None
+        if entry is not None:
+            stats.cached.append(name)
+        else:
+            entry = _validate_domain(run, name, data, stats)
+            if entry is None:
+                continue
+            if cache is not None:
+                cache.put(key, entry)
+        used.add(key)
+        run.located.extend(replace(w, file=name) for w in entry.warnings)
+        sources.append(DomainSource(file=name, stem=file.stem, domain=entry.domain))
+    return sources, used
+
+
+def _validate_domain(run: _Run, name: str, data: bytes, stats: LoadStats) -> CachedDomain | None:
+    stats.parsed.append(name)
+    raw = _parse(run, name, data, stats)
+    if raw is _FAILED:
+        return None
+    domain, findings = validate_data(Domain, raw, file=name)
+    if domain is None:
+        run.findings.extend(findings)
+        return None
+    warnings = locate_findings(_legacy_hashes(domain, name), run.locator)
+    return CachedDomain(domain, tuple(replace(w, file="") for w in warnings))
+
+
+def _legacy_hashes(domain: Domain, file: str) -> list[Finding]:
+    findings = []
+    for i, acc in enumerate(domain.accounts):
+        if is_legacy_hash(acc.password):
+            scheme = split_hash(acc.password)[0]
+            findings.append(
+                Finding(
+                    file,
+                    ("accounts", i, "password"),
+                    f"{{{scheme}}} is a legacy password scheme (weak; accepted for migration "
+                    "only); make a new hash with `mailcfg passwd` (BLF-CRYPT or SHA512-CRYPT)",
+                    severity="warning",
+                )
+            )
+    return findings
+
+
+def _check_host_policies(inv: Inventory, inv_file: InventoryFile, file: str) -> list[Finding]:
+    """Validate each host's merged policy; place each error in the deepest layer that sets
+    the key (host, then its groups from last to first, then the inventory's policy)."""
+    findings: list[Finding] = []
+    for host, spec in inv_file.hosts.items():
+        layers: list[tuple[DataPath, Mapping[str, Any]]] = [
+            (("hosts", host, "policy"), spec.policy)
+        ]
+        layers += [
+            (("groups", g, "policy"), inv_file.groups[g].policy)
+            for g in reversed(spec.groups)
+            if g in inv_file.groups
+        ]
+        layers.append((("policy",), inv_file.policy))
+        try:
+            resolve_policy(inv, host)
+        except ValidationError as exc:
+            findings += findings_from_error(
+                exc, ServerPolicy, file=file, prefix_for=_layer_chooser(file, layers)
+            )
+    return findings
+
+
+def _layer_chooser(file: str, layers: Sequence[tuple[DataPath, Mapping[str, Any]]]) -> Any:
+    def choose(path: DataPath) -> tuple[str, DataPath]:
+        best_prefix, best_depth = layers[0][0], 0
+        for prefix, data in layers:
+            depth = _depth(data, path)
+            if depth > best_depth:
+                best_prefix, best_depth = prefix, depth
+        return file, best_prefix
+
+    return choose
+
+
+def _depth(data: Any, path: DataPath) -> int:
+    """How many leading items of `path` exist in nested mappings/lists of `data`."""
+    depth = 0
+    for item in path:
+        in_map = isinstance(data, Mapping) and item in data
+        in_list = isinstance(data, list) and isinstance(item, int) and 0 <= item < len(data)
+        if not (in_map or in_list):
+            break
+        data = data[item]
+        depth += 1
+    return depth
+
+
+__all__ = ["LoadStats", "LoadedInventory", "load_inventory"]

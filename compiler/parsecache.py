@@ -1,0 +1,97 @@
+"""Cache of parsed and validated domain files, keyed by content hash.
+
+An entry is the validated `Domain` plus the file's own warnings (already located), pickled under
+`<cache_dir>/<key>.pickle`. The key hashes the file's bytes together with a fingerprint of the
+code that produced the entry (schema and loader sources, pydantic and Python versions), so
+editing a schema invalidates every entry and editing one domain file re-parses only that file.
+Only files that validated cleanly are cached; cross-file checks always run.
+
+The cache directory must be private to the user (it holds pickles, which are code when loaded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydantic
+
+import compiler
+import schemas
+from compiler.diagnostics import Diagnostic
+from schemas.common import SCHEMA_VERSION
+from schemas.domain import Domain
+
+_FORMAT = b"mailcfg-domain-cache-1"
+_LOADER_MODULES = ("inventory.py", "yamlload.py", "validate.py", "parsecache.py")
+
+
+@dataclass(frozen=True, slots=True)
+class CachedDomain:
+    domain: Domain
+    warnings: tuple[Diagnostic, ...]  # `file` is left empty; the loader fills it in
+
+
+def code_fingerprint() -> bytes:
+    """Digest of everything that decides what a cache entry contains."""
+    h = hashlib.sha256(_FORMAT)
+    h.update(f"{SCHEMA_VERSION}|{pydantic.VERSION}|{sys.version_info[:2]}".encode())
+    sources = sorted(Path(schemas.__file__).parent.glob("*.py"))
+    compiler_dir = Path(compiler.__file__).parent
+    sources += [compiler_dir / name for name in _LOADER_MODULES]
+    for source in sources:
+        h.update(source.name.encode())
+        h.update(source.read_bytes())
+    return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class DomainCache:
+    directory: Path
+    fingerprint: bytes
+
+    @classmethod
+    def open(cls, directory: Path) -> DomainCache:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return cls(directory, code_fingerprint())
+
+    def key(self, data: bytes) -> str:
+        return hashlib.sha256(self.fingerprint + data).hexdigest()
+
+    def get(self, key: str) -> CachedDomain | None:
+        try:
+            with open(self.directory / f"{key}.pickle", "rb") as f:
+                entry = pickle.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+            return None  # a damaged or foreign entry is a miss; it is overwritten on put
+        return entry if isinstance(entry, CachedDomain) else None
+
+    def put(self, key: str, entry: CachedDomain) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(entry, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self.directory / f"{key}.pickle")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def prune(self, used: set[str]) -> int:
+        """Remove entries not used by this run once they outnumber the used ones twice over
+        (keeps a branch switch cheap, bounds the directory). Returns how many were removed."""
+        entries = [p for p in self.directory.glob("*.pickle") if p.stem not in used]
+        if len(entries) <= 2 * len(used) + 16:
+            return 0
+        for p in entries:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        return len(entries)
