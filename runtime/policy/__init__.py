@@ -1,0 +1,1 @@
+"""Postfix SMTP access policy service: protocol, checks, DNS lookups, server."""

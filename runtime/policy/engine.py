@@ -1,0 +1,161 @@
+"""A loaded agent config compiled for decisions: which requests are inbound or outbound, and
+the inbound checks run in the panel's order.
+
+`Policy` is built once per config load (filter regexes compiled, limit windows per account,
+resolvers) and is immutable afterwards apart from its DNS caches; a reload builds a new one.
+Inbound = a RCPT request without `sasl_username` for an account of a local domain. Outbound =
+an END-OF-MESSAGE request with `sasl_username`; it counts `recipient_count` (or 1 per message).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from runtime.policy.checks import (
+    DUNNO,
+    Verdict,
+    check_blacklist,
+    check_dnsbl_listing,
+    check_global_filter,
+    check_spf_result,
+    check_whitelist,
+    compile_filter,
+    limit_windows,
+)
+from runtime.policy.dnsbl import DnsblChecker, DnsblZone, make_resolver, parse_ranges
+from runtime.policy.spf import SpfChecker, SpfResult
+from runtime.state.base import Window
+from runtime.state.limits import LimitRequest
+from schemas.agent import AgentAccount, AgentConfig
+from schemas.policy import CountBy, Limits, OnExceed
+
+# What an A answer of a known list means as a listing; Spamhaus' 127.255.255.x error codes
+# (open resolver, over quota) fall outside it.
+_DEFAULT_LISTED = ("127.0.0.2-127.0.0.254",)
+
+
+@dataclass(slots=True)
+class MessageMemo:
+    """Per connection: the SPF result of the message being checked (Postfix's `instance`), so
+    a message to many local recipients is checked once and gets one Received-SPF header."""
+
+    instance: str = ""
+    spf: SpfResult | None = None
+    prepended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPolicy:
+    account: AgentAccount
+    windows: tuple[Window, ...]
+    lock: bool
+    by_messages: bool
+
+
+class Policy:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.local_domains = frozenset(config.local_domains)
+        self.filter = compile_filter(config.global_filter, config.global_filter_reject_text)
+        self.accounts: Mapping[str, AccountPolicy] = {
+            addr: self._account_policy(acc.limits, acc) for addr, acc in config.accounts.items()
+        }
+        self.default = self._account_policy(config.default_limits, None)
+        spam = config.spam
+        zones = [DnsblZone(z.value, parse_ranges(_DEFAULT_LISTED)) for z in spam.dnsbl]
+        zones += [DnsblZone(z.zone, parse_ranges(z.listed)) for z in spam.custom_dnsbl]
+        self.dnsbl = (
+            DnsblChecker(zones, make_resolver(spam.nameservers, spam.dns_timeout))
+            if zones
+            else None
+        )
+        self.spf = (
+            SpfChecker(spam.nameservers, spam.dns_timeout, config.hostname) if spam.spf else None
+        )
+
+    @staticmethod
+    def _account_policy(limits: Limits, account: AgentAccount | None) -> AccountPolicy:
+        return AccountPolicy(
+            account=account or AgentAccount(limits=limits),
+            windows=tuple(limit_windows(limits)),
+            lock=limits.on_exceed is OnExceed.LOCK,
+            by_messages=limits.count is CountBy.MESSAGES,
+        )
+
+    # -- classification -------------------------------------------------------------------
+
+    def outbound_request(self, req: Mapping[str, str], now: float) -> LimitRequest | None:
+        user = req.get("sasl_username", "")
+        if not user or req.get("protocol_state", "").upper() != "END-OF-MESSAGE":
+            return None
+        account = user.lower()
+        pol = self.accounts.get(account, self.default)
+        amount = 1
+        if not pol.by_messages:
+            try:
+                amount = max(1, int(req.get("recipient_count", "1")))
+            except ValueError:
+                amount = 1
+        return LimitRequest(
+            account, amount, pol.windows, now, lock=pol.lock, reason="sending limit exceeded"
+        )
+
+    def inbound_account(self, req: Mapping[str, str]) -> str | None:
+        """The local account a RCPT request from outside is addressed to, if any."""
+        if req.get("sasl_username") or req.get("protocol_state", "").upper() != "RCPT":
+            return None
+        rcpt = req.get("recipient", "").lower()
+        if rcpt.rpartition("@")[2] not in self.local_domains:
+            return None
+        return rcpt if rcpt in self.accounts else None
+
+    # -- inbound checks -------------------------------------------------------------------
+
+    def check_lists(self, req: Mapping[str, str], account: str) -> Verdict | None:
+        """The synchronous checks: global filter, blacklist, whitelist."""
+        sender = req.get("sender", "")
+        acc = self.accounts[account].account
+        return (
+            check_global_filter(self.filter, sender, account)
+            or check_blacklist(acc.blacklist, sender, account)
+            or check_whitelist(acc.whitelist, sender, account, self.config.whitelist_reject_text)
+        )
+
+    def needs_dns(self, req: Mapping[str, str]) -> bool:
+        return (self.spf is not None or self.dnsbl is not None) and is_remote(
+            req.get("client_address", "")
+        )
+
+    async def check_dns(self, req: Mapping[str, str], account: str, memo: MessageMemo) -> Verdict:
+        """SPF, then DNS blacklists, for a client that is not on loopback."""
+        client = req.get("client_address", "")
+        prepend: Verdict | None = None
+        if self.spf is not None:
+            instance = req.get("instance", "")
+            if memo.spf is None or memo.instance != instance or not instance:
+                memo.instance, memo.prepended = instance, False
+                memo.spf = await self.spf.check(
+                    client, req.get("sender", ""), req.get("helo_name", "")
+                )
+            res = memo.spf
+            v = check_spf_result(res.result, res.explanation, res.header, account)
+            if v is not None and not v.action.startswith("PREPEND"):
+                return v
+            if v is not None and not memo.prepended:
+                prepend, memo.prepended = v, True
+        if self.dnsbl is not None:
+            zone = await self.dnsbl.listing_zone(client)
+            v = check_dnsbl_listing(zone, client, account)
+            if v is not None:
+                return v
+        return prepend or DUNNO
+
+
+def is_remote(client: str) -> bool:
+    """SPF and DNSBL make sense only for a real remote address (not loopback, not unknown)."""
+    try:
+        return not ipaddress.ip_address(client).is_loopback
+    except ValueError:
+        return False
