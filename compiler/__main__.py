@@ -1,0 +1,7 @@
+"""`python -m compiler`: the `mailcfg` command line."""
+
+import sys
+
+from compiler.cli import main
+
+sys.exit(main())
