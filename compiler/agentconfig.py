@@ -1,0 +1,68 @@
+"""Build the agent's config (`schemas.agent.AgentConfig`) from a resolved host.
+
+The agent never reads the inventory: everything it enforces at runtime (lists, filters,
+limits, spam checks, fail-safe actions, the logs to follow) reaches it through this object,
+rendered by the agent role as `agent.json`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from compiler.resolve import HostConfig
+from schemas.agent import AgentAccount, AgentConfig
+from schemas.policy import Listener
+
+
+def probe_address(listener: Listener) -> str:
+    """An address a local client can connect to for `listener`."""
+    return "127.0.0.1" if listener.address in ("all", "*", "0.0.0.0") else listener.address
+
+
+def host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def make_agent_config(cfg: HostConfig) -> AgentConfig:
+    policy = cfg.policy
+    paths = policy.paths
+    accounts = {
+        address: AgentAccount(
+            enabled=account.enabled,
+            whitelist=account.whitelist,
+            blacklist=account.blacklist,
+            limits=cfg.limits[address],
+        )
+        for address, account in cfg.mailboxes.items()
+    }
+    logs = [paths.maillog_file or paths.mail_log]
+    if paths.dovecot_log and paths.dovecot_log not in logs:
+        logs.append(paths.dovecot_log)
+    smtp = policy.listeners.smtp
+    return AgentConfig(
+        host=cfg.name,
+        hostname=cfg.spec.hostname,
+        listen=f"unix:{paths.agent_socket}",
+        state=policy.policy_state,
+        local_domains=sorted(cfg.domain_names),
+        accounts=dict(sorted(accounts.items())),
+        redirects={src: list(targets) for src, targets in sorted(cfg.redirects.items())},
+        global_filter=list(policy.global_filter),
+        global_filter_reject_text=policy.global_filter_reject_text,
+        whitelist_reject_text=policy.whitelist_reject_text,
+        whitelist_notice=policy.whitelist_notice,
+        spam=policy.spam,
+        default_limits=policy.limits,
+        fail_action_inbound=policy.policy_fail_action_inbound,
+        fail_action_outbound=policy.policy_fail_action_outbound,
+        postmaster=cfg.postmaster,
+        notify_smtp=host_port(probe_address(smtp), smtp.port),
+        logs=logs,
+        postfix_config_dir=paths.postfix_config_dir,
+        state_dir=paths.agent_state_dir,
+    )
+
+
+def dump_agent_config(config: AgentConfig) -> str:
+    """Deterministic JSON text (sorted keys, 2-space indent, trailing newline)."""
+    return json.dumps(config.model_dump(mode="json"), sort_keys=True, indent=2) + "\n"

@@ -1,0 +1,101 @@
+"""The template context of a host: what role templates, file paths and commands may use.
+
+One place computes every derived value (tables, listener addresses, policy hooks, agent paths)
+so that templates only lay text out and `compiler.roles` formats commands from the same
+resolved paths the files were rendered with.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from compiler.agentconfig import dump_agent_config, make_agent_config, probe_address
+from compiler.resolve import HostConfig
+from compiler.tables import make_tables
+from schemas.inventory import Role
+from schemas.policy import FailAction, Listener
+
+POSTFIX_MAPS = ("virtual_mailbox_domains", "virtual_mailbox_maps", "virtual_alias_maps",
+                "sender_login_maps")  # fmt: skip
+AGENT_CONFIG_NAME = "agent.json"
+# Policy service request limits: Postfix answers `default_action` once they are used up.
+POLICY_TIMEOUT = "10s"
+POLICY_TRY_LIMIT = 2
+
+
+def postfix_inet(listener: Listener) -> str:
+    """master.cf service name of an inet listener: `port`, `addr:port` or `[v6]:port`."""
+    if listener.address in ("all", "*"):
+        return str(listener.port)
+    address = f"[{listener.address}]" if ":" in listener.address else listener.address
+    return f"{address}:{listener.port}"
+
+
+def dovecot_address(listener: Listener) -> str:
+    return "*, ::" if listener.address == "all" else listener.address
+
+
+def dovecot_port(listener: Listener) -> int:
+    """Port 0 switches a Dovecot inet_listener off."""
+    return listener.port if listener.enabled else 0
+
+
+def make_policy_hook(socket: str, fail_action: FailAction) -> str:
+    return (
+        f"check_policy_service {{ unix:{socket}, default_action={fail_action.value}, "
+        f"timeout={POLICY_TIMEOUT}, try_limit={POLICY_TRY_LIMIT} }}"
+    )
+
+
+def _first_enabled(*listeners: Listener) -> tuple[str, int] | None:
+    for listener in listeners:
+        if listener.enabled:
+            return probe_address(listener), listener.port
+    return None
+
+
+def make_context(cfg: HostConfig) -> dict[str, Any]:
+    policy = cfg.policy
+    paths = policy.paths
+    ls = policy.listeners
+    has_agent = Role.AGENT in cfg.spec.roles
+    protocols = []
+    if ls.imap.enabled or ls.imaps.enabled:
+        protocols.append("imap")
+    if ls.pop3.enabled or ls.pop3s.enabled:
+        protocols.append("pop3")
+    protocols.append("lmtp")
+    socket_dir = posixpath.dirname(paths.agent_socket)
+    runtime_directory = socket_dir[len("/run/") :] if socket_dir.startswith("/run/") else None
+    state_directory = (
+        paths.agent_state_dir[len("/var/lib/") :]
+        if paths.agent_state_dir.startswith("/var/lib/")
+        else None
+    )
+    rw_paths = [] if state_directory else [paths.agent_state_dir]
+    if runtime_directory is None:
+        rw_paths.append(socket_dir)
+    return {
+        "cfg": cfg,
+        "policy": policy,
+        "paths": paths,
+        "ls": ls,
+        "tables": make_tables(cfg),
+        "maps": POSTFIX_MAPS,
+        "has_agent": has_agent,
+        "inbound_policy": make_policy_hook(paths.agent_socket, policy.policy_fail_action_inbound),
+        "outbound_policy": make_policy_hook(paths.agent_socket, policy.policy_fail_action_outbound),
+        "extra_main": sorted(policy.postfix_main.items()),
+        "dovecot_protocols": protocols,
+        "smtp_probe": _first_enabled(ls.smtp, ls.submission, ls.submission_alt),
+        "imap_probe": _first_enabled(ls.imap, ls.pop3),
+        "agent_config_path": posixpath.join(paths.agent_config_dir, AGENT_CONFIG_NAME),
+        "agent_json": dump_agent_config(make_agent_config(cfg)) if has_agent else "",
+        "runtime_directory": runtime_directory,
+        "state_directory": state_directory,
+        "agent_rw_paths": rw_paths,
+        "inet": postfix_inet,
+        "address": dovecot_address,
+        "port": dovecot_port,
+    }

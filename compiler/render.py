@@ -1,0 +1,86 @@
+"""Render a host's file tree from its `HostConfig` and the roles.
+
+Each role of the host renders the files its role.yml lists; every path belongs to exactly one
+role. No I/O but reading templates; the result is deterministic (FileTree iterates sorted).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+import jinja2
+
+from compiler.context import make_context
+from compiler.resolve import HostConfig
+from compiler.roles import Role, RoleError, Roles, render_snippet
+from compiler.types import FileTree, RenderedFile
+
+_PARAM_RE = re.compile(r"^([A-Za-z0-9_]+)\s*=", re.M)
+
+
+class RenderError(Exception):
+    """A host cannot be rendered; the message names the host and the cause."""
+
+
+def check_main_cf(host: str, text: str) -> None:
+    """A parameter set twice in main.cf means `postfix_main` tries to override one that
+    mailcfg manages through the policy model: Postfix would silently take the last one."""
+    twice = sorted(name for name, n in Counter(_PARAM_RE.findall(text)).items() if n > 1)
+    if twice:
+        raise RenderError(
+            f"host {host}: policy.postfix_main.{twice[0]}: this parameter is managed by mailcfg "
+            "(set through the policy model, e.g. listeners, tls, limits, trusted_networks) and "
+            "cannot be overridden in postfix_main"
+        )
+
+
+def render_role(
+    cfg: HostConfig, roles: Roles, role: Role, context: dict[str, Any]
+) -> list[RenderedFile]:
+    files = []
+    for i, spec in enumerate(role.files):
+        where = f"roles/{role.name}/role.yml: files[{i}]"
+        path = render_snippet(roles, spec.path, context, f"{where}.path").strip()
+        if not path.startswith("/"):
+            raise RoleError(f"{where}: path {path!r} is not absolute")
+        local = dict(context)
+        if spec.rows:
+            local["rows"] = getattr(context["tables"], spec.rows)
+        try:
+            text = roles.env.get_template(f"{role.name}/{spec.template}").render(local)
+        except jinja2.TemplateError as exc:
+            raise RoleError(f"roles/{role.name}/templates/{spec.template}: {exc}") from exc
+        if spec.template == "main.cf.j2":
+            check_main_cf(cfg.name, text)
+        files.append(
+            RenderedFile(
+                path=path,
+                content=text.encode("utf-8"),
+                mode=spec.mode,
+                owner=spec.owner,
+                group=spec.group,
+                role=role.name,
+                sensitive=spec.sensitive,
+            )
+        )
+    return files
+
+
+def render_host(cfg: HostConfig, roles: Roles) -> FileTree:
+    """Every file the host needs, from the roles listed in its spec."""
+    context = make_context(cfg)
+    files: dict[str, RenderedFile] = {}
+    for name in sorted(set(cfg.spec.roles)):
+        if name not in roles.roles:
+            raise RenderError(f"host {cfg.name}: role {name!r} not found in {roles.path}")
+        for rendered in render_role(cfg, roles, roles[name], context):
+            other = files.get(rendered.path)
+            if other is not None:
+                raise RenderError(
+                    f"host {cfg.name}: {rendered.path} is rendered by roles {other.role!r} and "
+                    f"{rendered.role!r}; each path must belong to one role"
+                )
+            files[rendered.path] = rendered
+    return FileTree(dict(sorted(files.items())))
