@@ -112,7 +112,7 @@ def check_spf_result(result: str, explanation: str, header: str, account: str) -
     if result == "temperror":
         return Verdict(f"DEFER_IF_PERMIT 4.7.24 SPF temporary error: {one_line(explanation)}")
     if result in ("softfail", "neutral"):
-        return Verdict(f"PREPEND {one_line(header)}")
+        return Verdict(f"PREPEND {one_line(header, 900)}")
     return None
 
 
@@ -154,17 +154,21 @@ def check_limit_result(res: LimitResult, account: str) -> Verdict:
             "contact the postmaster",
             account,
         )
+    period = _PERIOD.get(res.exceeded or "", "a")
     if res.newly_locked:
         return Verdict(
-            f"DEFER 4.7.1 <{account}>: {res.exceeded}ly sending limit exceeded; "
+            f"DEFER 4.7.1 <{account}>: {period} sending limit exceeded; "
             "account locked, contact the postmaster",
             account,
         )
     return Verdict(
-        f"DEFER 4.7.1 <{account}>: {res.exceeded}ly sending limit exceeded; try again later",
+        f"DEFER 4.7.1 <{account}>: {period} sending limit exceeded; try again later",
         account,
     )
 
 
-def one_line(text: str) -> str:
-    return " ".join(text.split())[:400]
+_PERIOD = {"hour": "hourly", "day": "daily", "month": "monthly"}
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    return " ".join(text.split())[:limit]

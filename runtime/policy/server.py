@@ -197,7 +197,7 @@ class PolicyService:
 
 
 def send_lock_alert(config: AgentConfig, account: str, res: LimitResult, now: float) -> None:
-    reason = f"{res.exceeded}ly sending limit exceeded" if res.exceeded else "locked"
+    reason = f"{res.exceeded} sending limit exceeded" if res.exceeded else "locked"
     send_mail(config.notify_smtp, make_lock_alert(config, account, reason, res.counts, now))
 
 

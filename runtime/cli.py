@@ -1,0 +1,131 @@
+"""`mailcfg-agent`: thin command line over the runtime (argument parsing and output only).
+
+Subcommands: `serve` (policy service), `unlock ADDRESS`, `locks`; the log follower's commands
+(`stats`, `ingest`, `follow`) come from `runtime.logs.commands.add_parsers`. Another module
+adds commands the same way: a function registering subparsers with `set_defaults(func=...)`
+where `func(args) -> int` is the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from runtime.config import ConfigError, ConfigWatcher, load_agent_config
+from runtime.policy.engine import Policy
+from runtime.policy.server import PolicyService, run_policy_service
+from runtime.state.limits import LimitStore
+from runtime.state.open import StoreError, open_store
+
+log = logging.getLogger("mailcfg-agent")
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+async def serve_policy(
+    config_path: str, listen: str | None, store: LimitStore, stop: asyncio.Event
+) -> None:
+    """Run the policy service until `stop` is set, reloading `config_path` when it changes.
+    The caller owns `store` (so the log follower can share it in the same process)."""
+    config = load_agent_config(config_path)
+    service = PolicyService(Policy(config), store)
+    loop = asyncio.get_running_loop()
+    watcher = ConfigWatcher(config_path, service.set_config, loop)
+    try:
+        await run_policy_service(listen or config.listen, service, stop)
+    finally:
+        watcher.close()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_agent_config(args.config)
+    store = open_store(args.state or config.state, host=config.host)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_policy(args.config, args.listen, store, stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+    return 0
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    config = load_agent_config(args.config)
+    store = open_store(args.state or config.state, host=config.host)
+    try:
+        address = args.address.lower()
+        if store.unlock(address):
+            print(f"unlocked {address}")
+            return 0
+        print(f"{address} was not locked", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
+def _locks(args: argparse.Namespace) -> int:
+    config = load_agent_config(args.config)
+    store = open_store(args.state or config.state, host=config.host)
+    try:
+        for account, reason in store.locks().items():
+            print(f"{account}\t{reason}")
+    finally:
+        store.close()
+    return 0
+
+
+def add_policy_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", required=True, help="agent config (agent.json)")
+        p.add_argument("--state", help="state DSN (default: the config's `state`)")
+
+    p = sub.add_parser("serve", help="run the Postfix policy service")
+    common(p)
+    p.add_argument("--listen", help="unix:PATH or tcp:HOST:PORT (default: the config's)")
+    p.set_defaults(func=_serve)
+    p = sub.add_parser("unlock", help="lift the sending lock of an account")
+    p.add_argument("address")
+    common(p)
+    p.set_defaults(func=_unlock)
+    p = sub.add_parser("locks", help="list locked accounts and why")
+    common(p)
+    p.set_defaults(func=_locks)
+
+
+def _registrars() -> list[Registrar]:
+    regs: list[Registrar] = [add_policy_parsers]
+    with contextlib.suppress(ImportError):
+        from runtime.logs.commands import add_parsers
+
+        regs.append(add_parsers)
+    return regs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mailcfg-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in _registrars():
+        register(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (ConfigError, StoreError, ValueError, OSError) as exc:
+        print(f"mailcfg-agent: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

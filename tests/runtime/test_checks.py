@@ -1,0 +1,273 @@
+"""Each policy check alone, then SPF and DNSBL through a real DNS server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from runtime.policy.checks import (
+    check_blacklist,
+    check_global_filter,
+    check_limit_result,
+    check_spf_result,
+    check_whitelist,
+    compile_filter,
+    limit_windows,
+    sender_listed,
+)
+from runtime.policy.dnsbl import DnsblChecker, DnsblZone, make_resolver, parse_ranges, reverse_name
+from runtime.policy.engine import MessageMemo, Policy, is_remote
+from runtime.policy.spf import SpfChecker
+from runtime.state.base import Window
+from runtime.state.limits import LimitResult
+from schemas.domain import SenderList
+from schemas.policy import Limits
+from tests.runtime.dnsserver import Zone, dns_server
+from tests.runtime.policy_fixtures import inbound, make_config, outbound
+
+DNS_PORT = 22053
+
+ZONE = Zone(
+    {
+        # SPF: pass only from 192.0.2.10; -all, ~all, ?all variants
+        "strict.test": [("TXT", "v=spf1 ip4:192.0.2.10 -all")],
+        "soft.test": [("TXT", "v=spf1 ip4:192.0.2.10 ~all")],
+        "neutral.test": [("TXT", "v=spf1 ?all")],
+        "nospf.test": [("A", "192.0.2.99")],
+        "slow.test": [],
+        # DNSBL: 192.0.2.66 listed on bl.test, 192.0.2.77 gets a Spamhaus-style error code
+        "66.2.0.192.bl.test": [("A", "127.0.0.2", 60)],
+        "77.2.0.192.bl.test": [("A", "127.255.255.254", 60)],
+        "66.2.0.192.other.test": [("A", "127.0.0.4")],
+        # IPv6 2001:db8::1 listed
+        reverse_name("2001:db8::1") + ".bl.test": [("A", "127.0.0.3")],  # type: ignore[operator]
+    },
+    silent=["slow.test", "99.2.0.192.bl.test"],
+)
+
+
+@pytest.fixture(scope="module")
+def nameserver() -> Iterator[str]:
+    with dns_server(ZONE, DNS_PORT) as ns:
+        yield ns
+
+
+# -- pure checks --------------------------------------------------------------------------
+
+
+def test_global_filter_substring_is_case_insensitive() -> None:
+    f = compile_filter(["Test.com"], "no")
+    assert check_global_filter(f, "juan.lopez@masTEST.com", "a@x.org") is not None
+    assert check_global_filter(f, "friend@example.org", "a@x.org") is None
+
+
+def test_global_filter_regex_anchors() -> None:
+    f = compile_filter([r"/^john@test\.com$/"], "Rejected by filter")
+    v = check_global_filter(f, "John@test.com", "a@x.org")
+    assert v is not None and v.action == "REJECT 5.7.1 Rejected by filter"
+    assert v.counters == ("rejected",) and v.account == "a@x.org"
+    assert check_global_filter(f, "j.john@test.com", "a@x.org") is None
+
+
+def test_sender_listed() -> None:
+    entries = ["spam@bad.org", "@evil.net"]
+    assert sender_listed(entries, "SPAM@Bad.org")
+    assert sender_listed(entries, "anyone@evil.net")
+    assert not sender_listed(entries, "anyone@sub.evil.net")
+    assert not sender_listed(entries, "other@bad.org")
+    assert not sender_listed(entries, "")
+
+
+def test_blacklist_only_when_enabled() -> None:
+    lst = SenderList(enabled=True, entries=["@evil.net"])
+    v = check_blacklist(lst, "x@evil.net", "b@example.com")
+    assert v is not None and v.action.startswith("REJECT 5.7.1")
+    assert v.counters == ("rejected", "blacklist_blocked")
+    off = SenderList(enabled=False, entries=["@evil.net"])
+    assert check_blacklist(off, "x@evil.net", "b@example.com") is None
+
+
+def test_whitelist_rejects_others_with_explanation() -> None:
+    lst = SenderList(enabled=True, entries=["friend@ok.org"])
+    assert check_whitelist(lst, "friend@ok.org", "c@example.com", "ask") is None
+    v = check_whitelist(lst, "stranger@ok.org", "c@example.com", "Ask carol to add you")
+    assert v is not None and v.action == "REJECT 5.7.1 <c@example.com>: Ask carol to add you"
+    assert check_whitelist(lst, "", "c@example.com", "x") is not None  # null sender too
+    assert check_whitelist(SenderList(), "any@x.org", "c@example.com", "x") is None
+
+
+def test_spf_result_mapping() -> None:
+    fail = check_spf_result("fail", "not allowed", "Received-SPF: fail", "a@x.org")
+    assert fail is not None and fail.action.startswith("REJECT 5.7.23")
+    assert fail.counters == ("rejected", "spf_blocked")
+    temp = check_spf_result("temperror", "dns", "", "a@x.org")
+    assert temp is not None and temp.action.startswith("DEFER_IF_PERMIT 4.7.24")
+    for r in ("softfail", "neutral"):
+        v = check_spf_result(r, "", "Received-SPF: x", "a@x.org")
+        assert v is not None and v.action == "PREPEND Received-SPF: x"
+    for r in ("pass", "none", "permerror"):
+        assert check_spf_result(r, "", "Received-SPF: x", "a@x.org") is None
+
+
+def test_limit_windows_and_verdicts() -> None:
+    assert limit_windows(Limits(per_hour=1, per_month=3)) == [
+        Window("hour", 1),
+        Window("month", 3),
+    ]
+    assert check_limit_result(LimitResult(True, False, None, False, {}), "a").action == "DUNNO"
+    locked = check_limit_result(LimitResult(False, True, None, False, {}), "a@x.org")
+    assert locked.action.startswith("DEFER 4.7.1") and "locked" in locked.action
+    new = check_limit_result(LimitResult(False, False, "day", True, {}), "a@x.org")
+    assert "daily sending limit exceeded; account locked" in new.action
+    soft = check_limit_result(LimitResult(False, False, "hour", False, {}), "a@x.org")
+    assert "hourly sending limit exceeded; try again later" in soft.action
+
+
+def test_reverse_name() -> None:
+    assert reverse_name("192.0.2.1") == "1.2.0.192"
+    assert reverse_name("2001:db8::1") == ".".join("1" + "0" * 23 + "8bd01002")
+    assert reverse_name("unknown") is None
+
+
+def test_parse_ranges() -> None:
+    assert parse_ranges(["127.0.0.2"]) == ((2130706434, 2130706434),)
+    assert parse_ranges(["127.0.0.0/30"]) == ((2130706432, 2130706435),)
+    with pytest.raises(ValueError, match="invalid DNSBL answer range"):
+        parse_ranges(["127.0.0.300"])
+
+
+def test_is_remote() -> None:
+    assert is_remote("192.0.2.1") and is_remote("2001:db8::1")
+    assert not is_remote("127.0.0.1") and not is_remote("::1") and not is_remote("unknown")
+
+
+# -- engine classification ----------------------------------------------------------------
+
+
+def test_classification() -> None:
+    p = Policy(make_config())
+    assert p.inbound_account(inbound("Alice@example.com", "x@y.org")) == "alice@example.com"
+    assert p.inbound_account(inbound("sales@example.com", "x@y.org")) is None  # redirect
+    assert p.inbound_account(inbound("x@elsewhere.org", "x@y.org")) is None
+    assert p.inbound_account({**inbound("alice@example.com", "x"), "sasl_username": "u"}) is None
+    req = p.outbound_request(outbound("Alice@example.com", 4), 0.0)
+    assert req is not None and req.account == "alice@example.com" and req.amount == 4
+    assert req.lock and list(req.windows) == [Window("hour", 3), Window("day", 100)]
+    carol = p.outbound_request(outbound("carol@example.com", 9), 0.0)
+    assert carol is not None and carol.amount == 1  # counts messages
+    bob = p.outbound_request(outbound("bob@example.com"), 0.0)
+    assert bob is not None and not bob.lock
+    dflt = p.outbound_request(outbound("zed@example.com"), 0.0)
+    assert dflt is not None and list(dflt.windows) == [Window("hour", 10)]
+    assert p.outbound_request({**outbound("a@b.org"), "protocol_state": "RCPT"}, 0.0) is None
+
+
+def test_list_order_filter_then_blacklist_then_whitelist() -> None:
+    p = Policy(make_config())
+    v = p.check_lists(inbound("carol@example.com", "casino@family.net"), "carol@example.com")
+    assert v is not None and "input filter" in v.action
+    v = p.check_lists(inbound("carol@example.com", "mom@family.net"), "carol@example.com")
+    assert v is not None and "blacklist" in v.action  # blacklist before whitelist
+    v = p.check_lists(inbound("carol@example.com", "friend@ok.org"), "carol@example.com")
+    assert v is None
+    v = p.check_lists(inbound("carol@example.com", "promo12@x.org"), "carol@example.com")
+    assert v is not None and "input filter" in v.action
+
+
+# -- SPF and DNSBL against the loopback DNS server ----------------------------------------
+
+
+def _spf(nameserver: str, client: str, sender: str) -> str:
+    checker = SpfChecker([nameserver], 0.5, "mx1.example.com")
+    return asyncio.run(checker.check(client, sender, "helo.test")).result
+
+
+def test_spf_results(nameserver: str) -> None:
+    assert _spf(nameserver, "192.0.2.10", "a@strict.test") == "pass"
+    assert _spf(nameserver, "192.0.2.11", "a@strict.test") == "fail"
+    assert _spf(nameserver, "192.0.2.11", "a@soft.test") == "softfail"
+    assert _spf(nameserver, "192.0.2.11", "a@neutral.test") == "neutral"
+    assert _spf(nameserver, "192.0.2.11", "a@nospf.test") == "none"
+    assert _spf(nameserver, "192.0.2.11", "a@slow.test") == "temperror"
+
+
+def test_spf_header_once_per_message(nameserver: str) -> None:
+    cfg = make_config(spam={"spf": True, "nameservers": [nameserver], "dns_timeout": 0.5})
+    p = Policy(cfg)
+    memo = MessageMemo()
+
+    async def run() -> list[str]:
+        out = []
+        for rcpt in ("alice@example.com", "bob@example.com"):
+            req = inbound(rcpt, "a@soft.test", client="192.0.2.11", instance="9.1")
+            out.append((await p.check_dns(req, rcpt, memo)).action)
+        return out
+
+    first, second = asyncio.run(run())
+    assert first.lower().startswith("prepend received-spf: softfail")
+    assert "client-ip=192.0.2.11" in first
+    assert second == "DUNNO"
+    fail = asyncio.run(
+        p.check_dns(
+            inbound("alice@example.com", "a@strict.test", client="192.0.2.5"),
+            "alice@example.com",
+            MessageMemo(),
+        )
+    )
+    assert fail.action.startswith("REJECT 5.7.23") and fail.counters[-1] == "spf_blocked"
+
+
+def _dnsbl(nameserver: str) -> DnsblChecker:
+    zones = [
+        DnsblZone("bl.test", parse_ranges(["127.0.0.2-127.0.0.254"])),
+        DnsblZone("other.test", parse_ranges(["127.0.0.2"])),
+    ]
+    return DnsblChecker(zones, make_resolver([nameserver], 0.3))
+
+
+def test_dnsbl_listing_and_error_codes(nameserver: str, caplog: pytest.LogCaptureFixture) -> None:
+    checker = _dnsbl(nameserver)
+
+    async def run() -> list[str | None]:
+        return [
+            await checker.listing_zone(ip)
+            for ip in ("192.0.2.66", "192.0.2.77", "192.0.2.1", "2001:db8::1", "192.0.2.99")
+        ]
+
+    with caplog.at_level(logging.WARNING):
+        got = asyncio.run(run())
+    # .66 is on both; bl.test comes first. other.test answers 127.0.0.4: not in its range.
+    assert got == ["bl.test", None, None, "bl.test", None]
+    assert "127.255.255.254" in caplog.text and "not a listing" in caplog.text
+    assert "failed (Timeout)" in caplog.text or "failed (LifetimeTimeout)" in caplog.text
+
+
+def test_dnsbl_cache_honours_ttl(nameserver: str) -> None:
+    checker = _dnsbl(nameserver)
+    name = "66.2.0.192.bl.test."
+
+    async def run() -> None:
+        await checker.listing_zone("192.0.2.66")
+        await checker.listing_zone("192.0.2.66")
+
+    before = ZONE.queries.count((name, "A"))
+    asyncio.run(run())
+    assert ZONE.queries.count((name, "A")) == before + 1
+
+
+def test_dnsbl_verdict_through_policy(nameserver: str) -> None:
+    cfg = make_config(
+        spam={"spf": False, "custom_dnsbl": [{"zone": "bl.test"}], "nameservers": [nameserver]}
+    )
+    p = Policy(cfg)
+    req = inbound("alice@example.com", "x@y.org", client="192.0.2.66")
+    assert p.needs_dns(req)
+    v = asyncio.run(p.check_dns(req, "alice@example.com", MessageMemo()))
+    assert v.action == (
+        "REJECT 5.7.1 Service unavailable; client [192.0.2.66] blocked using bl.test"
+    )
+    assert v.counters == ("rejected", "blacklist_blocked")
+    assert not p.needs_dns(inbound("alice@example.com", "x@y.org", client="127.0.0.1"))
