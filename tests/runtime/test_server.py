@@ -1,0 +1,280 @@
+"""The policy server in-process over a real unix socket with the real SQLite backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.cli import main as agent_main
+from runtime.cli import serve_policy
+from runtime.policy.engine import Policy
+from runtime.policy.server import PolicyService, run_policy_service
+from runtime.state.limits import LimitResult
+from runtime.state.sqlite import SqliteStore
+from schemas.agent import AgentConfig
+from tests.runtime.policy_fixtures import BASE, encode, inbound, make_config, outbound
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def ask(self, *reqs: dict[str, str]) -> list[str]:
+        self.writer.write(b"".join(encode(r) for r in reqs))
+        await self.writer.drain()
+        return [await self.reply() for _ in reqs]
+
+    async def reply(self) -> str:
+        data = await asyncio.wait_for(self.reader.readuntil(b"\n\n"), 10)
+        assert data.startswith(b"action=")
+        return data[7:-2].decode()
+
+    async def close(self) -> None:
+        self.writer.close()
+
+
+class Harness:
+    def __init__(self, tmp: Path, config: AgentConfig) -> None:
+        self.sock = str(tmp / "policy.sock")
+        self.store = SqliteStore(tmp / "state.db")
+        self.alerts: list[tuple[str, LimitResult]] = []
+        self.service = PolicyService(
+            Policy(config),
+            self.store,
+            send_alert=lambda cfg, acct, res, now: self.alerts.append((acct, res)),
+        )
+        self.stop = asyncio.Event()
+
+    async def client(self) -> Client:
+        return Client(*await asyncio.open_unix_connection(self.sock))
+
+
+Test = Callable[[Harness], Coroutine[Any, Any, None]]
+
+
+def run_with_server(tmp: Path, test: Test, config: AgentConfig | None = None) -> Harness:
+    async def main() -> Harness:
+        h = Harness(tmp, config or make_config())
+        server = asyncio.create_task(run_policy_service(f"unix:{h.sock}", h.service, h.stop))
+        while not os.path.exists(h.sock):
+            await asyncio.sleep(0.01)
+        try:
+            await test(h)
+        finally:
+            h.stop.set()
+            await server
+        return h
+
+    return asyncio.run(main())
+
+
+def test_socket_mode_and_cleanup(tmp_path: Path) -> None:
+    async def t(h: Harness) -> None:
+        assert stat.S_IMODE(os.stat(h.sock).st_mode) == 0o660
+
+    h = run_with_server(tmp_path, t)
+    assert not os.path.exists(h.sock)
+
+
+def test_inbound_verdicts_and_stats(tmp_path: Path) -> None:
+    async def t(h: Harness) -> None:
+        c = await h.client()
+        got = await c.ask(
+            inbound("bob@example.com", "spam@bad.org"),
+            inbound("carol@example.com", "friend@ok.org"),
+            inbound("carol@example.com", "stranger@x.org"),
+            inbound("alice@example.com", "Big.CASINO@x.org"),
+            inbound("nobody@elsewhere.org", "x@y.org"),
+            {"request": "smtpd_access_policy", "protocol_state": "CONNECT"},
+        )
+        assert got[0].startswith("REJECT 5.7.1 <bob@example.com>: sender is on the recipient")
+        assert got[1] == "DUNNO"
+        assert got[2] == "REJECT 5.7.1 <carol@example.com>: Ask carol to add you to her whitelist"
+        assert got[3] == "REJECT 5.7.1 Sender rejected by the input filter"
+        assert got[4:] == ["DUNNO", "DUNNO"]
+        await c.close()
+
+    h = run_with_server(tmp_path, t)
+    rows = {r.account: r.counters for r in h.store.stats()}
+    assert rows["bob@example.com"]["rejected"] == 1
+    assert rows["bob@example.com"]["blacklist_blocked"] == 1
+    assert rows["carol@example.com"]["rejected"] == 1
+    assert rows["carol@example.com"]["blacklist_blocked"] == 0
+    assert rows["alice@example.com"]["rejected"] == 1
+
+
+def test_outbound_limit_locks_once_and_persists(tmp_path: Path) -> None:
+    async def t(h: Harness) -> None:
+        c1, c2 = await h.client(), await h.client()
+        # alice: 3 recipients per hour, lock on exceed.
+        assert await c1.ask(outbound("alice@example.com", 2)) == ["DUNNO"]
+        assert await c2.ask(outbound("alice@example.com", 1)) == ["DUNNO"]
+        over = await c1.ask(outbound("alice@example.com", 1))
+        assert over[0].startswith("DEFER 4.7.1 <alice@example.com>: hourly sending limit")
+        assert "locked" in over[0]
+        later = await c2.ask(outbound("alice@example.com", 1))
+        assert later[0].startswith("DEFER 4.7.1") and "account locked" in later[0]
+        # bob: defer only, no lock.
+        for _ in range(5):
+            assert await c1.ask(outbound("bob@example.com")) == ["DUNNO"]
+        assert "try again later" in (await c1.ask(outbound("bob@example.com")))[0]
+        # carol counts messages: 2 per hour whatever the recipient count.
+        assert await c2.ask(
+            outbound("carol@example.com", 50), outbound("carol@example.com", 50)
+        ) == [
+            "DUNNO",
+            "DUNNO",
+        ]
+
+    h = run_with_server(tmp_path, t)
+    assert [a for a, _ in h.alerts] == ["alice@example.com"]
+    assert h.alerts[0][1].exceeded == "hour"
+    assert h.store.locks() == {"alice@example.com": "sending limit exceeded"}
+    assert not h.store.is_locked("bob@example.com")
+    h.store.close()
+    assert SqliteStore(tmp_path / "state.db").is_locked("alice@example.com")
+
+
+def test_pipelined_answers_stay_in_order_around_dns(tmp_path: Path) -> None:
+    # SPF on with a nameserver that never answers: the first request waits for its timeout
+    # while the later ones are decided at once; replies must still come back in order.
+    cfg = make_config(spam={"spf": True, "nameservers": ["127.0.0.1:22054"], "dns_timeout": 0.2})
+
+    async def t(h: Harness) -> None:
+        c = await h.client()
+        got = await c.ask(
+            inbound("alice@example.com", "a@slow.test", client="192.0.2.1"),
+            inbound("bob@example.com", "spam@bad.org"),
+            outbound("alice@example.com"),
+        )
+        assert got[0].startswith("DEFER_IF_PERMIT 4.7.24")
+        assert got[1].startswith("REJECT") and got[2] == "DUNNO"
+
+    run_with_server(tmp_path, t, cfg)
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"no equals here\n\n", b"\n", b"x=" + b"y" * 20000], ids=["noeq", "empty", "big"]
+)
+def test_bad_client_closed_server_keeps_going(
+    tmp_path: Path, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def t(h: Harness) -> None:
+        good = await h.client()
+        bad = await h.client()
+        bad.writer.write(garbage)
+        assert await asyncio.wait_for(bad.reader.read(), 10) == b""  # closed by the server
+        assert await good.ask(inbound("carol@example.com", "friend@ok.org")) == ["DUNNO"]
+
+    with caplog.at_level(logging.WARNING):
+        run_with_server(tmp_path, t)
+    assert "closing the connection" in caplog.text
+
+
+def test_idle_connection_closed(tmp_path: Path) -> None:
+    async def t(h: Harness) -> None:
+        h.service.idle_timeout = 0.2
+        c = await h.client()
+        assert await c.ask(inbound("carol@example.com", "friend@ok.org")) == ["DUNNO"]
+        assert await asyncio.wait_for(c.reader.read(), 10) == b""
+
+    run_with_server(tmp_path, t)
+
+
+class BrokenStore(SqliteStore):
+    def consume_limits(self, requests: Any) -> list[LimitResult]:
+        raise OSError("disk I/O error")
+
+    def add_stats(self, day: str, account: str, counters: Any) -> None:
+        raise OSError("disk I/O error")
+
+
+def test_backend_failure_answers_fail_safe(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def t(h: Harness) -> None:
+        h.service.store = BrokenStore(tmp_path / "broken.db")
+        c = await h.client()
+        got = await c.ask(outbound("alice@example.com"), inbound("bob@example.com", "x@evil.net"))
+        assert got[0] == "DEFER 4.3.5 sending limit temporarily unavailable; try again later"
+        assert got[1].startswith("REJECT")  # the verdict stands; only its counters are lost
+        assert await c.ask(outbound("alice@example.com")) == [got[0]]  # still serving
+
+    with caplog.at_level(logging.ERROR):
+        run_with_server(tmp_path, t)
+    assert "state backend failed" in caplog.text
+
+
+def _write_config(path: Path, **overrides: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**BASE, **overrides}))
+    os.rename(tmp, path)  # how the compiler installs it
+
+
+def test_reload_on_rename_keeps_connections_and_ignores_bad_config(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg_path = tmp_path / "agent.json"
+    _write_config(cfg_path)
+    sock = tmp_path / "p.sock"
+
+    async def main() -> None:
+        store = SqliteStore(tmp_path / "state.db")
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve_policy(str(cfg_path), f"unix:{sock}", store, stop))
+        while not sock.exists():
+            await asyncio.sleep(0.01)
+        c = Client(*await asyncio.open_unix_connection(str(sock)))
+        assert await c.ask(inbound("alice@example.com", "x@newspam.org")) == ["DUNNO"]
+        _write_config(cfg_path, global_filter=["newspam"])
+        for _ in range(200):
+            if (await c.ask(inbound("alice@example.com", "x@newspam.org")))[0] != "DUNNO":
+                break
+            await asyncio.sleep(0.02)
+        assert (await c.ask(inbound("alice@example.com", "x@newspam.org")))[0].startswith("REJECT")
+        (cfg_path.with_suffix(".tmp")).write_text('{"host": 1}')
+        os.rename(cfg_path.with_suffix(".tmp"), cfg_path)
+        await asyncio.sleep(0.3)
+        # Same connection, old (good) config still in force.
+        assert (await c.ask(inbound("alice@example.com", "x@newspam.org")))[0].startswith("REJECT")
+        stop.set()
+        await task
+        store.close()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    assert "keeping the current config" in caplog.text and "agent.json" in caplog.text
+
+
+def test_cli_unlock_and_locks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_path = tmp_path / "agent.json"
+    _write_config(cfg_path, state=f"sqlite:///{tmp_path}/state.db")
+    store = SqliteStore(tmp_path / "state.db")
+    store.lock("alice@example.com", "sending limit exceeded", 0)
+    store.close()
+    assert agent_main(["locks", "--config", str(cfg_path)]) == 0
+    assert "alice@example.com\tsending limit exceeded" in capsys.readouterr().out
+    assert agent_main(["unlock", "Alice@example.com", "--config", str(cfg_path)]) == 0
+    assert agent_main(["unlock", "alice@example.com", "--config", str(cfg_path)]) == 1
+    assert agent_main(["locks", "--config", str(cfg_path)]) == 0
+    assert capsys.readouterr().out == "unlocked alice@example.com\n"
+
+
+def test_cli_bad_config_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "agent.json"
+    bad.write_text('{"host": "mx1"}')
+    assert agent_main(["locks", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid agent config" in err and "hostname" in err and "Traceback" not in err
+    assert agent_main(["locks", "--config", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read agent config" in capsys.readouterr().err
