@@ -25,8 +25,8 @@ class PasswdEntry:
     extra: tuple[str, ...] = ()
 
     def line(self) -> str:
-        if not self.extra:
-            return f"{self.user}:{self.password}"
+        # All 8 fields even when the extras are empty: a 2-field line is a passdb-only entry
+        # ("User ... is missing userdb info").
         return f"{self.user}:{self.password}::::::{' '.join(self.extra)}"
 
 
