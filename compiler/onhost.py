@@ -87,10 +87,12 @@ class Host:
         self.state = os.path.join(self.root, STATE_DIR)
 
     def path(self, host_path: str) -> str:
-        rel = os.path.normpath(host_path).lstrip("/")
-        if not host_path.startswith("/") or rel.startswith("..") or rel in ("", "."):
+        parts = host_path.split("/")
+        # Only a normalized absolute path: no "..", ".", "//" (which could leave the root or
+        # the staging directory), no NUL.
+        if parts[0] != "" or any(p in ("", ".", "..") for p in parts[1:]) or "\0" in host_path:
             raise StepFailed("input", f"not an absolute file path: {host_path!r}")
-        return os.path.join(self.root, rel)
+        return os.path.join(self.root, host_path[1:])
 
     def release_dir(self, release_id: str) -> str:
         if not release_id or "/" in release_id or release_id.startswith("."):
