@@ -16,6 +16,7 @@ Tables: `usage` (one row per account: current hour/day/month bucket and count), 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
@@ -65,7 +66,9 @@ _INSERT_LOCK = "INSERT OR IGNORE INTO locks VALUES (?, ?, ?)"
 class SqliteStore:
     """`StateStore` + `LimitStore` on one SQLite file. Thread-safe (one lock per store)."""
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout: float = 5.0, checkpoint_interval: float = 1.0
+    ) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +80,17 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        # A checkpoint fsyncs the database; done by a commit it stalls that decision for
+        # milliseconds. A helper thread with its own connection checkpoints instead (PASSIVE:
+        # never blocks writers).
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
+        if self.path != ":memory:" and checkpoint_interval > 0:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, args=(checkpoint_interval,), daemon=True
+            )
+            self._checkpointer.start()
 
     # -- limits ---------------------------------------------------------------------------
 
@@ -240,7 +254,20 @@ class SqliteStore:
     def set_position(self, name: str, identity: str, offset: int) -> None:
         self._write("INSERT OR REPLACE INTO positions VALUES (?, ?, ?)", (name, identity, offset))
 
+    def _checkpoint_loop(self, interval: float) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
+        try:
+            while not self._closing.wait(interval):
+                # Busy or transient errors: the next round retries.
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
     def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
         with self._mutex:
             self._db.close()
 
