@@ -7,9 +7,16 @@ API
 `boot_mailhost(inv, host, base, port_base, **options)` is a context manager yielding a
 `MailHost`; on exit it stops Dovecot and Postfix (and the agent, if started) by PID:
 
-    with boot_mailhost(inv, "mx1", Path("/tmp/x"), 20100) as mh:
+    from mailhost import boot_mailhost   # tests/e2e is on sys.path under pytest
+
+    with boot_mailhost(inv, "mx1", None, 20100) as mh:
         smtplib.SMTP(mh.address, mh.ports["smtp"])
         mh.wait_for_messages("alice@example.com", 1)
+
+`base=None` (recommended) makes a fresh `/tmp/mailcfg-e2e-*` directory, removed on exit
+unless MAILCFG_KEEP_E2E=1. Do not pass pytest's `tmp_path`: every pytest session start resets
+`/tmp/pytest-of-root` to mode 0700, and with parallel sessions that locks Postfix (data
+directory) and Dovecot's vmail deliveries out of a running host.
 
 What it does, in order:
 1. `prepare_inventory` rewrites the host's policy (host layer, so it wins over groups):
@@ -52,6 +59,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -358,10 +366,21 @@ def _stop_child(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 @contextlib.contextmanager
+def _temporary_base() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="mailcfg-e2e-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        if os.environ.get("MAILCFG_KEEP_E2E") != "1":
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def boot_mailhost(
     inv: Inventory,
     host: str,
-    base: Path,
+    base: Path | None,
     port_base: int,
     *,
     address: str = "127.0.0.1",
@@ -370,6 +389,13 @@ def boot_mailhost(
     start_agent: bool = False,
 ) -> Iterator[MailHost]:
     """Render `host` of `inv` into `base`, start its services, yield a `MailHost`, stop them."""
+    if base is None:
+        with _temporary_base() as tmp, boot_mailhost(
+            inv, host, tmp, port_base, address=address, roles=roles, policy=policy,
+            start_agent=start_agent,
+        ) as mh:  # fmt: skip
+            yield mh
+        return
     base = base.resolve()
     base.mkdir(parents=True, exist_ok=True)
     layout = Layout(base, address, port_base)
@@ -425,7 +451,9 @@ def boot_mailhost(
         if "postfix" in cfg.spec.roles:
             res = _postfix(config_dir, "start")
             if res.returncode != 0:
-                raise MailHostError(f"postfix start failed:\n{res.stdout}{res.stderr}")
+                raise MailHostError(
+                    f"postfix start failed:\n{res.stdout}{res.stderr}\n{_tail(mh.maillog)}"
+                )
             postfix_started = True
         if "dovecot" in cfg.spec.roles:
             out = open(base / "log/dovecot.out", "ab")  # noqa: SIM115 - owned by the child
