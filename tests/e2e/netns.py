@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,8 @@ MAX_HOSTS = 240
 STATE_DIR = Path("/run/mcfg-netns")  # owner files; /run is tmpfs, so a reboot clears it
 LOCK_FILE = STATE_DIR / "lock"
 READY_TIMEOUT = 10.0
+# mailcfg's on-host state (releases, lock): per host, through a bind mount in its namespace.
+MAILCFG_STATE = "/var/lib/mailcfg"
 
 
 def host_address(index: int) -> str:
@@ -167,6 +170,7 @@ class NetnsHost:
 
     index: int
     root: Path
+    ssh_port: int = 22
     sshd: subprocess.Popen[bytes] | None = None
     services: list[int] = field(default_factory=list)  # PIDs started in the host, to stop
 
@@ -189,6 +193,11 @@ class NetnsHost:
     @property
     def sshd_pid_file(self) -> Path:
         return self.ssh_dir / "sshd.pid"
+
+    @property
+    def state_dir(self) -> Path:
+        """What this host sees as /var/lib/mailcfg."""
+        return self.root / "var-lib-mailcfg"
 
     @property
     def sshd_log(self) -> Path:
@@ -283,7 +292,7 @@ class NetnsLab:
             keys.write_text((self.identity_file.with_suffix(".pub")).read_text())
         config = ssh_dir / "sshd_config"
         config.write_text(
-            f"ListenAddress {host.address}:22\n"
+            f"ListenAddress {host.address}:{host.ssh_port}\n"
             f"HostKey {host.host_key}\n"
             f"PidFile {host.sshd_pid_file}\n"
             f"AuthorizedKeysFile {ssh_dir}/authorized_keys.%u\n"
@@ -300,9 +309,17 @@ class NetnsLab:
             "Subsystem sftp internal-sftp\n"
         )
         host.sshd_pid_file.unlink(missing_ok=True)
+        host.state_dir.mkdir(parents=True, exist_ok=True)
+        Path(MAILCFG_STATE).mkdir(parents=True, exist_ok=True)  # the mount point
+        # `ip netns exec` gives its child a private mount namespace (slave of ours): the bind
+        # mount gives this host its own mailcfg state dir, seen by sshd and every session.
+        start = (
+            f"mount --bind {shlex.quote(str(host.state_dir))} {MAILCFG_STATE} && "
+            f"exec /usr/sbin/sshd -D -f {shlex.quote(str(config))} "
+            f"-E {shlex.quote(str(host.sshd_log))}"
+        )
         host.sshd = subprocess.Popen(
-            ["ip", "netns", "exec", host.name, "/usr/sbin/sshd", "-D", "-f", str(config),
-             "-E", str(host.sshd_log)],
+            ["ip", "netns", "exec", host.name, "sh", "-c", start],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -314,9 +331,9 @@ class NetnsLab:
             if sshd.poll() is not None:
                 log = host.sshd_log.read_text() if host.sshd_log.exists() else ""
                 raise RuntimeError(f"sshd of {host.name} exited ({sshd.returncode}): {log}")
-            return (host.address, 22) in listening_ports(sshd.pid)
+            return (host.address, host.ssh_port) in listening_ports(sshd.pid)
 
-        wait_until(ready, f"sshd of {host.name} on {host.address}:22")
+        wait_until(ready, f"sshd of {host.name} on {host.address}:{host.ssh_port}")
 
     def stop_sshd(self, host: NetnsHost) -> None:
         """Stop the listener and every connection it serves."""
@@ -370,12 +387,20 @@ class NetnsLab:
 
     # -- helpers for tests ---------------------------------------------------------------------
 
+    def enter(self, host: NetnsHost) -> list[str]:
+        """argv prefix that runs a program inside the host: its network namespace and the
+        mount namespace of its sshd (so it sees the host's own /var/lib/mailcfg)."""
+        pid = host.sshd_pid()
+        if pid is None:
+            raise RuntimeError(f"{host.name}: sshd is not running; cannot enter the host")
+        return ["nsenter", f"--target={pid}", "--net", "--mount"]
+
     def run_in_host(
         self, host: NetnsHost, command: str, *, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        """Run a shell command inside the host's namespace (as root, on the shared disk)."""
+        """Run a shell command inside the host (as root, on the shared disk)."""
         proc = subprocess.run(
-            ["ip", "netns", "exec", host.name, "sh", "-c", command],
+            [*self.enter(host), "sh", "-c", command],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -433,7 +458,7 @@ class NetnsLab:
         its start-up descriptors) and remember its PID for cleanup."""
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", host.name, *argv],
+                [*self.enter(host), *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

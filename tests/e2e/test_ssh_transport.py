@@ -281,16 +281,9 @@ def test_trust_on_first_use_records_the_key(lab: NetnsLab, host: NetnsHost, tmp_
 def test_non_standard_port_uses_bracketed_known_hosts_name(lab: NetnsLab, tmp_path: Path) -> None:
     host = lab.add_host()
     try:
-        config = host.ssh_dir / "sshd_config"
-        config.write_text(config.read_text().replace(":22\n", ":2222\n"))
         lab.stop_sshd(host)
-        host.sshd = subprocess.Popen(
-            ["ip", "netns", "exec", host.name, "/usr/sbin/sshd", "-D", "-f", str(config),
-             "-E", str(host.sshd_log)],
-            start_new_session=True,
-        )  # fmt: skip
-        lab.run_in_host(host, "for i in $(seq 100); do ss -ltn | grep -q ':2222 ' && exit 0; "
-                        "sleep 0.05; done; exit 1")  # fmt: skip
+        host.ssh_port = 2222
+        lab.start_sshd(host)
         known = tmp_path / "known_hosts"
         spec = make_spec(lab, host, known_hosts=str(known), port=2222, trust_on_first_use=True)
         with SshTransport("mx2", spec) as t:
