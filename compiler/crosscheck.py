@@ -99,11 +99,16 @@ def _foreign(src: DomainSource, path: DataPath, name: str) -> list[Finding]:
 
 
 def _redirect_loops(redirects: Mapping[str, tuple[Ref, tuple[str, ...]]]) -> list[Finding]:
-    graph = {src: [t for t in to if t in redirects] for src, (_, to) in redirects.items()}
+    # Only redirects that point at other redirects can be part of a loop.
+    graph: dict[str, list[str]] = {}
+    for src, (_, to) in redirects.items():
+        onward = [t for t in to if t in redirects]
+        if onward:
+            graph[src] = onward
     findings = []
     for component in _strongly_connected(graph):
         start = min(component)
-        if len(component) == 1 and start not in graph[start]:
+        if len(component) == 1 and start not in graph.get(start, ()):
             continue
         cycle = _cycle_through(start, graph, set(component))
         hops = " → ".join([*cycle, cycle[0]])
@@ -140,7 +145,7 @@ def _strongly_connected(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
                 index[node] = low[node] = len(index)
                 stack.append(node)
                 on_stack.add(node)
-            targets = graph[node]
+            targets = graph.get(node, ())
             if i < len(targets):
                 work.append((node, i + 1))
                 nxt = targets[i]
@@ -171,7 +176,7 @@ def _cycle_through(start: str, graph: Mapping[str, Sequence[str]], allowed: set[
     while frontier:
         nxt_frontier = []
         for node in frontier:
-            for t in graph[node]:
+            for t in graph.get(node, ()):
                 if t == start:
                     path = [node]
                     while path[-1] != start:

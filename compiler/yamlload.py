@@ -108,8 +108,24 @@ def _stderr_silenced() -> Iterator[None]:
 _SLOW = object()
 
 
+# A cheap pre-check so the regex only runs on the few files that may need it: single bytes
+# via one `translate` pass, words via `in` (memchr-fast), case-folded where case does not matter.
+_RISKY_BYTES = b"&*!~%<+"
+_RISKY_WORDS = tuple(b"True TRUE False FALSE Null NULL --- ...".split())
+_RISKY_FOLDED = tuple(b".inf .nan 0x 0o".split())
+
+
+def _may_be_risky(data: bytes) -> bool:
+    hint = (
+        len(data.translate(None, _RISKY_BYTES)) != len(data)
+        or any(word in data for word in _RISKY_WORDS)
+        or any(word in data.lower() for word in _RISKY_FOLDED)
+    )
+    return hint and _RISKY.search(data) is not None
+
+
 def _parse_fast(data: bytes) -> Any:
-    if _RISKY.search(data):
+    if _may_be_risky(data):
         return _SLOW
     try:
         with _stderr_silenced():
