@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from runtime.logs.ingest import Follower, account_policy, follow_logs, ingest_files
 from runtime.state.base import STAT_COUNTERS, StateStore, StatRow
+from runtime.state.open import StoreError, open_store
 from schemas.agent import AgentConfig
 
 DEFAULT_CONFIG = "/etc/mailcfg/agent.json"
@@ -49,23 +50,12 @@ def load_agent_config(path: str) -> AgentConfig:
         ) from exc
 
 
-def open_state(dsn: str) -> StateStore:
+def open_state(dsn: str, host: str = "") -> StateStore:
     """The store named by `dsn` (`sqlite:///path` or `redis://…`)."""
     try:
-        from runtime.state.open import open_store  # the policy side's backend chooser
-    except ImportError:
-        open_store = None
-    try:
-        if open_store is not None:
-            store: StateStore = open_store(dsn)
-            return store
-        if dsn.startswith("sqlite://"):
-            from runtime.state.sqlite import SqliteStore
-
-            return SqliteStore(dsn.removeprefix("sqlite://"))
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"cannot open state {dsn}: {exc}") from exc
-    raise CommandError(f"unsupported state DSN {dsn!r} (expected sqlite:///path or redis://…)")
+        return open_store(dsn, host=host)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from exc
 
 
 def stat_records(rows: Sequence[StatRow]) -> list[dict[str, object]]:
@@ -103,7 +93,7 @@ def format_records(records: list[dict[str, object]], fmt: str) -> str:
 
 
 def _store_for(args: argparse.Namespace, config: AgentConfig) -> StateStore:
-    return open_state(args.state or config.state)
+    return open_state(args.state or config.state, host=config.host)
 
 
 def run_stats(args: argparse.Namespace) -> int:

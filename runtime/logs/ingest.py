@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from runtime.logs.follower import Chunk, FollowedFile, Watcher, make_watcher
-from runtime.logs.parser import DayResolver, LineParser, parse_lines
+from runtime.logs.parser import DayResolver, LineParser
 from runtime.logs.stats import AccountPolicy, Charge, Tally, queue_gauge
 from runtime.state.base import StateStore, Window
 from schemas.agent import AgentConfig
@@ -124,16 +124,14 @@ def ingest_files(
     for path in paths:
         rest = b""
         for data in _open_log(path):
-            data = rest + data
+            data = rest + data if rest else data
             end = data.rfind(b"\n") + 1
             rest = data[end:]
-            lines = data[:end].decode("utf-8", "replace").split("\n")
-            lines.pop()
-            result.lines += len(lines)
-            tally.add_events(parse_lines(lines, parser))
+            result.lines += data.count(b"\n", 0, end)
+            tally.add_text(data[:end].decode("utf-8", "replace"), parser)
         if rest:
             result.lines += 1
-            tally.add_events(parse_lines([rest.decode("utf-8", "replace")], parser))
+            tally.add_text(rest.decode("utf-8", "replace") + "\n", parser)
     rows = tally.take_rows()
     store_rows(store, rows)
     result.rows = rows
@@ -187,10 +185,9 @@ class LogSource:
         chunk = self.file.read_chunk(limit)
         if chunk is None:
             return 0, []
-        lines = chunk.data.decode("utf-8", "replace").split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        self.tally.add_events(parse_lines(lines, self.parser))
+        lines = chunk.data.count(b"\n") or 1
+        text = chunk.data.decode("utf-8", "replace")
+        self.tally.add_text(text if text.endswith("\n") else text + "\n", self.parser)
         rows = self.tally.take_rows()
         self._save_snapshot(chunk)
         if isinstance(self.store, LogRecorder):
@@ -198,7 +195,7 @@ class LogSource:
         else:
             store_rows(self.store, rows)
             self.store.set_position(self.name, chunk.identity, chunk.offset)
-        return len(lines), self.tally.take_charges()
+        return lines, self.tally.take_charges()
 
     def close(self) -> None:
         self.file.close()

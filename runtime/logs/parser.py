@@ -17,8 +17,8 @@ for live logs) and moves to the next year when the month goes back (December →
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterable
 from typing import Any, Final
 
 # Event kinds (first tuple element) and the names of the following fields.
@@ -32,7 +32,7 @@ REMOVED: Final = "removed"  # (day, qid)                      qmgr: message left
 REJECT: Final = "reject"  # (day, sender, recipient)          any Postfix `reject:` line
 SMTP_AUTH: Final = "smtp_auth"  # (day, session, account)     smtpd session authenticated
 SMTP_LOST: Final = "smtp_lost"  # (day, session)              smtpd lost connection
-SMTP_END: Final = "smtp_end"  # (day, session)                smtpd connect/disconnect
+SMTP_END: Final = "smtp_end"  # (day, session)                smtpd session ended
 
 UNKNOWN: Final = ("unknown",)
 
@@ -76,7 +76,8 @@ class DayResolver:
     """Calendar day of a line's timestamp; supplies the year classic syslog lines lack."""
 
     def __init__(self, year: int | None = None, now: float | None = None) -> None:
-        self._cache: dict[str, str | None] = {}
+        # First 10 characters of a line ("May  1 12:" or "2024-05-01") → its day.
+        self.cache: dict[str, str] = {}
         self._explicit = year is not None
         if year is None:
             t = time.localtime(time.time() if now is None else now)
@@ -87,16 +88,17 @@ class DayResolver:
             self._now_month = 12
         self._last_month = 0
 
-    def day_of(self, line: str) -> str | None:
-        """`YYYY-MM-DD` of the line, or None if it does not start with a timestamp."""
-        if len(line) > 10 and line[4] == "-" and line[10] == "T":
-            return line[:10]  # RFC 3339: the day as the host wrote it
-        key = line[:6]
-        day = self._cache.get(key)
-        if day is None:
-            day = self._classic(key)
-            if day is not None and len(self._cache) < 1024:
-                self._cache[key] = day
+    def day_of(self, text: str, start: int = 0) -> str | None:
+        """`YYYY-MM-DD` of the line at `start`, or None if it has no timestamp."""
+        key = text[start : start + 10]
+        if len(key) == 10 and key[4] == "-" and text[start + 10 : start + 11] == "T":
+            day = key if key[:4].isdigit() and key[5:7].isdigit() else None  # RFC 3339
+        else:
+            day = self._classic(key[:6])
+        if day is not None and len(key) == 10:
+            if len(self.cache) >= 4096:
+                self.cache.clear()
+            self.cache[key] = day
         return day
 
     def _classic(self, key: str) -> str | None:
@@ -112,7 +114,7 @@ class DayResolver:
             year = self._year = year - 1
         elif self._last_month - month > 6:
             year = self._year = year + 1  # December → January rollover
-            self._cache.clear()
+            self.cache.clear()
         elif month - self._last_month > 6 and self._last_month:
             return f"{year - 1:04d}-{month:02d}-{int(digits):02d}"  # a late line of last year
         self._last_month = month
@@ -141,148 +143,146 @@ def _between(text: str, start: str, end: str, pos: int = 0) -> str | None:
     return text[i:j] if j >= 0 else None
 
 
+# Postfix: every relevant message follows the tag's "]: " (tags are `postfix[/name]/prog[pid]`),
+# so the regex engine jumps between "]: " occurrences in C and Python only sees relevant lines.
+POSTFIX_RE = re.compile(
+    r"\]: (?:"
+    r"(?P<qid>\w+): (?:"
+    r"to=<(?P<to>[^>\n]*)>,[^\n]*?, status=(?P<status>sent|bounced|deferred)"
+    r"|from=<(?P<sender>[^>\n]*)>, size=\d+, nrcpt=(?P<nrcpt>\d+)"
+    r"|(?P<removed>removed)(?=\n|$)"
+    r"|client=[^\n]*?, sasl_username=(?P<sasl>[^,\n]*)"
+    r"|(?P<uid>uid=\d+ from=<)"
+    r"|(?:milter-)?reject: (?P<reject>[^\n]*)"
+    r")"
+    r"|(?P<lost>lost connection after )"
+    r"|(?P<conn>disconnect from )"
+    r"|warning: [^\n]*? authentication failed[^\n]*?, sasl_username=(?P<failed>[^,\n]*)"
+    r")"
+)
+_G = POSTFIX_RE.groupindex
+G_STATUS, G_NRCPT, G_REMOVED, G_CONN = _G["status"], _G["nrcpt"], _G["removed"], _G["conn"]
+_G_SASL, _G_UID, _G_REJECT, _G_LOST = _G["sasl"], _G["uid"], _G["reject"], _G["lost"]
+_G_FAILED = _G["failed"]
+
+# Dovecot: login processes and imap/pop3 sessions (log_path keeps "Info: ", syslog drops it).
+_DOVECOT_RE = re.compile(
+    r" (?P<svc>imap|pop3)(?:"
+    r"-login: (?:Info: )?(?:Login: user=<(?P<login>[^>\n]*)>"
+    r"|[^\n]*?\(auth failed[^\n]*? user=<(?P<failed>[^>\n]*)>)"
+    r"|\((?P<user>[^)\n]*)\)[^:\s]*: (?:Info: )?Disconnected(?:: Connection closed| for inactivity)"
+    r")[^\n]*"
+)
+
+
 class LineParser:
-    """Turns lines into events; counts `unknown` (not a log line) and `lines`."""
+    """Turns log text into events; counts `unknown` (relevant-looking text that is not on a
+    log line with a timestamp). Lines matching no event pattern are skipped at C speed."""
 
     def __init__(self, days: DayResolver) -> None:
         self.days = days
         self.unknown = 0
 
+    def parse_text(self, text: str) -> list[Event]:
+        """Events of `text` (whole lines, "\n"-separated) in log order."""
+        out = self._postfix(text)
+        if " imap" in text or " pop3" in text:
+            out.extend(self.dovecot_events(text))
+        return out
+
     def parse_line(self, line: str) -> Event | None:
-        day = self.days.day_of(line)
-        if day is None:
+        """The event of one line: None if of no interest, `UNKNOWN` if not a log line."""
+        events = self.parse_text(line.rstrip("\n") + "\n")
+        if events:
+            return events[0]
+        if self.days.day_of(line, 0) is None:
             self.unknown += 1
             return UNKNOWN
-        # The tag ends at the first ": " (a timestamp has ':' but never ': ').
-        colon = line.find(": ", 15)
-        if colon < 0:
-            self.unknown += 1
-            return UNKNOWN
-        tag = line[line.rfind(" ", 0, colon) + 1 : colon]
-        msg = line[colon + 2 :]
-        if tag.startswith("postfix"):
-            bracket = tag.find("[")
-            program = tag[tag.rfind("/", 0, bracket if bracket > 0 else None) + 1 : bracket]
-            if bracket < 0:
-                program = tag[tag.rfind("/") + 1 :]
-            return self._postfix(day, program, tag, msg, line)
-        if tag.startswith("dovecot"):
-            colon = msg.find(": ")
-            if colon < 0:
-                return None
-            tag = msg[:colon]
-            msg = msg[colon + 2 :]
-        return self._dovecot(day, tag, msg)
-
-    # -- Postfix ---------------------------------------------------------------------------
-
-    def _postfix(self, day: str, program: str, tag: str, msg: str, line: str) -> Event | None:
-        if program in _DELIVERY_AGENTS:
-            i = msg.find(": to=<")
-            if i < 0 or " " in msg[:i]:
-                return None
-            j = msg.find(">", i + 6)
-            if j < 0:
-                return None
-            k = msg.find(", status=", j)
-            if k < 0:
-                return None
-            k += 9
-            end = msg.find(" ", k)
-            status = msg[k:end] if end >= 0 else msg[k:]
-            if status not in _STATUSES:
-                return None
-            return (DELIVERY, day, msg[:i], msg[i + 6 : j].lower(), status)
-        if program == "qmgr":
-            i = msg.find(": ")
-            if i < 0:
-                return None
-            rest = msg[i + 2 :]
-            if rest.startswith("from=<"):
-                j = rest.find(">, size=", 6)
-                n = rest.find(", nrcpt=", j)
-                if j < 0 or n < 0:
-                    return None  # "from=<…>, status=expired, returned to sender"
-                n += 8
-                e = n
-                while e < len(rest) and rest[e].isdigit():
-                    e += 1
-                return (QUEUED, day, msg[:i], rest[6:j].lower(), int(rest[n:e] or 0))
-            if rest == "removed":
-                return (REMOVED, day, msg[:i])
-            return None
-        if " reject: " in msg or msg.startswith(("NOQUEUE: reject:", "NOQUEUE: milter-reject:")):
-            return self._reject(day, msg)
-        if program == "smtpd":
-            if msg.startswith(("connect from ", "disconnect from ")):
-                return (SMTP_END, day, tag)
-            if msg.startswith("lost connection after "):
-                return (SMTP_LOST, day, tag)
-            i = msg.find(", sasl_username=")
-            if i >= 0:
-                account = msg[i + 16 :]
-                end = account.find(",")
-                if end >= 0:
-                    account = account[:end]
-                account = account.strip().lower()
-                if msg.startswith("warning: "):
-                    if " authentication failed" in msg and account:
-                        return (LOGIN_FAILED, day, "smtp", account)
-                    return None
-                if ": client=" in msg and account:
-                    return (SMTP_AUTH, day, tag, account)
-            return None
-        if program == "pickup":
-            i = msg.find(": uid=")
-            if i > 0 and " " not in msg[:i]:
-                return (PICKED_UP, day, msg[:i])
         return None
 
-    def _reject(self, day: str, msg: str) -> Event | None:
-        end = msg.rfind(" proto=")
-        if end < 0:
-            end = len(msg)
-        j = msg.rfind(" from=<", 0, end)
-        if j < 0:
-            return None
-        j += 7
-        k = msg.find(">", j)
-        if k < 0:
-            return None
-        sender = msg[j:k].lower()
-        recipient = _between(msg, " to=<", ">", k) or ""
-        return (REJECT, day, sender, recipient.lower())
+    def _line_day(self, text: str, pos: int) -> tuple[int, str | None]:
+        start = text.rfind("\n", 0, pos) + 1
+        return start, self.days.day_of(text, start)
 
-    # -- Dovecot ---------------------------------------------------------------------------
+    def _postfix(self, text: str) -> list[Event]:
+        out: list[Event] = []
+        append = out.append
+        days = self.days
+        cache = days.cache
+        rfind = text.rfind
+        for m in POSTFIX_RE.finditer(text):
+            start = rfind("\n", 0, m.start()) + 1
+            day = cache.get(text[start : start + 10]) or days.day_of(text, start)
+            if day is None:
+                self.unknown += 1
+                continue
+            event = self.postfix_event(m, text, start, day)
+            if event is not None:
+                append(event)
+        return out
 
-    def _dovecot(self, day: str, tag: str, msg: str) -> Event | None:
-        if msg.startswith(("Info: ", "Warning: ")):
-            msg = msg[msg.find(" ") + 1 :]
-        if tag == "imap-login" or tag == "pop3-login":
-            service = tag[:4]
-            if msg.startswith("Login: user=<"):
-                account = _between(msg, "user=<", ">")
-                return (LOGIN, day, service, account.lower()) if account else None
-            if "(auth failed" in msg:
-                account = _between(msg, " user=<", ">")
-                return (LOGIN_FAILED, day, service, account.lower()) if account else None
+    def postfix_event(self, m: re.Match[str], text: str, start: int, day: str) -> Event | None:
+        """The event of one `POSTFIX_RE` match on the line at `start`; dispatches on the group
+        that closed last (one per alternative)."""
+        last = m.lastindex
+        pos = m.start()
+        if last == G_STATUS:
+            qid, to, status = m.group(1, 2, 3)
+            return (DELIVERY, day, qid, to.lower(), status)
+        if last == G_NRCPT:
+            qid, sender, nrcpt = m.group(1, 4, 5)
+            return (QUEUED, day, qid, sender.lower(), int(nrcpt))
+        if last == G_REMOVED:
+            return (REMOVED, day, m.group(1))
+        if last == G_CONN:
+            return (SMTP_END, day, text[text.rfind(" ", start, pos) + 1 : pos + 1])
+        if last == _G_SASL:
+            tag = text[text.rfind(" ", start, pos) + 1 : pos + 1]
+            if tag.endswith("smtpd]") or "/smtpd[" in tag:
+                return (SMTP_AUTH, day, tag, m.group(_G_SASL).strip().lower())
             return None
-        if tag.startswith(("imap(", "pop3(")) and msg.startswith(
-            ("Disconnected: Connection closed", "Disconnected for inactivity")
-        ):
-            end = tag.find(")")
-            account = tag[5:end]
-            return (SESSION_LOST, day, tag[:4], account.lower()) if end > 5 else None
+        if last == _G_REJECT:
+            return _reject(day, m.group(_G_REJECT))
+        if last == _G_LOST:
+            return (SMTP_LOST, day, text[text.rfind(" ", start, pos) + 1 : pos + 1])
+        if last == _G_FAILED:
+            return (LOGIN_FAILED, day, "smtp", m.group(_G_FAILED).strip().lower())
+        if last == _G_UID:
+            return (PICKED_UP, day, m.group(1))
         return None
 
+    def dovecot_events(self, text: str) -> list[Event]:
+        out: list[Event] = []
+        rfind = text.rfind
+        for m in _DOVECOT_RE.finditer(text):
+            start = rfind("\n", 0, m.start()) + 1
+            day = self.days.cache.get(text[start : start + 10]) or self.days.day_of(text, start)
+            if day is None:
+                self.unknown += 1
+                continue
+            svc, login, failed, user = m.groups()
+            if login is not None:
+                out.append((LOGIN, day, svc, login.lower()))
+            elif failed is not None:
+                out.append((LOGIN_FAILED, day, svc, failed.lower()))
+            elif user:
+                out.append((SESSION_LOST, day, svc, user.lower()))
+        return out
 
-def parse_lines(lines: Iterable[str], parser: LineParser) -> list[Event]:
-    """Events of `lines` (None results dropped); the hot loop of ingest and follow."""
-    parse = parser.parse_line
-    out: list[Event] = []
-    append = out.append
-    for line in lines:
-        event = parse(line)
-        if event is not None:
-            append(event)
-    return out
+
+def _reject(day: str, msg: str) -> Event | None:
+    """A `reject:` line's sender and recipient (`…; from=<s> to=<r> proto=…`; postscreen
+    separates them with commas). The text before is server-made; only `helo=` after `proto=`
+    is the client's, so the search stops there."""
+    end = msg.rfind(" proto=")
+    if end < 0:
+        end = len(msg)
+    j = msg.rfind(" from=<", 0, end)
+    if j < 0:
+        return None
+    j += 7
+    k = msg.find(">", j)
+    if k < 0:
+        return None
+    recipient = _between(msg, " to=<", ">", k) or ""
+    return (REJECT, day, msg[j:k].lower(), recipient.lower())
