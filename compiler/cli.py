@@ -60,14 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mailcfg", description="Declarative Postfix + Dovecot configuration.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def inventory_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
+    def inventory_command(
+        name: str, help_text: str, aliases: Sequence[str] = ()
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, aliases=list(aliases))
+        p.set_defaults(command=name)
         p.add_argument("inventory", type=Path, help="inventory directory (holds mailcfg.yml)")
         p.add_argument("--roles", type=Path, help="roles directory (default: the built-in one)")
         p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="parse cache directory")
         return p
 
-    inventory_command("validate", "check the inventory and render every host")
+    inventory_command("validate", "check the inventory and render every host", ["check"])
     p = inventory_command("render", "write each host's files under DIR/<host>/")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--host", action="append", default=[], help="only this host (repeatable)")

@@ -1,0 +1,212 @@
+"""The `mailcfg` command line on a small inventory with local hosts in a temporary directory:
+exit codes (--detailed-exitcode 0/2/1), apply twice, drift, errors without tracebacks, render,
+releases and rollback, an unreachable host not stopping the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compiler.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+HASH = "{BLF-CRYPT}$2b$12$1.bvD2JGivMxXj64XddFyOe2th8Ti5BNJWgAYM4gEHsd1m4j0GoYm"
+
+MAILCFG_YML = """\
+schema_version: 1
+hosts:
+  mx1:
+    address: 127.0.0.1
+    hostname: mx1.example.com
+    transport: local
+    root: hosts/mx1
+policy:
+  tls:
+    cert: /etc/ssl/certs/ssl-cert-snakeoil.pem
+    key: /etc/ssl/private/ssl-cert-snakeoil.key
+  postmaster: postmaster@example.com
+"""
+UNREACHABLE_HOST = """\
+  mx9:
+    address: 127.0.0.1
+    hostname: mx9.example.com
+    transport: ssh
+    ssh: {port: 21999, connect_timeout: 5, known_hosts: known_hosts}
+"""
+DOMAIN_YML = f"""\
+domain: example.com
+accounts:
+  - name: alice
+    password: "{HASH}"
+    quota: 1G
+  - name: postmaster
+    password: "{HASH}"
+"""
+
+
+@pytest.fixture
+def inv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inv/domains").mkdir(parents=True)
+    (tmp_path / "inv/mailcfg.yml").write_text(MAILCFG_YML)
+    (tmp_path / "inv/domains/example.com.yml").write_text(DOMAIN_YML)
+    return tmp_path / "inv"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_plan_apply_plan_exit_codes(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", str(inv), "--detailed-exitcode")
+    assert code == 2 and "=== mx1: " in out and "to create" in out
+    assert run(capsys, "plan", str(inv))[0] == 0  # changes, but no --detailed-exitcode
+    code, out, err = run(capsys, "apply", str(inv))
+    assert code == 0, err
+    assert "mx1  changed  release " in out and "ok=0, changed=1, failed=0" in out
+    assert (inv.parent / "hosts/mx1/etc/postfix/main.cf").exists()
+    code, out, _ = run(capsys, "plan", str(inv), "--detailed-exitcode")
+    assert code == 0 and out == "=== mx1: no changes\n"
+    code, out, _ = run(capsys, "apply", str(inv))
+    assert code == 0 and out.endswith("no changes\n")
+    assert len(list((inv.parent / "hosts/mx1/var/lib/mailcfg/releases").iterdir())) == 1
+
+
+def test_password_hashes_never_printed(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ("plan", str(inv)),
+        ("plan", str(inv), "--format", "json"),
+        ("plan", str(inv), "--format", "markdown"),
+        ("apply", str(inv)),
+    ):
+        _, out, err = run(capsys, *argv)
+        assert "$2b$12$" not in out + err
+    (inv / "domains/example.com.yml").write_text(DOMAIN_YML.replace("quota: 1G", "quota: 2G"))
+    _, out, _ = run(capsys, "plan", str(inv))
+    assert "$2b$12$" not in out
+
+
+def test_drift_is_shown(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "apply", str(inv))
+    main_cf = inv.parent / "hosts/mx1/etc/postfix/main.cf"
+    main_cf.write_text(main_cf.read_text() + "hand_edit = yes\n")
+    code, out, _ = run(capsys, "plan", str(inv), "--detailed-exitcode")
+    assert code == 2
+    assert "(1 changed by hand on the host)" in out and "-hand_edit = yes" in out
+
+
+def test_json_format(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", str(inv), "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["errors"] == [] and doc["plans"][0]["host"] == "mx1"
+    assert {c["kind"] for c in doc["plans"][0]["changes"]} == {"create"}
+
+
+def test_invalid_inventory_diagnostics(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (inv / "domains/example.com.yml").write_text(DOMAIN_YML.replace("quota: 1G", "quota: lots"))
+    code, _, err = run(capsys, "plan", str(inv), "--detailed-exitcode")
+    assert code == 1
+    assert "domains/example.com.yml:5:12: error: accounts[0].quota: " in err
+
+
+def test_missing_inventory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "plan", str(tmp_path / "nope"))
+    assert code == 1 and "nope: no such directory" in err
+
+
+def test_usage_errors_exit_1_not_2(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys)[0] == 1
+    code, _, err = run(capsys, "plan", str(inv), "--format", "yaml")
+    assert code == 1 and "invalid choice" in err
+    code, _, err = run(capsys, "plan", str(inv), "--host", "mx7")
+    assert code == 1 and "unknown host(s) mx7" in err
+    assert run(capsys, "apply", str(inv), "--forks", "0")[0] == 1
+
+
+def test_render(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = inv.parent / "out"
+    (out_dir / "mx1/stale").mkdir(parents=True)
+    (out_dir / "mx1/stale/file").write_text("x")
+    code, out, _ = run(capsys, "render", str(inv), "--out", str(out_dir))
+    assert code == 0 and out.startswith("mx1: ")
+    assert (out_dir / "mx1/etc/postfix/main.cf").is_file()
+    assert not (out_dir / "mx1/stale/file").exists()
+
+
+def test_validate_and_check_alias(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "validate", str(inv))
+    assert code == 0 and out.startswith("ok: 1 host(s), 1 domain(s)")
+    assert run(capsys, "check", str(inv))[0] == 0
+
+
+def test_releases_and_rollback(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "apply", str(inv))
+    (inv / "domains/example.com.yml").write_text(DOMAIN_YML.replace("quota: 1G", "quota: 2G"))
+    assert run(capsys, "apply", str(inv))[0] == 0
+    code, out, _ = run(capsys, "releases", str(inv), "mx1")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2 and lines[1].startswith("* ")
+    first, second = (line[2:].split()[0] for line in lines)
+    code, out, _ = run(capsys, "rollback", str(inv), "mx1")
+    assert code == 0 and out == f"mx1: now at release {first} (was {second})\n"
+    code, out, _ = run(capsys, "plan", str(inv), "--detailed-exitcode")
+    assert code == 2  # the inventory still wants the newer quota
+    code, _, err = run(capsys, "rollback", str(inv), "mx1", "--to", "no-such-release")
+    assert code == 1 and "release no-such-release is not stored on this host" in err
+
+
+def test_unreachable_host_does_not_stop_others(
+    inv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = MAILCFG_YML.replace("policy:\n", UNREACHABLE_HOST + "policy:\n", 1)
+    (inv / "mailcfg.yml").write_text(text)
+    code, out, err = run(capsys, "plan", str(inv), "--detailed-exitcode")
+    assert code == 1
+    assert "=== mx1: " in out
+    assert "mx9  unreachable  mx9: connect" in err
+    code, out, err = run(capsys, "apply", str(inv))
+    assert code == 1
+    assert "mx1  changed" in out and "mx9  unreachable" in out
+    assert (inv.parent / "hosts/mx1/etc/postfix/main.cf").exists()
+
+
+def test_entry_point_and_passwd(inv: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "compiler", "passwd"],
+        input="correct horse battery\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("{BLF-CRYPT}$2b$"), proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "compiler", "passwd"],
+        input="short\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and proc.stderr
+
+
+def test_example_inventory_applies_then_has_no_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "apply", str(REPO / "inventory"))
+    assert code == 0, out[-2000:] + err
+    assert "changed=2, failed=0" in out
+    code, out, _ = run(capsys, "apply", str(REPO / "inventory"))
+    assert code == 0 and out.endswith("no changes\n")
+    assert run(capsys, "plan", str(REPO / "inventory"), "--detailed-exitcode")[0] == 0
