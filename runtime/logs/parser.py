@@ -192,13 +192,11 @@ class LineParser:
 
     def parse_line(self, line: str) -> Event | None:
         """The event of one line: None if of no interest, `UNKNOWN` if not a log line."""
-        events = self.parse_text(line.rstrip("\n") + "\n")
-        if events:
-            return events[0]
         if self.days.day_of(line, 0) is None:
             self.unknown += 1
             return UNKNOWN
-        return None
+        events = self.parse_text(line.rstrip("\n") + "\n")
+        return events[0] if events else None
 
     def _line_day(self, text: str, pos: int) -> tuple[int, str | None]:
         start = text.rfind("\n", 0, pos) + 1

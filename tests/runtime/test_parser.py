@@ -1,0 +1,144 @@
+"""The log parser against annotated real log lines, plus the day/year rules and robustness."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.logs.parser import UNKNOWN, DayResolver, LineParser, event_fields
+from runtime.logs.stats import AccountPolicy, Tally
+
+FIXTURES = Path(__file__).parent / "fixtures" / "logs"
+
+
+def load_fixture(path: Path) -> tuple[int, list[tuple[str, str, int]]]:
+    """(year, [(expect, line, line number)]) of an annotated log file."""
+    year = 2026
+    cases: list[tuple[str, str, int]] = []
+    expect: str | None = None
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.startswith("# year: "):
+            year = int(line[8:])
+        elif line.startswith("# expect: "):
+            expect = line[10:]
+        elif line.startswith("#"):
+            continue
+        else:
+            assert expect is not None, f"{path.name}:{n}: line without an annotation"
+            cases.append((expect, line, n))
+            expect = None
+    return year, cases
+
+
+FIXTURE_FILES = sorted(FIXTURES.glob("*.log"))
+
+
+@pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.name)
+def test_annotated_lines(path: Path) -> None:
+    year, cases = load_fixture(path)
+    assert cases
+    parser = LineParser(DayResolver(year=year))
+    for expect, line, n in cases:
+        event = parser.parse_line(line)
+        if expect == "none":
+            got = "none" if event is None else event_fields(event)
+            assert got == "none", f"{path.name}:{n}"
+        elif expect == "unknown":
+            assert event == UNKNOWN, f"{path.name}:{n}"
+        else:
+            assert event is not None, f"{path.name}:{n}: no event"
+            assert event_fields(event) == json.loads(expect), f"{path.name}:{n}"
+
+
+@pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.name)
+def test_whole_text_equals_line_by_line(path: Path) -> None:
+    """Parsing a file at once (the follower's way) gives the line-by-line events, and the
+    fused counting path gives the same counters as counting those events."""
+    year, cases = load_fixture(path)
+    text = "".join(line + "\n" for _, line, _ in cases)
+    one = LineParser(DayResolver(year))
+    by_line = [
+        e for e in (one.parse_line(line) for _, line, _ in cases) if e is not None and e != UNKNOWN
+    ]
+    whole = LineParser(DayResolver(year)).parse_text(text)
+    assert sorted(whole) == sorted(by_line)
+    policy = AccountPolicy(frozenset({"example.com"}))
+    slow, fast = Tally(policy), Tally(policy)
+    slow.add_events(whole)
+    fast.add_text(text, LineParser(DayResolver(year)))
+    assert fast.counts == slow.counts
+    assert fast.senders == slow.senders
+
+
+def _bench_generator() -> Any:
+    path = Path(__file__).parents[2] / "bench" / "logparse" / "generate.py"
+    spec = importlib.util.spec_from_file_location("logparse_generate", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.generate_lines
+
+
+def test_generated_log_fast_path_equals_events() -> None:
+    generate_lines = _bench_generator()
+    text = "".join(line + "\n" for line in itertools.islice(generate_lines(seed=3), 20_000))
+    policy = AccountPolicy(frozenset({"example.com", "example.org"}))
+    slow, fast = Tally(policy), Tally(policy)
+    slow.add_events(LineParser(DayResolver(2024)).parse_text(text))
+    fast.add_text(text, LineParser(DayResolver(2024)))
+    assert fast.counts == slow.counts
+    assert sum(fast.counts.values()) > 1000
+
+
+def test_year_rollover_and_live_year() -> None:
+    days = DayResolver(year=2023)
+    assert days.day_of("Dec 31 23:59:59 h x: y") == "2023-12-31"
+    assert days.day_of("Jan  1 00:00:00 h x: y") == "2024-01-01"
+    assert days.day_of("Dec 31 23:59:59 h x: late") == "2023-12-31"  # a late line
+    assert days.day_of("Jan  2 00:00:00 h x: y") == "2024-01-02"
+    # A live log read on 2024-01-05 that starts with December's lines: last year.
+    live = DayResolver(now=1704412800.0)  # 2024-01-05 UTC
+    assert live.day_of("Dec 30 10:00:00 h x: y") == "2023-12-30"
+    assert live.day_of("Jan  5 10:00:00 h x: y") == "2024-01-05"
+    # Dovecot's log_path pads the day with a zero, syslog with a space.
+    assert DayResolver(2024).day_of("May 01 12:00:00 imap-login: x") == "2024-05-01"
+    assert DayResolver(2024).day_of("2024-05-01T23:59:59.9-07:00 h x: y") == "2024-05-01"
+    assert DayResolver(2024).day_of("May 32 12:00:00 h x: y") is None
+    assert DayResolver(2024).day_of("") is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_arbitrary_text_never_crashes(text: str) -> None:
+    parser = LineParser(DayResolver(2024))
+    parser.parse_text(text + "\n")
+    parser.parse_line(text.replace("\n", " "))
+    Tally(AccountPolicy(frozenset({"example.com"}))).add_text(text + "\n", parser)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(
+        [
+            "May  1 12:00:00 mx postfix/qmgr[1]: ABC: from=<{}>, size=1, nrcpt=2 (queue active)",
+            "May  1 12:00:00 mx postfix/smtp[1]: ABC: to=<{}>, relay=x, dsn=2.0.0, "
+            "status=sent (ok)",
+            "May  1 12:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from x[1.2.3.4]: 554 x; "
+            "from=<{}> to=<a@b.c> proto=ESMTP helo=<{}>",
+            "May 01 12:00:00 imap-login: Info: Login: user=<{}>, method=PLAIN",
+        ]
+    ),
+    st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=60),
+)
+def test_hostile_fields_never_crash(template: str, field: str) -> None:
+    line = template.replace("{}", field)
+    parser = LineParser(DayResolver(2024))
+    parser.parse_line(line)
+    Tally(AccountPolicy(frozenset({"example.com"}))).add_text(line + "\n", parser)
