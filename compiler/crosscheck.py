@@ -16,18 +16,27 @@ from typing import Any
 
 from compiler.diagnostics import DataPath, Finding, Ref
 from schemas.domain import Domain
-from schemas.inventory import InventoryFile
 
 _MAIN_CF_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 @dataclass(frozen=True, slots=True)
 class DomainSource:
-    """A validated domain and where it came from."""
+    """A validated domain and where it came from. A file with invalid accounts or redirects
+    is still cross-checked with the valid ones: `account_index`/`redirect_index` then give
+    each kept item's index in the file."""
 
     file: str
     stem: str  # the file name without extension: must equal the domain
     domain: Domain
+    account_index: tuple[int, ...] | None = None
+    redirect_index: tuple[int, ...] | None = None
+
+    def account_at(self, i: int) -> int:
+        return self.account_index[i] if self.account_index is not None else i
+
+    def redirect_at(self, i: int) -> int:
+        return self.redirect_index[i] if self.redirect_index is not None else i
 
 
 def check_domains(sources: Sequence[DomainSource]) -> list[Finding]:
@@ -46,7 +55,7 @@ def check_domains(sources: Sequence[DomainSource]) -> list[Finding]:
                 )
             )
         for i, acc in enumerate(dom.accounts):
-            path: DataPath = ("accounts", i, "name")
+            path: DataPath = ("accounts", src.account_at(i), "name")
             findings.extend(_foreign(src, path, acc.name))
             address = dom.address_of(acc.name)
             if address in accounts:
@@ -62,7 +71,7 @@ def check_domains(sources: Sequence[DomainSource]) -> list[Finding]:
             else:
                 accounts[address] = Ref(src.file, path)
         for i, red in enumerate(dom.redirects):
-            path = ("redirects", i, "name")
+            path = ("redirects", src.redirect_at(i), "name")
             findings.extend(_foreign(src, path, red.name))
             address = dom.address_of(red.name)
             if address in redirects:
@@ -204,7 +213,7 @@ def _dangling_targets(
                     findings.append(
                         Finding(
                             src.file,
-                            ("redirects", i, "to", j),
+                            ("redirects", src.redirect_at(i), "to", j),
                             f"{target} is in local domain {domain} but is neither an account "
                             "nor a redirect there; mail to it will bounce",
                             severity="warning",
@@ -213,16 +222,24 @@ def _dangling_targets(
     return findings
 
 
-def check_hosts(inv: InventoryFile, domain_files: Mapping[str, str], *, file: str) -> list[Finding]:
-    """Hosts name existing groups and domains (`domain_files`: domain → its file); every
-    domain is served by some host."""
+def check_hosts(raw: Any, domain_files: Mapping[str, str], *, file: str) -> list[Finding]:
+    """Hosts of the raw inventory file name existing groups and domains (`domain_files`:
+    domain → its file); every domain is served by some host. Works on raw data so that it
+    also runs when other parts of the file are invalid."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("hosts"), Mapping):
+        return []
+    groups = raw.get("groups")
+    known_groups = set(groups) if isinstance(groups, Mapping) else set()
     known = set(domain_files)
     served: set[str] = set()
     findings = []
-    for name, host in inv.hosts.items():
-        for i, group in enumerate(host.groups):
-            if group not in inv.groups:
-                allowed = ", ".join(sorted(inv.groups)) or "none are defined"
+    for name, host in raw["hosts"].items():
+        if not isinstance(host, Mapping):
+            continue
+        host_groups = host.get("groups", [])
+        for i, group in enumerate(host_groups if isinstance(host_groups, list) else []):
+            if isinstance(group, str) and group not in known_groups:
+                allowed = ", ".join(sorted(map(str, known_groups))) or "none are defined"
                 findings.append(
                     Finding(
                         file,
@@ -230,12 +247,15 @@ def check_hosts(inv: InventoryFile, domain_files: Mapping[str, str], *, file: st
                         f"unknown group {group!r}; groups: {allowed}",
                     )
                 )
-        if host.domains == "all":
+        domains = host.get("domains", "all")
+        if domains == "all" or not isinstance(domains, list):
             served |= known
             continue
-        for i, domain in enumerate(host.domains):
-            served.add(domain)
-            if domain not in known:
+        for i, domain in enumerate(domains):
+            if not isinstance(domain, str):
+                continue
+            served.add(domain.lower())
+            if domain.lower() not in known:
                 findings.append(
                     Finding(
                         file,

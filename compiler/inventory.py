@@ -11,7 +11,7 @@ Pure: reads local files only (and writes the cache when asked to).
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,13 +32,14 @@ from compiler.resolve import resolve_policy
 from compiler.validate import findings_from_error, validate_data
 from compiler.yamlload import YamlSyntaxError, load_positions, locate, parse_yaml
 from schemas.domain import Domain
-from schemas.inventory import Inventory, InventoryFile
-from schemas.password import is_legacy_hash, split_hash
+from schemas.inventory import GroupSpec, HostSpec, Inventory, InventoryFile
+from schemas.password import LEGACY_SCHEMES, is_legacy_hash, split_hash
 from schemas.policy import ServerPolicy
 
 INVENTORY_FILE = "mailcfg.yml"
 DOMAINS_DIR = "domains"
 _DOMAIN_SUFFIXES = (".yml", ".yaml")
+_LEGACY_PREFIXES = tuple(f"{{{scheme}}}" for scheme in LEGACY_SCHEMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,8 @@ class _Run:
     findings: list[Finding] = field(default_factory=list)
     located: list[Diagnostic] = field(default_factory=list)
     positions: dict[str, Any] = field(default_factory=dict)
+    # The valid part of invalid domain files: cross-checked too, never used otherwise.
+    partial: list[DomainSource] = field(default_factory=list)
 
     def locator(self, file: str, path: DataPath, at_key: bool) -> tuple[int, int] | None:
         if file not in self.positions:
@@ -115,29 +118,37 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
     if cache is not None:
         cache.prune(used)
 
-    run.findings.extend(check_domains(sources))
+    run.findings.extend(check_domains([*sources, *run.partial]))
     domains: dict[str, Domain] = {}
     domain_files: dict[str, str] = {}
     for src in sources:
         if src.domain.domain not in domains or src.stem == src.domain.domain:
             domains[src.domain.domain] = src.domain
             domain_files[src.domain.domain] = src.file
+    # Hosts may name a domain whose file is invalid: the file's errors are reported already.
+    for src in run.partial:
+        domain_files.setdefault(src.domain.domain, src.file)
 
-    inventory = None
-    if inv_file is not None:
+    policy = None
+    if raw_main is not _FAILED:
+        # Policy layers and host references are checked on the raw data, so their errors are
+        # reported even when other parts of mailcfg.yml are invalid.
         policy, findings = validate_data(
-            ServerPolicy, inv_file.policy, file=main_name, prefix=("policy",)
+            ServerPolicy, _mapping(raw_main, "policy"), file=main_name, prefix=("policy",)
         )
         run.findings.extend(findings)
+        run.findings.extend(_check_host_policies(raw_main, policy, main_name))
+        run.findings.extend(check_hosts(raw_main, domain_files, file=main_name))
+
+    inventory = None
+    if inv_file is not None and policy is not None:
         inventory = Inventory(
             schema_version=inv_file.schema_version,
             hosts=inv_file.hosts,
             groups=inv_file.groups,
-            policy=policy or ServerPolicy(),
+            policy=policy,
             domains=dict(sorted(domains.items())),
         )
-        run.findings.extend(_check_host_policies(inventory, inv_file, main_name))
-        run.findings.extend(check_hosts(inv_file, domain_files, file=main_name))
 
     diagnostics = sorted(
         [*run.located, *locate_findings(run.findings, run.locator)], key=Diagnostic.sort_key
@@ -211,7 +222,7 @@ def _load_domains(
         if entry is not None:
             stats.cached.append(name)
         else:
-            entry = _validate_domain(run, name, data, stats)
+            entry = _validate_domain(run, name, file.stem, data, stats)
             if entry is None:
                 continue
             if cache is not None:
@@ -222,7 +233,9 @@ def _load_domains(
     return sources, used
 
 
-def _validate_domain(run: _Run, name: str, data: bytes, stats: LoadStats) -> CachedDomain | None:
+def _validate_domain(
+    run: _Run, name: str, stem: str, data: bytes, stats: LoadStats
+) -> CachedDomain | None:
     stats.parsed.append(name)
     raw = _parse(run, name, data, stats)
     if raw is _FAILED:
@@ -230,20 +243,47 @@ def _validate_domain(run: _Run, name: str, data: bytes, stats: LoadStats) -> Cac
     domain, findings = validate_data(Domain, raw, file=name)
     if domain is None:
         run.findings.extend(findings)
+        partial = _valid_part(raw, findings, name, stem)
+        if partial is not None:
+            run.partial.append(partial)
+            run.findings.extend(_legacy_hashes(partial.domain, name, partial.account_at))
         return None
     warnings = locate_findings(_legacy_hashes(domain, name), run.locator)
     return CachedDomain(domain, tuple(replace(w, file="") for w in warnings))
 
 
-def _legacy_hashes(domain: Domain, file: str) -> list[Finding]:
+def _valid_part(raw: Any, findings: Sequence[Finding], file: str, stem: str) -> DomainSource | None:
+    """The domain without its invalid accounts and redirects (None if the rest is invalid
+    too), so that cross-file checks still see every valid declaration of a broken file."""
+    if not isinstance(raw, Mapping):
+        return None
+    bad: dict[str, set[int]] = {"accounts": set(), "redirects": set()}
+    for f in findings:  # other keys (admins, unknown ones) do not matter to cross-checks
+        if len(f.path) >= 2 and f.path[0] in bad and isinstance(f.path[1], int):
+            bad[str(f.path[0])].add(f.path[1])
+    data = {"domain": raw.get("domain")}
+    kept: dict[str, tuple[int, ...]] = {}
+    for section in ("accounts", "redirects"):
+        items = raw.get(section)
+        items = items if isinstance(items, list) else []
+        kept[section] = tuple(i for i in range(len(items)) if i not in bad[section])
+        data[section] = [items[i] for i in kept[section]]
+    try:
+        domain = Domain.model_validate(data)
+    except ValidationError:
+        return None
+    return DomainSource(file, stem, domain, kept["accounts"], kept["redirects"])
+
+
+def _legacy_hashes(domain: Domain, file: str, index: Callable[[int], int] = int) -> list[Finding]:
     findings = []
     for i, acc in enumerate(domain.accounts):
-        if is_legacy_hash(acc.password):
+        if acc.password.startswith(_LEGACY_PREFIXES) and is_legacy_hash(acc.password):
             scheme = split_hash(acc.password)[0]
             findings.append(
                 Finding(
                     file,
-                    ("accounts", i, "password"),
+                    ("accounts", index(i), "password"),
                     f"{{{scheme}}} is a legacy password scheme (weak; accepted for migration "
                     "only); make a new hash with `mailcfg passwd` (BLF-CRYPT or SHA512-CRYPT)",
                     severity="warning",
@@ -252,20 +292,43 @@ def _legacy_hashes(domain: Domain, file: str) -> list[Finding]:
     return findings
 
 
-def _check_host_policies(inv: Inventory, inv_file: InventoryFile, file: str) -> list[Finding]:
-    """Validate each host's merged policy; place each error in the deepest layer that sets
-    the key (host, then its groups from last to first, then the inventory's policy)."""
+def _mapping(raw: Any, *keys: Any) -> dict[str, Any]:
+    """raw[k1][k2]... when every step is a mapping, else {}."""
+    for key in keys:
+        raw = raw.get(key) if isinstance(raw, Mapping) else None
+    return dict(raw) if isinstance(raw, Mapping) else {}
+
+
+def _check_host_policies(
+    raw: Any, inventory_policy: ServerPolicy | None, file: str
+) -> list[Finding]:
+    """Validate each host's merged policy with `resolve_policy`; place each error in the
+    deepest layer that sets the key (host, then its groups from last to first, then the
+    inventory's policy). Runs on the raw file: the hosts and groups need not be valid."""
+    hosts = _mapping(raw, "hosts")
+    groups = {
+        name: GroupSpec.model_construct(policy=_mapping(spec, "policy"))
+        for name, spec in _mapping(raw, "groups").items()
+    }
+    specs = {}
+    for name, spec in hosts.items():
+        host_groups = spec.get("groups") if isinstance(spec, Mapping) else None
+        host_groups = [g for g in host_groups or [] if isinstance(g, str) and g in groups]
+        specs[name] = HostSpec.model_construct(
+            address="", hostname="", groups=host_groups, policy=_mapping(spec, "policy")
+        )
+    # Unvalidated stand-in: resolve_policy only reads the policy layers and group names.
+    inv = Inventory.model_construct(
+        hosts=specs, groups=groups, policy=inventory_policy or ServerPolicy()
+    )
     findings: list[Finding] = []
-    for host, spec in inv_file.hosts.items():
+    for host, spec in specs.items():
         layers: list[tuple[DataPath, Mapping[str, Any]]] = [
             (("hosts", host, "policy"), spec.policy)
         ]
-        layers += [
-            (("groups", g, "policy"), inv_file.groups[g].policy)
-            for g in reversed(spec.groups)
-            if g in inv_file.groups
-        ]
-        layers.append((("policy",), inv_file.policy))
+        layers += [(("groups", g, "policy"), groups[g].policy) for g in reversed(spec.groups)]
+        if inventory_policy is not None:
+            layers.append((("policy",), _mapping(raw, "policy")))
         try:
             resolve_policy(inv, host)
         except ValidationError as exc:

@@ -56,6 +56,7 @@ def findings_from_error(
     order: list[tuple[str, DataPath, bool]] = []
     for err in exc.errors():
         path, at_key = _clean_path(model, err["loc"])
+        at_key = at_key or err["type"] == "extra_forbidden"
         message = _message(model, err, path)
         err_file, err_prefix = prefix_for(path) if prefix_for else (file, prefix)
         key = (err_file, (*err_prefix, *path), at_key)

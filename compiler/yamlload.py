@@ -153,15 +153,13 @@ def _new_safe_loader() -> YAML:
 
 def _mark_error(exc: MarkedYAMLError) -> YamlSyntaxError:
     mark = exc.problem_mark or exc.context_mark
-    parts = [p for p in (exc.context, exc.problem) if p]
-    message = "invalid YAML: " + ("; ".join(parts) if parts else str(exc).splitlines()[0])
-    if "found duplicate key" in message:
-        message = message.replace("invalid YAML: ", "").split(" with value")[0]
-        message = (
-            "duplicate key: "
-            + message.replace("found duplicate key ", "")
-            + ("; each key may appear once in a mapping")
-        )
+    problem = exc.problem or ""
+    if problem.startswith("found duplicate key"):
+        key = problem.removeprefix("found duplicate key ").split(" with value")[0]
+        message = f"duplicate key {key}; each key may appear once in a mapping"
+    else:
+        parts = [p for p in (exc.context, exc.problem) if p]
+        message = "invalid YAML: " + ("; ".join(parts) if parts else str(exc).splitlines()[0])
     if mark is None:
         return YamlSyntaxError(message)
     return YamlSyntaxError(message, mark.line + 1, mark.column + 1)
@@ -193,6 +191,7 @@ def _parse_slow(data: bytes) -> Any:
 
 def parse_yaml(data: bytes) -> ParseResult:
     """Parse one YAML document into dicts/lists/scalars; raise `YamlSyntaxError`."""
+    _decode(data)  # rapidyaml passes invalid UTF-8 through; a few ms for the whole inventory
     value = _parse_fast(data)
     if value is not _SLOW:
         return ParseResult(value, fast=True)

@@ -1,0 +1,137 @@
+"""The parse cache: keyed by content, one edited file is the only one parsed again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compiler.diagnostics import InventoryError
+from compiler.inventory import LoadStats, load_inventory
+from compiler.parsecache import DomainCache
+
+BLF = "{BLF-CRYPT}$2b$12$1.bvD2JGivMxXj64XddFyOe2th8Ti5BNJWgAYM4gEHsd1m4j0GoYm"
+MD5 = "{MD5-CRYPT}$1$/0FlUclv$hAvuorFl2DVrbFFfv3GLw/"
+MAIN = "hosts:\n  mx: {address: 127.0.0.1, hostname: mx.example.com}\n"
+
+
+def domain(name: str, *accounts: str, password: str = BLF) -> str:
+    lines = [f"domain: {name}", "accounts:"]
+    lines += [f'  - {{name: {a}, password: "{password}"}}' for a in accounts]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def inv(tmp_path: Path) -> Path:
+    root = tmp_path / "inv"
+    (root / "domains").mkdir(parents=True)
+    (root / "mailcfg.yml").write_text(MAIN)
+    for i in range(5):
+        (root / "domains" / f"d{i}.test.yml").write_text(domain(f"d{i}.test", "a", "b"))
+    return root
+
+
+def run(inv: Path, cache: Path) -> LoadStats:
+    stats = LoadStats()
+    load_inventory(inv, cache_dir=cache, stats=stats)
+    return stats
+
+
+def names(files: list[str]) -> list[str]:
+    return sorted(Path(f).name for f in files)
+
+
+def test_second_run_takes_every_domain_from_the_cache(inv: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = run(inv, cache)
+    assert len(first.parsed) == 5 and first.cached == []
+    assert len(list(cache.glob("*.pickle"))) == 5
+    second = run(inv, cache)
+    assert second.parsed == [] and len(second.cached) == 5
+
+
+def test_editing_one_file_reparses_only_that_file(inv: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    run(inv, cache)
+    (inv / "domains" / "d3.test.yml").write_text(domain("d3.test", "a", "b", "c"))
+    stats = LoadStats()
+    loaded = load_inventory(inv, cache_dir=cache, stats=stats)
+    assert names(stats.parsed) == ["d3.test.yml"]
+    assert len(stats.cached) == 4
+    assert [a.name for a in loaded.inventory.domains["d3.test"].accounts] == ["a", "b", "c"]
+
+
+def test_cached_models_equal_freshly_validated_ones(inv: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    fresh = load_inventory(inv, cache_dir=cache).inventory
+    cached = load_inventory(inv, cache_dir=cache).inventory
+    assert cached == fresh
+    assert cached.model_dump() == fresh.model_dump()
+
+
+def test_cross_checks_run_on_cached_files(inv: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    run(inv, cache)
+    # A new file that clashes with a cached one: the clash is still found.
+    (inv / "domains" / "d9.test.yml").write_text(domain("d9.test", "a@d0.test"))
+    with pytest.raises(InventoryError) as info:
+        load_inventory(inv, cache_dir=cache)
+    messages = [d.message for d in info.value.diagnostics]
+    assert any("declared twice" in m for m in messages)
+
+
+def test_warnings_of_cached_files_are_reported_again(inv: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (inv / "domains" / "d0.test.yml").write_text(domain("d0.test", "old", password=MD5))
+    first = load_inventory(inv, cache_dir=cache)
+    stats = LoadStats()
+    second = load_inventory(inv, cache_dir=cache, stats=stats)
+    assert len(stats.cached) == 5
+    assert second.warnings == first.warnings
+    assert [(w.file, w.line, w.col) for w in second.warnings] == [
+        (str(inv / "domains" / "d0.test.yml"), 3, 27)
+    ]
+
+
+def test_invalid_files_are_not_cached(inv: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    run(inv, cache)
+    (inv / "domains" / "d0.test.yml").write_text("domain: d0.test\naccounts: [{name: a}]\n")
+    for _ in range(2):
+        stats = LoadStats()
+        with pytest.raises(InventoryError):
+            load_inventory(inv, cache_dir=cache, stats=stats)
+        assert names(stats.parsed) == ["d0.test.yml"]
+
+
+def test_damaged_cache_entry_is_a_miss(inv: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    run(inv, cache)
+    for entry in cache.glob("*.pickle"):
+        entry.write_bytes(b"not a pickle")
+    stats = run(inv, cache)
+    assert len(stats.parsed) == 5
+    assert len(run(inv, cache).cached) == 5
+
+
+def test_key_depends_on_content_and_code_fingerprint(tmp_path: Path) -> None:
+    a = DomainCache(tmp_path, b"code-1")
+    b = DomainCache(tmp_path, b"code-2")
+    assert a.key(b"x") != a.key(b"y")
+    assert a.key(b"x") != b.key(b"x")
+    assert DomainCache.open(tmp_path).fingerprint == DomainCache.open(tmp_path).fingerprint
+
+
+def test_without_cache_dir_nothing_is_cached(inv: Path) -> None:
+    stats = LoadStats()
+    load_inventory(inv, stats=stats)
+    load_inventory(inv, stats=stats)
+    assert len(stats.parsed) == 10 and stats.cached == []
+
+
+def test_unused_entries_are_pruned_when_they_pile_up(inv: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    for n in range(40):
+        (inv / "domains" / "d0.test.yml").write_text(domain("d0.test", f"u{n}"))
+        run(inv, cache)
+    assert len(list(cache.glob("*.pickle"))) <= 3 * 5 + 16
