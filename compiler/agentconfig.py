@@ -51,6 +51,7 @@ def make_agent_config(cfg: HostConfig) -> AgentConfig:
         global_filter_reject_text=policy.global_filter_reject_text,
         whitelist_reject_text=policy.whitelist_reject_text,
         whitelist_notice=policy.whitelist_notice,
+        whitelist_notice_text=policy.whitelist_notice_text,
         spam=policy.spam,
         default_limits=policy.limits,
         fail_action_inbound=policy.policy_fail_action_inbound,
