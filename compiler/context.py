@@ -19,7 +19,9 @@ from schemas.policy import FailAction, Listener
 POSTFIX_MAPS = ("virtual_mailbox_domains", "virtual_mailbox_maps", "virtual_alias_maps",
                 "sender_login_maps")  # fmt: skip
 AGENT_CONFIG_NAME = "agent.json"
-# Policy service request limits: Postfix answers `default_action` once they are used up.
+# Policy service request limits. Postfix 3.7 answers `default_action` once they are used up,
+# also when the socket does not exist (agent down): try_limit attempts, 1 s apart, then the
+# fail-safe action (tests/e2e/test_mailflow.py shows both DUNNO and DEFER_IF_PERMIT).
 POLICY_TIMEOUT = "10s"
 POLICY_TRY_LIMIT = 2
 

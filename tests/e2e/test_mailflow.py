@@ -337,3 +337,35 @@ def test_pop3_disabled_account_cannot_use_pop3(
     imap = SourcedIMAPS(mailhost.address, mailhost.ports["imaps"], client_ip, tls)
     assert imap.login("carol@example.com", PASSWORD)[0] == "OK"
     imap.logout()
+
+
+@pytest.mark.parametrize(
+    ("inbound", "rcpt_code"), [("DUNNO", 250), ("DEFER_IF_PERMIT", 450)], ids=["dunno", "defer"]
+)
+def test_missing_policy_socket_applies_the_fail_actions(inbound: str, rcpt_code: int) -> None:
+    """With the agent role but no agent running, Postfix 3.7 tries the socket `try_limit`
+    times (a 'No such file or directory' warning each), then answers `default_action`: the
+    configured fail-safe, not a blanket deferral."""
+    port_base = 20300 if inbound == "DUNNO" else 20400
+    with boot_mailhost(
+        make_inventory(),
+        "mx1",
+        None,
+        port_base,
+        roles=("postfix", "dovecot", "agent"),
+        policy={"policy_fail_action_inbound": inbound, "policy_fail_action_outbound": "DEFER"},
+    ) as mh:
+        with smtp(mh, "127.0.0.2") as s:
+            s.mail("x@example.net")
+            code, _ = s.rcpt("alice@example.com")
+        assert code == rcpt_code
+        with smtp(mh, "127.0.0.2", "submission") as s:
+            s.starttls(context=ssl._create_unverified_context())
+            s.ehlo("client.example.net")
+            s.login("alice@example.com", PASSWORD)
+            with pytest.raises(smtplib.SMTPDataError) as err:
+                s.sendmail("alice@example.com", ["bob@example.com"], message("eod"))
+        assert err.value.smtp_code == 450
+        assert b"End-of-data rejected" in err.value.smtp_error
+        line = mh.wait_for_log("problem talking to server")
+        assert str(mh.agent_socket) in line
