@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 from mailhost import MailHost, boot_mailhost
 
-from schemas.domain import Account, Domain, Redirect
+from schemas.domain import Account, Domain, Redirect, SenderList
 from schemas.inventory import HostSpec, Inventory
 
 pytestmark = pytest.mark.e2e
@@ -369,3 +369,42 @@ def test_missing_policy_socket_applies_the_fail_actions(inbound: str, rcpt_code:
         assert b"End-of-data rejected" in err.value.smtp_error
         line = mh.wait_for_log("problem talking to server")
         assert str(mh.agent_socket) in line
+
+
+def test_agent_policy_hook_end_to_end() -> None:
+    """With the agent running (harness `start_agent=True`), the rendered hook reaches it: a
+    blacklisted sender is rejected at RCPT, another sender passes."""
+    h = make_hash(PASSWORD)
+    domain = Domain(
+        domain=DOMAIN,
+        accounts=[
+            Account(
+                name="alice",
+                password=h,
+                blacklist=SenderList(enabled=True, entries=["bad@example.net"]),
+            )
+        ],
+    )
+    inv = Inventory(
+        hosts={"mx1": HostSpec(address="127.0.0.1", hostname="mx1.example.com")},
+        domains={DOMAIN: domain},
+    )
+    with (
+        boot_mailhost(
+            inv,
+            "mx1",
+            None,
+            20500,
+            roles=("postfix", "dovecot", "agent"),
+            start_agent=True,
+            policy={"spam": {"spf": False}},
+        ) as mh,
+        smtp(mh, "127.0.0.2") as s,
+    ):
+        s.mail("bad@example.net")
+        code, text = s.rcpt("alice@example.com")
+        assert code == 554
+        assert b"blacklist" in text
+        s.rset()
+        s.mail("good@example.net")
+        assert s.rcpt("alice@example.com")[0] == 250
