@@ -120,9 +120,15 @@ def fsync_dir(path: str) -> None:
 
 
 def write_atomic(
-    dest: str, data: bytes, mode: int = 0o600, uid: int | None = None, gid: int | None = None
+    dest: str,
+    data: bytes,
+    mode: int = 0o600,
+    uid: int | None = None,
+    gid: int | None = None,
+    sync_dir: bool = True,
 ) -> None:
-    """Write next to `dest`, fsync, set metadata, rename over it: readers see old or new."""
+    """Write next to `dest`, fsync, set metadata, rename over it: readers see old or new.
+    With `sync_dir=False` the caller fsyncs the directory (once for many files)."""
     parent = os.path.dirname(dest)
     os.makedirs(parent, mode=0o755, exist_ok=True)
     tmp = dest + ".mailcfg-new"
@@ -139,7 +145,32 @@ def write_atomic(
     finally:
         os.close(fd)
     os.replace(tmp, dest)
-    fsync_dir(parent)
+    if sync_dir:
+        fsync_dir(parent)
+
+
+def write_new(dest: str, data: bytes) -> None:
+    """Create a staged file (0600, not yet durable: `sync_tree` makes the tree durable)."""
+    os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def sync_tree(top: str) -> None:
+    """fsync every file and directory under `top` (one pass, not two per file)."""
+    for dirpath, _dirs, names in os.walk(top):
+        for name in names:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)
 
 
 def read_json(path: str, default: Any = None) -> Any:
@@ -360,13 +391,15 @@ def merge_activations(first: list[Json], second: list[Json]) -> list[Json]:
 # --- install ------------------------------------------------------------------------------------
 
 
-def install_file(host: Host, host_path: str, source: str, meta: Json) -> None:
+def install_file(
+    host: Host, host_path: str, source: str, meta: Json, sync_dir: bool = True
+) -> None:
     with open(source, "rb") as f:
         data = f.read()
     uid = gid = None
     if host.real_owners:
         uid, gid = owner_ids(meta["owner"], meta["group"])
-    write_atomic(host.path(host_path), data, meta["mode"], uid, gid)
+    write_atomic(host.path(host_path), data, meta["mode"], uid, gid, sync_dir)
 
 
 def remove_file(host: Host, host_path: str) -> None:
@@ -408,9 +441,14 @@ def save_originals(host: Host, paths: Json, old_manifest: Json) -> None:
 def install_tree(host: Host, release_id: str, files: Json, old_manifest: Json) -> None:
     save_originals(host, files, old_manifest)
     for path in install_order(files):
-        install_file(host, path, host.tree_path(release_id, path), files[path])
+        install_file(host, path, host.tree_path(release_id, path), files[path], sync_dir=False)
     for path in sorted(set(old_manifest) - set(files)):
         remove_file(host, path)
+    for directory in sorted(
+        {os.path.dirname(host.path(p)) for p in set(files) | set(old_manifest)}
+    ):
+        if os.path.isdir(directory):
+            fsync_dir(directory)
 
 
 def restore(host: Host, old_id: str | None, old_manifest: Json, new_files: Json) -> list[str]:
@@ -455,8 +493,7 @@ def unpack_bundle(host: Host, bundle: str, stage_dir: str) -> Json:
                 raise StepFailed("stage", f"unexpected bundle member {member.name!r}")
             host_path = "/" + member.name[len("tree/") :]
             host.path(host_path)  # rejects "..", relative paths
-            dest = os.path.join(stage_dir, host_path.lstrip("/"))
-            write_atomic(dest, data, 0o600)
+            write_new(os.path.join(stage_dir, host_path.lstrip("/")), data)
     if not isinstance(doc, dict):
         raise StepFailed("stage", "bundle has no release.json")
     return doc
@@ -616,6 +653,7 @@ def transact(host: Host, bundle: str, warnings: list[str]) -> Json:
         files = build_release(host, doc, stage_dir, old_id, old_manifest, warnings)
         for activation in doc["activations"]:
             run_commands(host, "validate", activation.get("validate", []), stage_dir, warnings)
+        sync_tree(stage_dir)  # the release store must survive a crash: rollback reads it
     except BaseException:
         shutil.rmtree(rdir, ignore_errors=True)  # live files untouched: nothing to undo
         raise

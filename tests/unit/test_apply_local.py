@@ -3,6 +3,7 @@ script, real subprocesses, shell commands standing in for postfix/doveconf."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -178,3 +179,18 @@ def test_release_ids_sort_by_time() -> None:
     early = make_release_id(datetime(2024, 1, 2, 3, 4, 5, 6, UTC), "ab" * 32)
     late = make_release_id(datetime(2024, 1, 2, 3, 4, 5, 7, UTC), "00" * 32)
     assert early == "20240102T030405000006Z-abababababab" and early < late
+
+
+def test_large_trees_send_arguments_as_a_file(host: CountingTransport) -> None:
+    """Past Linux's 128 KiB per-argument limit the observe arguments travel as a file."""
+    names = [hashlib.sha512(b"%d" % i).hexdigest() for i in range(1200)]  # incompressible
+    files = [RenderedFile(f"/etc/many/{name}", name.encode()) for name in names]
+    tree = FileTree({f.path: f for f in files})
+    plan_for(host, tree)  # uploads the script
+    host.runs = host.puts = 0
+    state = observe_host(host, tree)
+    assert (host.runs, host.puts) == (1, 1)
+    assert state.files == {} and not list((host.root / "var/lib/mailcfg/incoming").iterdir())
+    apply_tree(host, tree)
+    assert len(observe_host(host, tree).files) == 1200
+    assert not plan_for(host, tree).has_changes
