@@ -32,6 +32,25 @@ def bucket_keys(now: float) -> tuple[int, int, int]:
     return day * 100 + t.tm_hour, day, month
 
 
+class BucketClock:
+    """`bucket_keys` with the last second's answer kept: under load thousands of decisions
+    fall in the same second, and `time.localtime` is the costly part. Local-time buckets
+    change only at whole seconds, so one second always has one answer."""
+
+    __slots__ = ("_keys", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._keys = (0, 0, 0)
+
+    def keys(self, now: float) -> tuple[int, int, int]:
+        second = int(now)
+        if second != self._second:
+            self._keys = bucket_keys(second)
+            self._second = second
+        return self._keys
+
+
 def check_windows(windows: Sequence[Window]) -> None:
     for w in windows:
         if w.name not in WINDOW_NAMES:

@@ -12,6 +12,13 @@ each commit, ~100x slower; not worth it for rate counters).
 
 Tables: `usage` (one row per account: current hour/day/month bucket and count), `locks`,
 `once_keys`, `stats` (day, account, counter), `positions` (log follower offsets).
+
+Speed of `consume_limits` (the policy service's hot path): the store keeps a write-through
+cache of the usage and lock rows it has read or written. Inside `BEGIN IMMEDIATE` (the write
+lock is held) it compares `PRAGMA data_version` with the value seen at its own last commit: if
+no other connection committed in between, the cache is exactly the database and the batch needs
+no SELECT at all, only its writes; otherwise the cache is dropped and rows are read again. The
+check-and-count therefore stays atomic against other processes and hosts sharing the file.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 from runtime.state.base import STAT_COUNTERS, Consumption, StatRow, Window
 from runtime.state.limits import (
     WINDOW_NAMES,
+    BucketClock,
     LimitRequest,
     LimitResult,
     bucket_keys,
@@ -59,6 +68,12 @@ _UPSERT_USAGE = (
     "hour_key = excluded.hour_key, hour_n = excluded.hour_n, day_key = excluded.day_key, "
     "day_n = excluded.day_n, month_key = excluded.month_key, month_n = excluded.month_n"
 )
+# Usage and lock of one account in one statement; a missing usage row reads as NULLs.
+_SELECT_ACCOUNT = (
+    "SELECT u.hour_key, u.hour_n, u.day_key, u.day_n, u.month_key, u.month_n, "
+    "l.account IS NOT NULL FROM (SELECT ? AS a) LEFT JOIN usage u ON u.account = a "
+    "LEFT JOIN locks l ON l.account = a"
+)
 _SELECT_LOCK = "SELECT 1 FROM locks WHERE account = ?"
 _INSERT_LOCK = "INSERT OR IGNORE INTO locks VALUES (?, ?, ?)"
 
@@ -77,6 +92,12 @@ class SqliteStore:
             self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
         )
         self._mutex = threading.Lock()
+        # account → [locked, hour_key, hour_n, day_key, day_n, month_key, month_n] as stored
+        # (keys -1 when there is no usage row); valid while `_version` is the data_version
+        # seen at this connection's last commit (see the module docstring).
+        self._cache: dict[str, list[int]] = {}
+        self._version: int | None = None
+        self._clock = BucketClock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -139,6 +160,7 @@ class SqliteStore:
     ) -> Consumption:
         check_windows(windows)
         with self._mutex:
+            self._cache.pop(account, None)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 allowed, exceeded, counts = self._add(account, amount, windows, now, force)
@@ -153,26 +175,68 @@ class SqliteStore:
             check_windows(r.windows)
         results: list[LimitResult] = []
         db = self._db
+        cache = self._cache
+        bucket = self._clock.keys
+        writes: dict[str, tuple[str, int, int, int, int, int, int]] = {}
+        new_locks: list[tuple[str, str, float]] = []
         with self._mutex:
             db.execute("BEGIN IMMEDIATE")
             try:
+                version = db.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._version or len(cache) > _CACHE_MAX:
+                    cache.clear()
                 for r in requests:
-                    if db.execute(_SELECT_LOCK, (r.account,)).fetchone() is not None:
-                        results.append(LimitResult(False, True, None, False, {}))
+                    account = r.account
+                    row = cache.get(account)
+                    if row is None:
+                        row = cache[account] = self._read_account(account)
+                    if row[0]:
+                        results.append(_LOCKED)
                         continue
-                    allowed, exceeded, counts = self._add(
-                        r.account, r.amount, r.windows, r.now, False
-                    )
-                    newly = False
-                    if not allowed and r.lock:
-                        db.execute(_INSERT_LOCK, (r.account, r.reason, r.now))
-                        newly = True
-                    results.append(LimitResult(allowed, False, exceeded, newly, counts))
+                    hk, dk, mk = bucket(r.now)
+                    hn = row[2] if row[1] == hk else 0
+                    dn = row[4] if row[3] == dk else 0
+                    mn = row[6] if row[5] == mk else 0
+                    amount = r.amount
+                    exceeded = None
+                    for w in r.windows:
+                        name = w.name
+                        n = hn if name == "hour" else dn if name == "day" else mn
+                        if n + amount > w.limit:
+                            exceeded = name
+                            break
+                    if exceeded is None:
+                        hn += amount
+                        dn += amount
+                        mn += amount
+                        row[1:] = hk, hn, dk, dn, mk, mn
+                        writes[account] = (account, hk, hn, dk, dn, mk, mn)
+                        results.append(LimitResult(True, False, None, False, _counts(hn, dn, mn)))
+                        continue
+                    newly = r.lock
+                    if newly:
+                        row[0] = 1
+                        new_locks.append((account, r.reason, r.now))
+                    results.append(LimitResult(False, False, exceeded, newly, _counts(hn, dn, mn)))
+                if writes:
+                    db.executemany(_UPSERT_USAGE, writes.values())
+                if new_locks:
+                    db.executemany(_INSERT_LOCK, new_locks)
                 db.execute("COMMIT")
+                self._version = version
             except BaseException:
-                db.execute("ROLLBACK")
+                cache.clear()
+                self._version = None
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
         return results
+
+    def _read_account(self, account: str) -> list[int]:
+        hk, hn, dk, dn, mk, mn, locked = self._db.execute(_SELECT_ACCOUNT, (account,)).fetchone()
+        if hk is None:
+            return [locked, -1, 0, -1, 0, -1, 0]
+        return [locked, hk, hn, dk, dn, mk, mn]
 
     # -- locks and once-ledger ------------------------------------------------------------
 
@@ -181,10 +245,15 @@ class SqliteStore:
             return self._db.execute(sql, params).rowcount
 
     def lock(self, account: str, reason: str, now: float) -> bool:
-        return self._write(_INSERT_LOCK, (account, reason, now)) == 1
+        with self._mutex:
+            self._cache.pop(account, None)
+            return self._db.execute(_INSERT_LOCK, (account, reason, now)).rowcount == 1
 
     def unlock(self, account: str) -> bool:
-        return self._write("DELETE FROM locks WHERE account = ?", (account,)) == 1
+        with self._mutex:
+            self._cache.pop(account, None)
+            sql = "DELETE FROM locks WHERE account = ?"
+            return self._db.execute(sql, (account,)).rowcount == 1
 
     def is_locked(self, account: str) -> bool:
         with self._mutex:
@@ -273,6 +342,12 @@ class SqliteStore:
 
 
 _INDEX = {"hour": 0, "day": 1, "month": 2}
+_CACHE_MAX = 200_000  # accounts; beyond that the cache starts over (about 40 MB)
+_LOCKED = LimitResult(False, True, None, False, MappingProxyType({}))
+
+
+def _counts(hour: int, day: int, month: int) -> dict[str, int]:
+    return {"hour": hour, "day": day, "month": month}
 
 
 def group_stats(rows: Sequence[tuple[str, str, str, int]]) -> list[StatRow]:
