@@ -256,3 +256,10 @@ def test_example_inventory_applies_then_has_no_changes(
     assert code == 0 and out.endswith("no changes\n")
     assert run(capsys, "plan", str(example), "--detailed-exitcode")[0] == 0
     assert (tmp_path / ".mailcfg/hosts/mx1/etc/postfix/main.cf").is_file()
+
+
+def test_codeowners_and_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "codeowners", str(REPO / "inventory"))
+    assert code == 0 and "/inventory/domains/example.com.yml @alice" in out
+    code, out, _ = run(capsys, "schema")
+    assert code == 0 and isinstance(json.loads(out), dict)
