@@ -103,4 +103,15 @@ class StateStore(Protocol):
 
     def set_position(self, name: str, identity: str, offset: int) -> None: ...
 
+    def record_log(
+        self,
+        name: str,
+        identity: str,
+        offset: int,
+        rows: Mapping[tuple[str, str], Mapping[str, int]],
+    ) -> None:
+        """Add counters (`(day, account)` → name → n, as `add_stats`) and set the log position
+        `name` in ONE atomic step, so a crash between them cannot count a chunk twice."""
+        ...
+
     def close(self) -> None: ...

@@ -191,3 +191,24 @@ class RedisStore:
 
     def close(self) -> None:
         self.r.close()
+
+    def record_log(
+        self,
+        name: str,
+        identity: str,
+        offset: int,
+        rows: Mapping[tuple[str, str], Mapping[str, int]],
+    ) -> None:
+        """Add a chunk's counters and set the log position after it in one MULTI/EXEC: the
+        server applies all of it or (connection lost before EXEC) none of it."""
+        pipe = self.r.pipeline(transaction=True)
+        days: set[str] = set()
+        for (day, account), counters in rows.items():
+            for counter, n in counters.items():
+                if n:
+                    pipe.hincrby(self.prefix + "stats:" + day, f"{account}\t{counter}", n)
+                    days.add(day)
+        if days:
+            pipe.sadd(self.prefix + "stats:days", *sorted(days))
+        pipe.hset(f"{self.prefix}{self.host}:positions", name, f"{identity}\t{offset}")
+        pipe.execute()

@@ -340,6 +340,39 @@ class SqliteStore:
         with self._mutex:
             self._db.close()
 
+    def record_log(
+        self,
+        name: str,
+        identity: str,
+        offset: int,
+        rows: Mapping[tuple[str, str], Mapping[str, int]],
+    ) -> None:
+        """Add a chunk's counters and set the log position after it in ONE transaction: a
+        crash leaves both or neither, so a restart never counts a chunk twice."""
+        params = [
+            (day, account, counter, n)
+            for (day, account), counters in rows.items()
+            for counter, n in counters.items()
+            if n
+        ]
+        sql = (
+            "INSERT INTO stats VALUES (?, ?, ?, ?) ON CONFLICT(day, account, name) "
+            "DO UPDATE SET value = value + excluded.value"
+        )
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if params:
+                    self._db.executemany(sql, params)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)", (name, identity, offset)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
 
 _INDEX = {"hour": 0, "day": 1, "month": 2}
 _CACHE_MAX = 200_000  # accounts; beyond that the cache starts over (about 40 MB)
