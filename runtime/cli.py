@@ -1,9 +1,9 @@
 """`mailcfg-agent`: thin command line over the runtime (argument parsing and output only).
 
-Subcommands: `serve` (policy service), `unlock ADDRESS`, `locks`; the log follower's commands
-(`stats`, `ingest`, `follow`) come from `runtime.logs.commands.add_parsers`. Another module
-adds commands the same way: a function registering subparsers with `set_defaults(func=...)`
-where `func(args) -> int` is the exit status.
+Subcommands: `serve` (policy service + log follower), `unlock ADDRESS`, `locks`; the log
+follower's commands (`stats`, `ingest`, `follow`) come from `runtime.logs.commands`. Another
+module adds commands the same way: a function registering subparsers with
+`set_defaults(func=...)` where `func(args) -> int` is the exit status.
 """
 
 from __future__ import annotations
@@ -50,7 +50,19 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve_policy(args.config, args.listen, store, stop)
+        jobs = [serve_policy(args.config, args.listen, store, stop)]
+        if config.logs and not args.no_follow:
+            from runtime.logs.ingest import follow_logs
+
+            jobs.append(follow_logs(config, store, stop))
+        # One daemon, one store: the follower's log-driven limits and the policy service's
+        # limits count in the same state. If either part dies, stop the other and exit.
+        tasks = [asyncio.create_task(job) for job in jobs]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()
 
     try:
         asyncio.run(main())
@@ -89,9 +101,12 @@ def add_policy_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         p.add_argument("--config", required=True, help="agent config (agent.json)")
         p.add_argument("--state", help="state DSN (default: the config's `state`)")
 
-    p = sub.add_parser("serve", help="run the Postfix policy service")
+    p = sub.add_parser("serve", help="run the Postfix policy service and the log follower")
     common(p)
     p.add_argument("--listen", help="unix:PATH or tcp:HOST:PORT (default: the config's)")
+    p.add_argument(
+        "--no-follow", action="store_true", help="policy service only (do not follow the logs)"
+    )
     p.set_defaults(func=_serve)
     p = sub.add_parser("unlock", help="lift the sending lock of an account")
     p.add_argument("address")
