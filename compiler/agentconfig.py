@@ -26,8 +26,10 @@ def host_port(address: str, port: int) -> str:
 def make_agent_config(cfg: HostConfig) -> AgentConfig:
     policy = cfg.policy
     paths = policy.paths
+    # Every input below was validated by the inventory models, so construct without
+    # revalidating (50,000 accounts: validation would cost seconds per render).
     accounts = {
-        address: AgentAccount(
+        address: AgentAccount.model_construct(
             enabled=account.enabled,
             whitelist=account.whitelist,
             blacklist=account.blacklist,
@@ -39,7 +41,7 @@ def make_agent_config(cfg: HostConfig) -> AgentConfig:
     if paths.dovecot_log and paths.dovecot_log not in logs:
         logs.append(paths.dovecot_log)
     smtp = policy.listeners.smtp
-    return AgentConfig(
+    return AgentConfig.model_construct(
         host=cfg.name,
         hostname=cfg.spec.hostname,
         listen=f"unix:{paths.agent_socket}",
@@ -65,5 +67,17 @@ def make_agent_config(cfg: HostConfig) -> AgentConfig:
 
 
 def dump_agent_config(config: AgentConfig) -> str:
-    """Deterministic JSON text (sorted keys, 2-space indent, trailing newline)."""
-    return json.dumps(config.model_dump(mode="json"), sort_keys=True, indent=2) + "\n"
+    """Deterministic JSON text: sorted keys, one line per top-level key and one line per
+    entry of a top-level mapping (accounts, redirects), so a plan's diff shows which account
+    changed. Compact values keep json's C encoder (indent= falls back to pure Python)."""
+    data = config.model_dump(mode="json")
+    compact = json.JSONEncoder(sort_keys=True, separators=(", ", ": ")).encode
+    lines = []
+    for key in sorted(data):
+        value = data[key]
+        if isinstance(value, dict) and value:
+            entries = [f"    {compact(k)}: {compact(value[k])}" for k in sorted(value)]
+            lines.append(f"  {compact(key)}: {{\n" + ",\n".join(entries) + "\n  }")
+        else:
+            lines.append(f"  {compact(key)}: {compact(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from schemas.common import Address, DomainName, Frozen, SafeLine
+from schemas.common import Address, DomainName, Frozen, SafeLine, SafeText
 from schemas.domain import SenderList
 from schemas.policy import FailAction, FilterLine, Limits, SpamPolicy
 
@@ -37,6 +37,7 @@ class AgentConfig(Frozen):
     global_filter_reject_text: SafeLine
     whitelist_reject_text: SafeLine
     whitelist_notice: bool = False
+    whitelist_notice_text: SafeText | None = None  # None: built-in text (runtime.notify)
     spam: SpamPolicy = SpamPolicy()
     default_limits: Limits
     fail_action_inbound: FailAction = FailAction.DUNNO

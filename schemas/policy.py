@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, field_validator
 
-from schemas.common import Address, DomainName, Frozen, Port, SafeLine, Token
+from schemas.common import Address, DomainName, Frozen, Port, SafeLine, SafeText, Token
 
 
 def check_filter_line(value: str) -> str:
@@ -155,6 +155,9 @@ class ServerPolicy(Frozen):
         "Recipient accepts mail only from approved senders; ask the recipient to add you"
     )
     whitelist_notice: bool = False  # optional explanation mail to rejected senders
+    # Body of that mail; `{sender}` and `{recipient}` are replaced. None: a built-in text
+    # quoting whitelist_reject_text.
+    whitelist_notice_text: SafeText | None = None
     spam: SpamPolicy = SpamPolicy()
     limits: Limits = Limits(per_hour=200, per_day=1000, per_month=20000)
     policy_fail_action_inbound: FailAction = FailAction.DUNNO

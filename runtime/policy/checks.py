@@ -31,6 +31,8 @@ class Verdict:
     action: str
     account: str | None = None
     counters: tuple[str, ...] = ()
+    # A whitelist reject: the sender may get an explanation mail (runtime.notify).
+    notice: bool = False
 
 
 DUNNO = Verdict("DUNNO")
@@ -92,9 +94,10 @@ def check_blacklist(lst: SenderList, sender: str, account: str) -> Verdict | Non
 
 def check_whitelist(lst: SenderList, sender: str, account: str, text: str) -> Verdict | None:
     """Whitelist on: any sender not on it (the null sender included, as in the original
-    panel) is rejected with the configured explanation of how to get approved."""
+    panel) is rejected with the configured explanation of how to get approved; the verdict
+    is marked for the optional notice mail."""
     if lst.enabled and not sender_listed(lst.entries, sender):
-        return Verdict(f"REJECT 5.7.1 <{account}>: {text}", account, ("rejected",))
+        return Verdict(f"REJECT 5.7.1 <{account}>: {text}", account, ("rejected",), notice=True)
     return None
 
 

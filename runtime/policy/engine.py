@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from runtime.notify import NoticeJob, make_notice_job
 from runtime.policy.checks import (
     DUNNO,
     Verdict,
@@ -25,7 +26,7 @@ from runtime.policy.checks import (
     limit_windows,
 )
 from runtime.policy.dnsbl import DnsblChecker, DnsblZone, make_resolver, parse_ranges
-from runtime.policy.spf import SpfChecker, SpfResult
+from runtime.policy.spf import SpfChecker, SpfResult, evaluate_spf
 from runtime.state.base import Window
 from runtime.state.limits import LimitRequest
 from schemas.agent import AgentAccount, AgentConfig
@@ -73,6 +74,12 @@ class Policy:
         )
         self.spf = (
             SpfChecker(spam.nameservers, spam.dns_timeout, config.hostname) if spam.spf else None
+        )
+        # Notices need the sender's SPF even when SPF checks of inbound mail are off.
+        self.notice_spf = self.spf or (
+            SpfChecker(spam.nameservers, spam.dns_timeout, config.hostname)
+            if config.whitelist_notice
+            else None
         )
 
     @staticmethod
@@ -123,6 +130,22 @@ class Policy:
             or check_whitelist(acc.whitelist, sender, account, self.config.whitelist_reject_text)
         )
 
+    def notice_job(self, req: Mapping[str, str], verdict: Verdict, now: float) -> NoticeJob | None:
+        """The explanation mail a whitelist reject may earn (see runtime.notify)."""
+        if not verdict.notice or verdict.account is None or self.notice_spf is None:
+            return None
+        return make_notice_job(self.config, req, verdict.account, now)
+
+    def notice_spf_result(self, job: NoticeJob) -> str:
+        """Blocking SPF check of a notice's sender (run in a worker thread). The whitelist
+        comes before SPF in the panel's order, so this is evaluated only for notices."""
+        checker = self.notice_spf
+        if checker is None or not is_address(job.client):
+            return "none"
+        return evaluate_spf(
+            checker.resolver, job.client, job.sender, job.helo, checker.receiver
+        ).result
+
     def needs_dns(self, req: Mapping[str, str]) -> bool:
         return (self.spf is not None or self.dnsbl is not None) and is_remote(
             req.get("client_address", "")
@@ -151,6 +174,14 @@ class Policy:
             if v is not None:
                 return v
         return prepend or DUNNO
+
+
+def is_address(client: str) -> bool:
+    try:
+        ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    return True
 
 
 def is_remote(client: str) -> bool:

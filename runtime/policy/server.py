@@ -25,10 +25,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.notify import make_lock_alert, send_mail
+from runtime.notify import NoticeJob, deliver_whitelist_notice, make_lock_alert, send_mail
 from runtime.policy.checks import Verdict, check_limit_result
 from runtime.policy.engine import MessageMemo, Policy
 from runtime.policy.protocol import MAX_REQUEST, ProtocolError, RequestParser, format_reply
+from runtime.state.base import StateStore
 from runtime.state.limits import LimitRequest, LimitResult, LimitStore
 from schemas.agent import AgentConfig
 from schemas.policy import FailAction
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 DUNNO_REPLY = format_reply("DUNNO")
 IDLE_TIMEOUT = 600.0  # longer than Postfix's smtpd_policy_service_max_idle (300s)
 MAX_PENDING = 256  # unanswered requests per connection before it is treated as abuse
+# Whitelist notices being decided at once (each may do SPF lookups): beyond it, a flood of
+# rejects (say, forged senders) gets no notices rather than a growing backlog.
+MAX_NOTICES = 16
 
 
 def fail_action(action: FailAction, what: str) -> str:
@@ -71,17 +75,20 @@ class PolicyService:
         *,
         clock: Callable[[], float] = time.time,
         send_alert: Callable[[AgentConfig, str, LimitResult, float], None] | None = None,
+        send_notice: Callable[[Policy, NoticeJob, StateStore], None] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.policy = policy
         self.store = store
         self.clock = clock
         self.send_alert = send_alert if send_alert is not None else send_lock_alert
+        self.send_notice = send_notice if send_notice is not None else send_whitelist_notice
         self.idle_timeout = idle_timeout
         self.connections: set[PolicyConnection] = set()
         self._batch = _Batch()
         self._flush_scheduled = False
         self._tasks: set[asyncio.Future[None]] = set()
+        self._notices = 0
 
     def set_config(self, config: AgentConfig) -> None:
         """Swap in a new config; requests already being decided finish with the old one."""
@@ -103,6 +110,8 @@ class PolicyService:
                 slot.reply = DUNNO_REPLY
                 return slot
             verdict = policy.check_lists(req, account)
+            if verdict is not None and verdict.notice:
+                self._spawn_notice(policy, req, verdict)
             if verdict is None and policy.needs_dns(req):
                 task = asyncio.ensure_future(self._check_dns(policy, req, account, conn, slot))
                 self._tasks.add(task)
@@ -190,6 +199,24 @@ class PolicyService:
         self._tasks.add(fut)
         fut.add_done_callback(self._tasks.discard)
 
+    def _spawn_notice(self, policy: Policy, req: Mapping[str, str], verdict: Verdict) -> None:
+        # In a worker thread: SPF, the ledger and SMTP must never delay the reject itself.
+        job = policy.notice_job(req, verdict, self.clock())
+        if job is None:
+            return
+        if self._notices >= MAX_NOTICES:
+            log.warning("whitelist notice to %s skipped: %d being sent", job.sender, MAX_NOTICES)
+            return
+        self._notices += 1
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, self.send_notice, policy, job, self.store)
+        self._tasks.add(fut)
+        fut.add_done_callback(self._notice_done)
+
+    def _notice_done(self, fut: asyncio.Future[None]) -> None:
+        self._notices -= 1
+        self._tasks.discard(fut)
+
     async def drain(self) -> None:
         """Wait for DNS checks and alert mails still running."""
         while self._tasks:
@@ -199,6 +226,22 @@ class PolicyService:
 def send_lock_alert(config: AgentConfig, account: str, res: LimitResult, now: float) -> None:
     reason = f"{res.exceeded} sending limit exceeded" if res.exceeded else "locked"
     send_mail(config.notify_smtp, make_lock_alert(config, account, reason, res.counts, now))
+
+
+def send_whitelist_notice(policy: Policy, job: NoticeJob, store: StateStore) -> None:
+    config = policy.config
+    try:
+        outcome = deliver_whitelist_notice(
+            config,
+            job,
+            store,
+            policy.notice_spf_result,
+            lambda msg, to: send_mail(config.notify_smtp, msg, to),
+        )
+    except Exception:
+        log.exception("whitelist notice to %s about %s failed", job.sender, job.recipient)
+        return
+    log.info("whitelist notice to %s about %s: %s", job.sender, job.recipient, outcome)
 
 
 class PolicyConnection(asyncio.Protocol):
