@@ -84,6 +84,10 @@ class Host:
         self.root = os.path.abspath(root)
         self.is_system = self.root == "/"
         self.real_owners = owners == "real" or (owners == "auto" and self.is_system)
+        # A directory root has no services of its own: its reload/verify commands would act on
+        # this machine's Postfix, Dovecot and systemd. Build and validate still run there.
+        services = os.environ.get("MAILCFG_SERVICES", "auto")
+        self.run_services = services == "run" or (services == "auto" and self.is_system)
         self.state = os.path.join(self.root, STATE_DIR)
 
     def path(self, host_path: str) -> str:
@@ -602,7 +606,20 @@ def commit(host: Host, release_id: str, managed: Json, keep: int, protect: set[s
     prune_releases(host, keep, protect | {release_id})
 
 
+def services_skipped(host: Host, activations: list[Json], warnings: list[str]) -> bool:
+    if host.run_services or not activations:
+        return False
+    names = ", ".join(sorted({str(a.get("service", "?")) for a in activations}))
+    warnings.append(
+        f"reload/verify of {names} skipped: a local root runs no services "
+        "(MAILCFG_SERVICES=run forces them)"
+    )
+    return True
+
+
 def activate(host: Host, activations: list[Json], warnings: list[str]) -> None:
+    if services_skipped(host, activations, warnings):
+        return
     for activation in activations:
         run_commands(host, "activate", activation.get("apply", []), None, warnings)
     for activation in activations:
@@ -697,6 +714,8 @@ def transact(host: Host, bundle: str, warnings: list[str]) -> Json:
 
 
 def run_reloads(host: Host, activations: list[Json], warnings: list[str]) -> None:
+    if services_skipped(host, activations, warnings):
+        return
     for activation in activations:
         run_commands(host, "activate", activation.get("apply", []), None, warnings)
 

@@ -30,6 +30,12 @@ POSTFIX = Activation(
 DOVECOT = Activation("dovecot", "dovecot", "reload", apply=("echo dovecot >> reloads",))
 
 
+@pytest.fixture(autouse=True)
+def _run_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These local roots stand for real hosts: run their reload/verify commands too."""
+    monkeypatch.setenv("MAILCFG_SERVICES", "run")
+
+
 def activations_for(roles: set[str]) -> tuple[Activation, ...]:
     return tuple(a for a in (DOVECOT, POSTFIX) if a.role in roles)
 

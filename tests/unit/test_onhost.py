@@ -22,14 +22,17 @@ from compiler.types import Activation, FileTree, Plan, RenderedFile
 STATE = "var/lib/mailcfg"
 
 
-def call(root: Path, command: str, args: dict[str, Any], *extra: str) -> dict[str, Any]:
+def call(
+    root: Path, command: str, args: dict[str, Any], *extra: str, services: str = "run"
+) -> dict[str, Any]:
     blob = base64.b64encode(zlib.compress(json.dumps(args).encode())).decode()
     proc = subprocess.run(
         [sys.executable, onhost.__file__, command, "--root", str(root), "--args-b64", blob, *extra],
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "MAILCFG_ROOT": str(root)},
+        # These roots stand for real hosts: run their reload/verify commands too (by default).
+        env={**os.environ, "MAILCFG_ROOT": str(root), "MAILCFG_SERVICES": services},
     )
     doc: dict[str, Any] = json.loads(proc.stdout)
     assert (proc.returncode == 0) == doc["ok"], proc
@@ -376,3 +379,24 @@ def test_corrupt_bundle_is_a_clear_error(root: Path) -> None:
     (root / STATE / "incoming/b.tar.gz").write_bytes(b"not a tar")
     doc = call(root, "apply", {"bundle": f"/{STATE}/incoming/b.tar.gz"})
     assert doc["ok"] is False and doc["step"] == "apply" and "ReadError" in doc["message"]
+
+
+def test_local_root_runs_no_service_commands_by_default(root: Path) -> None:
+    """A directory root (the demo / preview target) must never reload this machine's services."""
+    tree = tree_of({"/etc/postfix/main.cf": b"a = 1\n"})
+    reload = Activation(
+        "postfix",
+        "postfix",
+        "reload",
+        apply=("echo reloaded >> reloads",),
+        verify=("echo verified >> reloads",),
+    )
+    plan = Plan("h", (), (reload,), tree.digest, None)
+    bundle = make_bundle(plan, tree, activations=(reload,), release_id="r1", keep_releases=5)
+    where = f"/{STATE}/incoming/r1.tar.gz"
+    (root / where.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / where.lstrip("/")).write_bytes(bundle)
+    doc = call(root, "apply", {"bundle": where}, services="auto")
+    assert doc["ok"] and (root / "etc/postfix/main.cf").read_bytes() == b"a = 1\n"
+    assert not (root / "reloads").exists()
+    assert any("skipped: a local root runs no services" in w for w in doc["warnings"])
