@@ -1,9 +1,10 @@
 """Lookup tables derived from a `HostConfig`: Postfix maps and Dovecot passwd-files.
 
 Every table is computed here from the model, never written by hand, as sorted `(key, value)`
-rows so renders are deterministic. Keys and values are already restricted by `schemas.common`
-(no whitespace, ':' or ',' in addresses; hashes checked by `schemas.password`), so nothing here
-needs escaping. Templates only lay the rows out.
+rows so renders are deterministic (`HostConfig.mailboxes` and `.redirects` are already sorted
+by address, so they are iterated as they are). Keys and values are already restricted by
+`schemas.common` (no whitespace, ':' or ',' in addresses; hashes checked by
+`schemas.password`), so nothing here needs escaping. Templates only lay the rows out.
 """
 
 from __future__ import annotations
@@ -49,8 +50,7 @@ def make_virtual_mailbox_maps(cfg: HostConfig) -> Rows:
     """Enabled accounts → their maildir path relative to the mail root (informational for
     Postfix: delivery goes over LMTP, the map only says which recipients exist)."""
     return tuple(
-        (address, f"{address.split('@')[1]}/{address.split('@')[0]}/")
-        for address in sorted(cfg.mailboxes)
+        (address, f"{address.split('@')[1]}/{address.split('@')[0]}/") for address in cfg.mailboxes
     )
 
 
@@ -70,7 +70,7 @@ def make_virtual_alias_maps(cfg: HostConfig) -> Rows:
 def make_sender_login_maps(cfg: HostConfig) -> Rows:
     """Who may use which envelope sender after SASL login: each account only its own address
     (the Dovecot login name is the full address)."""
-    return tuple((address, address) for address in sorted(cfg.mailboxes))
+    return tuple((address, address) for address in cfg.mailboxes)
 
 
 def quota_rule(quota: int) -> tuple[str, ...]:
@@ -81,7 +81,7 @@ def quota_rule(quota: int) -> tuple[str, ...]:
 def make_passwd(cfg: HostConfig) -> tuple[PasswdEntry, ...]:
     return tuple(
         PasswdEntry(address, account.password, quota_rule(account.quota))
-        for address, account in sorted(cfg.mailboxes.items())
+        for address, account in cfg.mailboxes.items()
     )
 
 
@@ -89,9 +89,7 @@ def make_deny(cfg: HostConfig, protocol: str) -> tuple[str, ...]:
     """Accounts refused for `protocol` ("imap" | "pop3"): read by a `deny = yes` passdb whose
     file name is chosen by the service name (`%s`)."""
     return tuple(
-        address
-        for address, account in sorted(cfg.mailboxes.items())
-        if not getattr(account, protocol)
+        address for address, account in cfg.mailboxes.items() if not getattr(account, protocol)
     )
 
 

@@ -186,6 +186,16 @@ def test_unauthenticated_relay_is_refused(mailhost: MailHost, client_ip: str) ->
     assert b"Relay access denied" in text
 
 
+def test_trusted_network_may_relay(mailhost: MailHost) -> None:
+    """The server's own address is the only trusted network: it relays without AUTH (the
+    agent's notices and local scripts), while every other address is refused (above)."""
+    with smtp(mailhost, mailhost.address) as s:
+        s.mail("alice@example.com")
+        code, _ = s.rcpt("someone@example.org")
+        s.rset()
+    assert code == 250
+
+
 def test_no_auth_on_port_25(mailhost: MailHost, client_ip: str, tls: ssl.SSLContext) -> None:
     with smtp(mailhost, client_ip) as s:
         assert not s.has_extn("auth")
