@@ -1,36 +1,60 @@
-"""Policy service benchmark: decisions/s, p50/p99 latency and exact limit counts.
+"""Policy service benchmark: decisions/s, p50/p99 latency, server CPU and exact limit counts.
 
 Workload: `--senders` authenticated senders (10,000) sending `--per-sender` messages each,
 plus 10 hot senders sending `--hot-sends` each, over a daily limit of `--limit`; one recipient
 per message (END-OF-MESSAGE requests with recipient_count=1), shuffled, spread over N
-persistent connections (1, 8, 32). The load generator runs in separate processes. A run checks
-that every sender got exactly min(sent, limit) accepts (DUNNO).
+persistent connections (1, 8, 32). Like smtpd, a connection has one request outstanding at a
+time. The load generator runs in separate processes, with every request encoded before the
+clock starts. A run checks that every sender got exactly min(sent, limit) accepts.
 
-Servers: the mailcfg agent (SQLite and, with --redis, a private redis-server), and side by
-side, when available, Debian's postfwd2 (`rate()` on sasl_username) and policyd-rate-limit
-(pip-installed into a venv in a temp dir, SQLite file). Ports: 22500-22599 on 127.0.0.1.
+Servers, each started fresh (empty state) for every connection count:
+- the mailcfg agent with its SQLite backend and with Redis (a private redis-server);
+- Debian's postfwd2, `rate(sasl_username/LIMIT/86400/...)` (it daemonizes: started with a
+  pidfile in the run's temp dir and stopped by that PID);
+- policyd-rate-limit from PyPI, pip-installed into a venv in the temp dir, SQLite file. It
+  counts only at `protocol_state=DATA` (its `count_mode: 1`), so its requests say DATA.
+A server that fails to start or to answer is reported as failed; the others still run.
 
-    python bench/policy/run.py [--conns 1,8,32] [--redis] [--postfwd] [--policyd]
+The result is a Markdown table on stdout (progress lines go to stderr). `server CPU` is the
+user+system CPU time of the server's process tree per decision (not Redis'): on a shared
+machine it is steadier than the throughput. Ports: 22500-22599 on 127.0.0.1.
+
+    python bench/policy/run.py [--conns 1,8,32] [--servers agent-sqlite,agent-redis,postfwd,policyd]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
 import random
+import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 HOT = 10
+PORT_REDIS, PORT_POSTFWD, PORT_POLICYD, PORT_SMTP = 22510, 22520, 22530, 22599
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- workload and load generator --------------------------------------------------------------
 
 
 def workload(senders: int, per_sender: int, hot_sends: int, seed: int = 7) -> list[str]:
@@ -40,12 +64,17 @@ def workload(senders: int, per_sender: int, hot_sends: int, seed: int = 7) -> li
     return msgs
 
 
-def request(sender: str, n: int) -> bytes:
+def request(sender: str, n: int, state: str = "END-OF-MESSAGE") -> bytes:
     return (
-        "request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nprotocol_name=ESMTP\n"
+        f"request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n"
         f"client_address=192.0.2.{n % 250 + 1}\nclient_name=client.bench.test\n"
-        f"helo_name=client.bench.test\nsasl_method=PLAIN\nsasl_username={sender}\n"
-        f"sender={sender}\nrecipient=\nrecipient_count=1\ninstance={n:x}.1\nsize=1000\n\n"
+        f"reverse_client_name=client.bench.test\nhelo_name=client.bench.test\n"
+        f"sasl_method=PLAIN\nsasl_username={sender}\nsasl_sender=\n"
+        f"sender={sender}\nrecipient=\nrecipient_count=1\nqueue_id=\n"
+        f"instance={n:x}.{n % 7}\nsize=1000\netrn_domain=\nstress=\n"
+        "ccert_subject=\nccert_issuer=\nccert_fingerprint=\nencryption_protocol=TLSv1.3\n"
+        "encryption_cipher=TLS_AES_256_GCM_SHA384\nencryption_keysize=256\n"
+        "policy_context=\nserver_address=192.0.2.254\nserver_port=587\n\n"
     ).encode()
 
 
@@ -55,72 +84,123 @@ def connect(addr: str) -> socket.socket:
         s.connect(addr[5:])
     else:
         host, _, port = addr[4:].rpartition(":")
-        s = socket.create_connection((host, int(port)))
+        s = socket.create_connection((host, int(port)), timeout=10)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
 
-def _client(addr: str, conns: list[list[str]], out: mp.Queue) -> None:  # type: ignore[type-arg]
-    """One process driving several connections, each one request at a time (as smtpd does),
-    multiplexed with select so a process can hold many connections."""
-    import selectors
+@dataclass
+class _Conn:
+    sock: socket.socket
+    senders: list[str]
+    reqs: list[bytes]
+    i: int = 0
+    buf: bytes = b""
+    t: int = 0
 
+
+def _client(
+    addr: str,
+    work: list[tuple[list[str], list[bytes]]],
+    barrier: Any,
+    out: Any,
+) -> None:
+    """One process driving several connections, each one request at a time (as smtpd does),
+    multiplexed with a selector. Sends `(elapsed_s, latencies_ns, accepts, answers)` or
+    `("error", text)` to `out`."""
+    try:
+        conns = [_Conn(connect(addr), senders, reqs) for senders, reqs in work]
+    except OSError as exc:
+        barrier.abort()
+        out.put(("error", f"connect {addr}: {exc}"))
+        return
     sel = selectors.DefaultSelector()
-    state = []
-    for i, msgs in enumerate(conns):
-        s = connect(addr)
-        s.setblocking(False)
-        st = {"sock": s, "msgs": msgs, "i": 0, "buf": b"", "t": 0, "id": i}
-        state.append(st)
-        sel.register(s, selectors.EVENT_READ, st)
+    for c in conns:
+        c.sock.setblocking(False)
+        sel.register(c.sock, selectors.EVENT_READ, c)
     lat: list[int] = []
     accepts: Counter[str] = Counter()
     answers: Counter[str] = Counter()
+    clock = time.perf_counter_ns
+    try:
+        barrier.wait(60)
+        t0 = time.perf_counter()
+        active = 0
+        for c in conns:
+            if c.reqs:
+                c.t = clock()
+                c.sock.send(c.reqs[0])
+                active += 1
+        while active:
+            events = sel.select(timeout=30)
+            if not events:
+                raise TimeoutError("no reply within 30 s")
+            for key, _ in events:
+                c = key.data
+                data = c.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("server closed the connection")
+                buf = c.buf + data if c.buf else data
+                end = buf.find(b"\n\n")
+                while end >= 0:
+                    lat.append(clock() - c.t)
+                    action = buf[7:end].split(b" ", 1)[0].decode().upper()  # after "action="
+                    answers[action] += 1
+                    if action in ("DUNNO", "OK"):
+                        accepts[c.senders[c.i]] += 1
+                    c.i += 1
+                    buf = buf[end + 2 :]
+                    if c.i < len(c.reqs):
+                        c.t = clock()
+                        c.sock.send(c.reqs[c.i])
+                    else:
+                        active -= 1
+                    end = buf.find(b"\n\n")
+                c.buf = buf
+        out.put((time.perf_counter() - t0, lat, dict(accepts), dict(answers)))
+    except Exception as exc:
+        out.put(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        for c in conns:
+            c.sock.close()
 
-    def send(st: dict) -> None:  # type: ignore[type-arg]
-        if st["i"] < len(st["msgs"]):
-            st["t"] = time.perf_counter_ns()
-            st["sock"].sendall(request(st["msgs"][st["i"]], st["i"] * 64 + st["id"]))
 
-    t0 = time.perf_counter()
-    for st in state:
-        send(st)
-    active = sum(1 for st in state if st["msgs"])
-    while active:
-        for key, _ in sel.select(timeout=30):
-            st = key.data
-            data = st["sock"].recv(65536)
-            if not data:
-                raise SystemExit("server closed the connection")
-            st["buf"] += data
-            while b"\n\n" in st["buf"]:
-                reply, _, st["buf"] = st["buf"].partition(b"\n\n")
-                lat.append(time.perf_counter_ns() - st["t"])
-                action = reply.decode().removeprefix("action=").split(" ")[0]
-                answers[action] += 1
-                if action.upper() in ("DUNNO", "OK"):
-                    accepts[st["msgs"][st["i"]]] += 1
-                st["i"] += 1
-                if st["i"] < len(st["msgs"]):
-                    send(st)
-                else:
-                    active -= 1
-    out.put((time.perf_counter() - t0, lat, dict(accepts), dict(answers)))
+@dataclass
+class LoadResult:
+    decisions: int
+    per_s: float
+    p50_ms: float
+    p99_ms: float
+    accepts: Counter[str]
+    answers: dict[str, int]
+    cpu_us: float | None = None  # server CPU per decision
 
 
-def run_load(addr: str, msgs: list[str], nconns: int, procs: int) -> dict:  # type: ignore[type-arg]
-    per_conn: list[list[str]] = [msgs[i::nconns] for i in range(nconns)]
+def run_load(
+    addr: str, msgs: list[str], nconns: int, procs: int, state: str, cpu: Callable[[], float]
+) -> LoadResult:
+    per_conn = [msgs[i::nconns] for i in range(nconns)]
+    reqs = [
+        [request(s, j * nconns + i, state) for j, s in enumerate(c)] for i, c in enumerate(per_conn)
+    ]
     procs = min(procs, nconns)
-    groups = [per_conn[i::procs] for i in range(procs)]
-    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    ps = [mp.Process(target=_client, args=(addr, g, q)) for g in groups]
-    t0 = time.perf_counter()
+    groups = [list(zip(per_conn[i::procs], reqs[i::procs], strict=True)) for i in range(procs)]
+    ctx = mp.get_context("fork")  # children inherit the encoded requests without pickling
+    q = ctx.Queue()
+    barrier = ctx.Barrier(procs + 1)
+    ps = [ctx.Process(target=_client, args=(addr, g, barrier, q)) for g in groups]
     for p in ps:
         p.start()
-    results = [q.get(timeout=600) for _ in ps]
-    wall = time.perf_counter() - t0
+    with contextlib.suppress(Exception):  # a client could not connect: its error is queued
+        barrier.wait(60)
+    cpu0 = cpu()
+    results = [q.get(timeout=900) for _ in ps]
+    cpu1 = cpu()
     for p in ps:
         p.join()
+    errors = [r[1] for r in results if r[0] == "error"]
+    if errors:
+        raise RuntimeError("; ".join(sorted(set(errors))))
     lat = sorted(x for r in results for x in r[1])
     accepts: Counter[str] = Counter()
     answers: Counter[str] = Counter()
@@ -128,15 +208,15 @@ def run_load(addr: str, msgs: list[str], nconns: int, procs: int) -> dict:  # ty
         accepts.update(r[2])
         answers.update(r[3])
     busy = max(r[0] for r in results)
-    return {
-        "decisions": len(lat),
-        "per_s": len(lat) / busy,
-        "p50_ms": lat[len(lat) // 2] / 1e6,
-        "p99_ms": lat[int(len(lat) * 0.99)] / 1e6,
-        "wall_s": wall,
-        "accepts": accepts,
-        "answers": dict(answers),
-    }
+    return LoadResult(
+        decisions=len(lat),
+        per_s=len(lat) / busy,
+        p50_ms=lat[len(lat) // 2] / 1e6,
+        p99_ms=lat[int(len(lat) * 0.99)] / 1e6,
+        accepts=accepts,
+        answers=dict(answers),
+        cpu_us=(cpu1 - cpu0) / len(lat) * 1e6 if cpu0 >= 0 else None,
+    )
 
 
 def check_exact(msgs: list[str], accepts: Counter[str], limit: int) -> int:
@@ -145,29 +225,103 @@ def check_exact(msgs: list[str], accepts: Counter[str], limit: int) -> int:
     return sum(1 for s, n in sent.items() if accepts.get(s, 0) != min(n, limit))
 
 
-def wait_socket(addr: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+# -- process handling -------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user+system, plus reaped children's) of `pid` and its live descendants;
+    -1 if `pid` is gone."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        f = raw[raw.rindex(")") + 2 :].split()
+        parents[int(d)] = int(f[1])
+        times[int(d)] = sum(int(x) for x in f[11:15]) / _TICK
+    if pid not in times:
+        return -1.0
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times[p]
+        todo += [c for c, pp in parents.items() if pp == p]
+    return total
+
+
+def wait_listening(addr: str, alive: Callable[[], str | None], timeout: float = 30) -> None:
+    """Until `addr` accepts a connection; `alive()` returns why the server died, or None."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
+        why = alive()
+        if why:
+            raise RuntimeError(why)
         try:
             connect(addr).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise SystemExit(f"server not listening on {addr}")
+    raise RuntimeError(f"not listening on {addr} after {timeout:.0f} s")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def stop_pid(pid: int, timeout: float = 10) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
-# -- servers ------------------------------------------------------------------------------
+def popen_alive(proc: subprocess.Popen[bytes], logfile: Path) -> Callable[[], str | None]:
+    def alive() -> str | None:
+        if proc.poll() is None:
+            return None
+        return f"exited with {proc.returncode}: {tail(logfile)}"
+
+    return alive
+
+
+def tail(path: Path, n: int = 300) -> str:
+    """What a failed server said: its error lines if it printed usage text, else the end."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    errors = [ln for ln in text.splitlines() if any(w in ln for w in ("rror", "nknown", "annot"))]
+    return (" | ".join(errors) if errors else text)[-n:].strip()
+
+
+# -- servers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    addr: str
+    pid: int  # the server whose CPU is measured
+    stops: list[Callable[[], None]] = field(default_factory=list)
+
+
+Starter = Callable[[Path, int], Running]
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    start: Starter
+    state: str = "END-OF-MESSAGE"  # protocol_state of its requests
+    full: bool = True  # the whole workload, or the smaller one for slow peers
 
 
 def agent_config(tmp: Path, state: str, limit: int) -> Path:
@@ -183,175 +337,283 @@ def agent_config(tmp: Path, state: str, limit: int) -> Path:
         # Daily only, so a run crossing an hour boundary still has exact expected counts.
         "default_limits": {"per_day": limit, "on_exceed": "lock"},
         "postmaster": "postmaster@example.com",
-        "notify_smtp": "127.0.0.1:22599",  # nothing listens: alert mails fail fast (logged)
+        # Nothing listens there: the 10 lock alert mails fail fast (and are logged).
+        "notify_smtp": f"127.0.0.1:{PORT_SMTP}",
     }
     path = tmp / "agent.json"
     path.write_text(json.dumps(cfg))
     return path
 
 
-def start_agent(tmp: Path, state: str, limit: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_agent(tmp: Path, limit: int, state: str) -> Running:
     cfg = agent_config(tmp, state, limit)
     addr = f"unix:{tmp}/agent.sock"
-    log = open(tmp / "agent.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime", "serve", "--config", str(cfg), "--listen", addr],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    wait_socket(addr, proc)
-    return proc, addr
+    logfile = tmp / "agent.log"
+    with open(logfile, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime", "serve", "--config", str(cfg), "--listen", addr],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    run = Running(addr, proc.pid, [lambda: stop_pid(proc.pid)])
+    try:
+        wait_listening(addr, popen_alive(proc, logfile))
+    except Exception:
+        stop_pid(proc.pid)
+        raise
+    return run
 
 
-def start_redis(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_socket(f"tcp:127.0.0.1:{port}", proc)
-    return proc
+def start_agent_sqlite(tmp: Path, limit: int) -> Running:
+    return start_agent(tmp, limit, f"sqlite:///{tmp}/state.db")
 
 
-def start_postfwd(tmp: Path, port: int, limit: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_agent_redis(tmp: Path, limit: int) -> Running:
+    logfile = tmp / "redis.log"
+    with open(logfile, "wb") as out:
+        rproc = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(PORT_REDIS), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(tmp)),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_listening(f"tcp:127.0.0.1:{PORT_REDIS}", popen_alive(rproc, logfile))
+        run = start_agent(tmp, limit, f"redis://127.0.0.1:{PORT_REDIS}/0")
+    except Exception:
+        stop_pid(rproc.pid)
+        raise
+    run.stops.append(lambda: stop_pid(rproc.pid))
+    return run
+
+
+def find_postfwd() -> str:
+    for name in ("postfwd3", "postfwd2"):
+        path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+        if path:
+            return path
+    raise RuntimeError("postfwd2/postfwd3 not found (Debian package postfwd)")
+
+
+def start_postfwd(tmp: Path, limit: int) -> Running:
+    exe = find_postfwd()
+    tmp.chmod(0o777)  # it drops to nobody and writes its pidfile and cache socket here
     rules = tmp / "postfwd.cf"
     rules.write_text(
         "id=RATE; protocol_state==END-OF-MESSAGE; sasl_username=~.\n"
-        f"  action=rate(sasl_username/{limit}/86400/DEFER 4.7.1 rate exceeded)\n"
+        f"  action=rate(sasl_username/{limit}/86400/450 4.7.1 sending rate exceeded)\n"
     )
-    proc = subprocess.Popen(
-        [
-            "postfwd2",
-            "--nodaemon",
-            "-f",
-            str(rules),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--pidfile",
-            str(tmp / "postfwd.pid"),
-            "-u",
-            "nobody",
-            "-g",
-            "nogroup",
-            "--cache_socket",
-            f"unix:{tmp}/postfwd.cache",
-            "-c",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "postfwd.log", "wb"),  # noqa: SIM115
-    )
-    addr = f"tcp:127.0.0.1:{port}"
-    wait_socket(addr, proc)
-    return proc, addr
+    rules.chmod(0o644)
+    pidfile = tmp / "postfwd.pid"
+    addr = f"tcp:127.0.0.1:{PORT_POSTFWD}"
+    logfile = tmp / "postfwd.log"
+    cmd = [exe, "-f", str(rules), "--server_socket", addr, "--cache_socket"]
+    cmd += [f"unix::{tmp}/postfwd-cache.sock", "--pidfile", str(pidfile)]
+    # -c 0: no request cache (every request is a new message); enough children for 32 conns.
+    cmd += ["-u", "nobody", "-g", "nogroup", "-c", "0", "-n", "--perfmon"]
+    cmd += ["--min_servers", "40", "--max_servers", "80"]
+    with open(logfile, "wb") as out:
+        # postfwd2 has no foreground mode: the command returns once the master daemonized.
+        res = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=60)
+    if res.returncode != 0:
+        raise RuntimeError(f"{exe} exited with {res.returncode}: {tail(logfile)}")
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{exe} wrote no pidfile: {tail(logfile)}")
+        time.sleep(0.05)
+    pid = int(pidfile.read_text().strip())
+    run = Running(addr, pid, [lambda: stop_pid(pid)])
+
+    def alive() -> str | None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"{exe} (pid {pid}) died: {tail(logfile)}"
+        return None
+
+    try:
+        wait_listening(addr, alive)
+    except Exception:
+        stop_pid(pid)
+        raise
+    return run
 
 
-def start_policyd(tmp: Path, port: int, limit: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_policyd(tmp: Path, limit: int) -> Running:
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin/pip"), "install", "-q", "policyd-rate-limit"], check=True)
+    logfile = tmp / "policyd.log"
+    with open(logfile, "wb") as out:
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(venv)], check=True, stdout=out, stderr=out
+        )
+        pip = [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check"]
+        res = subprocess.run([*pip, "policyd-rate-limit"], stdout=out, stderr=out, timeout=600)
+    if res.returncode != 0:
+        raise RuntimeError(f"pip install policyd-rate-limit failed: {tail(logfile)}")
     conf = tmp / "policyd.yaml"
     conf.write_text(
         "debug: False\nuser: root\ngroup: root\n"
-        f"pidfile: {tmp}/policyd.pid\n"
+        f'pidfile: "{tmp}/policyd.pid"\n'
         "backend: 0\n"
         f'sqlite_config:\n  database: "{tmp}/policyd.sqlite3"\n'
-        f'SOCKET: ["127.0.0.1", {port}]\nsocket_permission: 0666\n'
-        f"limits:\n  - [{limit}, 86400]\n"
+        f'SOCKET: ["127.0.0.1", {PORT_POLICYD}]\nsocket_permission: 0666\n'
+        f"limits:\n  - [{limit}, 86400]\nlimits_by_id: {{}}\nsql_limits_by_id: ''\n"
         "limit_by_sasl: True\nlimit_by_sender: False\nlimit_by_ip: False\n"
-        "limited_networks: []\nlimited_netword: []\n"
+        "limited_networks: []\n"
         "count_mode: 1\n"
         'success_action: "dunno"\nfail_action: "defer_if_permit Rate limit reach, retry later"\n'
-        'db_error_action: "dunno"\nreport: False\n'
+        'db_error_action: "dunno"\nreport: False\ndelay_to_close: 300\n'
     )
-    proc = subprocess.Popen(
-        [str(venv / "bin/policyd-rate-limit"), "--file", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "policyd.log", "wb"),  # noqa: SIM115
+    addr = f"tcp:127.0.0.1:{PORT_POLICYD}"
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(
+            [str(venv / "bin/policyd-rate-limit"), "--file", str(conf)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    run = Running(addr, proc.pid, [lambda: stop_pid(proc.pid)])
+    try:
+        wait_listening(addr, popen_alive(proc, logfile))
+    except Exception:
+        stop_pid(proc.pid)
+        raise
+    return run
+
+
+SERVERS = {
+    "agent-sqlite": Server("mailcfg agent, SQLite", start_agent_sqlite),
+    "agent-redis": Server("mailcfg agent, Redis", start_agent_redis),
+    "postfwd": Server("postfwd2 rate()", start_postfwd, full=False),
+    # count_mode 1 counts recipient_count at DATA and ignores every other state.
+    "policyd": Server("policyd-rate-limit (SQLite)", start_policyd, state="DATA", full=False),
+}
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    server: str
+    conns: int
+    result: LoadResult | None = None
+    wrong: int = 0
+    error: str = ""
+
+
+@contextlib.contextmanager
+def temp_dir() -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix="mailcfg-bench-policy-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_server(
+    srv: Server, msgs: list[str], conns: list[int], args: argparse.Namespace
+) -> list[Row]:
+    rows = []
+    for n in conns:
+        row = Row(srv.name, n)
+        with temp_dir() as tmp:
+            run: Running | None = None
+            try:
+                run = srv.start(tmp, args.limit)
+                cpu = functools.partial(tree_cpu, run.pid)
+                res = run_load(run.addr, msgs, n, args.procs, srv.state, cpu)
+                row.result = res
+                row.wrong = check_exact(msgs, res.accepts, args.limit)
+            except Exception as exc:
+                row.error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+            finally:
+                if run is not None:
+                    for stop in run.stops:
+                        stop()
+        rows.append(row)
+        log(format_line(row))
+        if row.error and row.result is None and "not found" in row.error:
+            break  # the same for every connection count
+    return rows
+
+
+def format_line(row: Row) -> str:
+    if row.result is None:
+        return f"{row.server:30} conns={row.conns:3} FAILED {row.error}"
+    r = row.result
+    cpu = f"{r.cpu_us:.0f}us" if r.cpu_us is not None else "?"
+    exact = "yes" if row.wrong == 0 else f"NO ({row.wrong} senders wrong)"
+    return (
+        f"{row.server:30} conns={row.conns:3} {r.per_s:8.0f}/s p50={r.p50_ms:.3f}ms "
+        f"p99={r.p99_ms:.3f}ms cpu/decision={cpu} exact={exact} answers={r.answers}"
     )
-    addr = f"tcp:127.0.0.1:{port}"
-    wait_socket(addr, proc, timeout=60)
-    return proc, addr
+
+
+def format_table(rows: list[Row], sizes: dict[str, int]) -> str:
+    out = [
+        "| server | conns | decisions | decisions/s | p50 ms | p99 ms | server CPU µs/decision "
+        "| exact counts |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        if row.result is None:
+            out.append(
+                f"| {row.server} | {row.conns} | {sizes[row.server]} | failed: {row.error} "
+                "| | | | |"
+            )
+            continue
+        r = row.result
+        cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else "?"
+        exact = "yes" if row.wrong == 0 else f"**no** ({row.wrong} senders wrong)"
+        out.append(
+            f"| {row.server} | {row.conns} | {r.decisions} | {r.per_s:,.0f} | {r.p50_ms:.2f} "
+            f"| {r.p99_ms:.2f} | {cpu} | {exact} |"
+        )
+    return "\n".join(out)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--conns", default="1,8,32")
+    ap.add_argument("--servers", default=",".join(SERVERS), help=f"of {', '.join(SERVERS)}")
     ap.add_argument("--senders", type=int, default=10_000)
     ap.add_argument("--per-sender", type=int, default=5)
     ap.add_argument("--hot-sends", type=int, default=1000)
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--procs", type=int, default=2, help="load generator processes")
-    ap.add_argument("--redis", action="store_true")
-    ap.add_argument("--postfwd", action="store_true")
-    ap.add_argument("--policyd", action="store_true")
     ap.add_argument(
-        "--others-max",
+        "--peer-senders",
         type=int,
-        default=20_000,
-        help="decisions per run for the (slower) comparison servers",
+        default=2_000,
+        help="senders in the (smaller) workload of the slower comparison servers",
     )
     args = ap.parse_args()
     conns = [int(c) for c in args.conns.split(",")]
-    msgs = workload(args.senders, args.per_sender, args.hot_sends)
-    print(f"workload: {len(msgs)} decisions, {args.senders}+{HOT} senders, limit {args.limit}/day")
-    rows = []
-
-    def bench(name: str, start, subset: list[str]) -> None:  # type: ignore[no-untyped-def]
-        for n in conns:
-            tmp = Path(tempfile.mkdtemp(prefix="mailcfg-bench-"))
-            procs: list[subprocess.Popen[bytes]] = []
-            try:
-                proc, addr, extra = start(tmp)
-                procs = [proc, *extra]
-                r = run_load(addr, subset, n, args.procs)
-                bad = check_exact(subset, r["accepts"], args.limit)
-                rows.append((name, n, r, bad))
-                print(
-                    f"{name:22} conns={n:3} {r['per_s']:9.0f}/s p50={r['p50_ms']:.3f}ms "
-                    f"p99={r['p99_ms']:.3f}ms exact={'yes' if bad == 0 else f'NO ({bad} wrong)'} "
-                    f"answers={r['answers']}",
-                    flush=True,
-                )
-            finally:
-                for p in procs:
-                    stop(p)
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    def agent_sqlite(tmp: Path):  # type: ignore[no-untyped-def]
-        p, a = start_agent(tmp, f"sqlite:///{tmp}/state.db", args.limit)
-        return p, a, []
-
-    def agent_redis(tmp: Path):  # type: ignore[no-untyped-def]
-        rp = start_redis(tmp, 22510)
-        p, a = start_agent(tmp, "redis://127.0.0.1:22510/0", args.limit)
-        return p, a, [rp]
-
-    bench("mailcfg-agent sqlite", agent_sqlite, msgs)
-    if args.redis:
-        bench("mailcfg-agent redis", agent_redis, msgs)
-    small = workload(args.senders // 5, args.per_sender, args.hot_sends // 5)[: args.others_max]
-    if args.postfwd:
-        bench("postfwd2 rate()", lambda t: (*start_postfwd(t, 22520, args.limit), []), small)
-    if args.policyd:
-        bench("policyd-rate-limit", lambda t: (*start_policyd(t, 22530, args.limit), []), small)
-    return 0 if all(bad == 0 for name, _, _, bad in rows if name.startswith("mailcfg")) else 1
+    unknown = [s for s in args.servers.split(",") if s not in SERVERS]
+    if unknown:
+        ap.error(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(SERVERS)}")
+    full = workload(args.senders, args.per_sender, args.hot_sends)
+    hot_small = args.hot_sends * args.peer_senders // args.senders
+    small = workload(args.peer_senders, args.per_sender, hot_small)
+    log(
+        f"workload: {len(full)} decisions ({args.senders}+{HOT} senders), peers {len(small)} "
+        f"({args.peer_senders}+{HOT}); limit {args.limit}/day; {os.cpu_count()} CPUs"
+    )
+    rows: list[Row] = []
+    sizes: dict[str, int] = {}
+    for key in args.servers.split(","):
+        srv = SERVERS[key]
+        msgs = full if srv.full else small
+        sizes[srv.name] = len(msgs)
+        rows += bench_server(srv, msgs, conns, args)
+    print(format_table(rows, sizes))
+    ours = [r for r in rows if r.server.startswith("mailcfg")]
+    return 0 if all(r.result is not None and r.wrong == 0 for r in ours) else 1
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     sys.exit(main())
