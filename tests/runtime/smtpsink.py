@@ -33,16 +33,27 @@ def _path(arg: str) -> str:
 class SmtpSink:
     def __init__(self) -> None:
         self.received: list[Envelope] = []
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.RLock())
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Envelope]:
+        """All envelopes, once at least `count` were received."""
         with self._cond:
             if not self._cond.wait_for(lambda: len(self.received) >= count, timeout):
                 raise AssertionError(
-                    f"SMTP sink: {len(self.received)} message(s) after {timeout}s, "
-                    f"expected {count}"
+                    f"SMTP sink: {len(self.received)} message(s) after {timeout}s, expected {count}"
                 )
             return list(self.received)
+
+    def to(self, rcpt: str) -> list[Envelope]:
+        with self._cond:
+            return [e for e in self.received if rcpt in e.rcpts]
+
+    def wait_for_rcpt(self, rcpt: str, count: int = 1, timeout: float = 20.0) -> list[Envelope]:
+        """The envelopes for `rcpt`, once at least `count` arrived."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.to(rcpt)) >= count, timeout):
+                raise AssertionError(f"SMTP sink: {self.to(rcpt)} for {rcpt}, expected {count}")
+            return self.to(rcpt)
 
     def _store(self, env: Envelope) -> None:
         with self._cond:
