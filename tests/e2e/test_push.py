@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,28 +84,26 @@ class FleetHost:
 class Fleet:
     """Three namespace hosts, their inventory, and the `mailcfg` command run against it."""
 
-    def __init__(self, lab: NetnsLab, workdir: Path) -> None:
+    def __init__(self, lab: NetnsLab, workdir: Path, names: Sequence[str] = NAMES) -> None:
         self.lab = lab
         self.workdir = workdir
+        self.names = tuple(names)
         self.inventory = workdir / "inventory"
         self.hash = make_hash(PASSWORD)
         self.hosts = {
             name: FleetHost(name, net, net.root / "mail")
-            for name, net in zip(NAMES, (lab.add_host() for _ in NAMES), strict=True)
+            for name, net in zip(names, (lab.add_host() for _ in names), strict=True)
         }
         self.uid, self.gid = ensure_vmail_user()
-        self.host_policy: dict[str, dict[str, Any]] = {n: {} for n in NAMES}
+        self.host_policy: dict[str, dict[str, Any]] = {n: {} for n in names}
         self.global_policy: dict[str, Any] = {}
+        users = {"a": "alice", "b": "bob", "c": "carol"}
         self.accounts: dict[str, list[dict[str, Any]]] = {
-            "a": [self.account("alice")],
-            "b": [self.account("bob")],
-            "c": [self.account("carol")],
+            n: [self.account(users.get(n, "user"))] for n in names
         }
-        self.redirects: dict[str, list[dict[str, Any]]] = {
-            "a": [{"name": "info", "to": ["bob@b.example"]}],
-            "b": [],
-            "c": [],
-        }
+        self.redirects: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        if "a" in names and "b" in names:
+            self.redirects["a"].append({"name": "info", "to": ["bob@b.example"]})
         for host in self.hosts.values():
             self.prepare(host)
         self.write_inventory()
@@ -178,7 +176,7 @@ class Fleet:
         (self.inventory / "domains").mkdir(parents=True, exist_ok=True)
         # JSON is YAML: no quoting surprises in generated files.
         (self.inventory / "mailcfg.yml").write_text(json.dumps(doc, indent=1))
-        for name in NAMES:
+        for name in self.names:
             domain = {
                 "domain": f"{name}.example",
                 "accounts": self.accounts[name],
