@@ -8,10 +8,12 @@ resolved paths the files were rendered with.
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 from typing import Any
 
-from compiler.agentconfig import dump_agent_config, make_agent_config, probe_address
+from compiler.agentconfig import dump_agent_config, host_port, make_agent_config, probe_address
 from compiler.resolve import HostConfig
+from compiler.sieve import make_vacation_script, reaching_addresses
 from compiler.tables import make_tables
 from schemas.inventory import Role
 from schemas.policy import FailAction, Listener
@@ -57,6 +59,31 @@ def _first_enabled(*listeners: Listener) -> tuple[str, int] | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class SieveScript:
+    """An account's autoresponder script, run by Dovecot's LMTP before delivery."""
+
+    address: str
+    script: str
+
+
+def make_autoresponders(cfg: HostConfig) -> list[SieveScript]:
+    """Sieve scripts of enabled accounts whose autoresponder is enabled, by address."""
+    scripts = []
+    for address, account in cfg.mailboxes.items():
+        responder = account.autoresponder
+        if responder is None or not responder.enabled:
+            continue
+        script = make_vacation_script(
+            address,
+            responder,
+            aliases=reaching_addresses(address, cfg.redirects),
+            whitelist=account.whitelist,
+        )
+        scripts.append(SieveScript(address, script))
+    return scripts
+
+
 def make_context(cfg: HostConfig) -> dict[str, Any]:
     policy = cfg.policy
     paths = policy.paths
@@ -97,6 +124,8 @@ def make_context(cfg: HostConfig) -> dict[str, Any]:
         "runtime_directory": runtime_directory,
         "state_directory": state_directory,
         "agent_rw_paths": rw_paths,
+        "autoresponders": make_autoresponders(cfg),
+        "smtp_submit": host_port(*(_first_enabled(ls.smtp) or ("127.0.0.1", 25))),
         "inet": postfix_inet,
         "address": dovecot_address,
         "port": dovecot_port,

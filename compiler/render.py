@@ -14,7 +14,7 @@ import jinja2
 
 from compiler.context import make_context
 from compiler.resolve import HostConfig
-from compiler.roles import Role, RoleError, Roles, render_snippet
+from compiler.roles import Role, RoleError, RoleFile, Roles, render_snippet
 from compiler.types import FileTree, RenderedFile
 
 _PARAM_RE = re.compile(r"^([A-Za-z0-9_]+)\s*=", re.M)
@@ -36,35 +36,44 @@ def check_main_cf(host: str, text: str) -> None:
         )
 
 
+def _render_file(
+    roles: Roles, role: Role, spec: RoleFile, context: dict[str, Any], where: str
+) -> tuple[str, str]:
+    path = render_snippet(roles, spec.path, context, f"{where}.path").strip()
+    if not path.startswith("/"):
+        raise RoleError(f"{where}: path {path!r} is not absolute")
+    try:
+        text = roles.env.get_template(f"{role.name}/{spec.template}").render(context)
+    except jinja2.TemplateError as exc:
+        raise RoleError(f"roles/{role.name}/templates/{spec.template}: {exc}") from exc
+    return path, text
+
+
 def render_role(
     cfg: HostConfig, roles: Roles, role: Role, context: dict[str, Any]
 ) -> list[RenderedFile]:
     files = []
     for i, spec in enumerate(role.files):
         where = f"roles/{role.name}/role.yml: files[{i}]"
-        path = render_snippet(roles, spec.path, context, f"{where}.path").strip()
-        if not path.startswith("/"):
-            raise RoleError(f"{where}: path {path!r} is not absolute")
         local = dict(context)
         if spec.rows:
             local["rows"] = getattr(context["tables"], spec.rows)
-        try:
-            text = roles.env.get_template(f"{role.name}/{spec.template}").render(local)
-        except jinja2.TemplateError as exc:
-            raise RoleError(f"roles/{role.name}/templates/{spec.template}: {exc}") from exc
-        if spec.template == "main.cf.j2":
-            check_main_cf(cfg.name, text)
-        files.append(
-            RenderedFile(
-                path=path,
-                content=text.encode("utf-8"),
-                mode=spec.mode,
-                owner=spec.owner,
-                group=spec.group,
-                role=role.name,
-                sensitive=spec.sensitive,
+        items = context[spec.each] if spec.each else [None]
+        for item in items:
+            path, text = _render_file(roles, role, spec, {**local, "item": item}, where)
+            if spec.template == "main.cf.j2":
+                check_main_cf(cfg.name, text)
+            files.append(
+                RenderedFile(
+                    path=path,
+                    content=text.encode("utf-8"),
+                    mode=spec.mode,
+                    owner=spec.owner,
+                    group=spec.group,
+                    role=role.name,
+                    sensitive=spec.sensitive,
+                )
             )
-        )
     return files
 
 

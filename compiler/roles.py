@@ -24,7 +24,7 @@ from compiler.resolve import HostConfig, merge_layers
 from compiler.types import Activation
 
 _ROLE_KEYS = {"service", "action", "files", "build", "validate", "apply", "verify"}
-_FILE_KEYS = {"template", "path", "mode", "owner", "group", "sensitive", "rows"}
+_FILE_KEYS = {"template", "path", "mode", "owner", "group", "sensitive", "rows", "each"}
 _ACTIONS = {"reload", "restart", "none"}
 
 
@@ -35,7 +35,8 @@ class RoleError(Exception):
 @dataclass(frozen=True, slots=True)
 class RoleFile:
     """One file a role renders. `path` is a Jinja2 template of the host path; `rows` names a
-    `compiler.tables.Tables` field handed to the template as `rows`."""
+    `compiler.tables.Tables` field handed to the template as `rows`; `each` names a context
+    list: one file per element, rendered with the element as `item` (path included)."""
 
     template: str
     path: str
@@ -44,6 +45,7 @@ class RoleFile:
     group: str = "root"
     sensitive: bool = False
     rows: str | None = None
+    each: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,7 @@ def _role_file(path: Path, index: int, raw: object) -> RoleFile:
         group=str(raw.get("group", "root")),
         sensitive=bool(raw.get("sensitive", False)),
         rows=str(raw["rows"]) if raw.get("rows") else None,
+        each=str(raw["each"]) if raw.get("each") else None,
     )
 
 

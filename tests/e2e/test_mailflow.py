@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 from mailhost import MailHost, boot_mailhost
 
-from schemas.domain import Account, Domain, Redirect, SenderList
+from schemas.domain import Account, Autoresponder, Domain, Redirect, SenderList
 from schemas.inventory import HostSpec, Inventory
 
 pytestmark = pytest.mark.e2e
@@ -45,6 +45,11 @@ def make_inventory() -> Inventory:
             Account(name="bob", password=h, imap=False),
             Account(name="carol", password=h, pop3=False),
             Account(name="dave", password=h, enabled=False),
+            Account(
+                name="erin",
+                password=h,
+                autoresponder=Autoresponder(subject="Away until Monday", body="Back soon."),
+            ),
         ],
         redirects=[
             Redirect(name="sales", to=["alice@example.com", "bob@example.com", "far@example.net"]),
@@ -129,8 +134,8 @@ def smtp(mh: MailHost, source: str, port: str = "smtp") -> smtplib.SMTP:
     return s
 
 
-def message(subject: str) -> bytes:
-    return f"From: x@example.net\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
+def message(subject: str, to: str = "undisclosed-recipients:;") -> bytes:
+    return f"From: x@example.net\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
 
 
 def test_mail_to_account_lands_in_its_mailbox(mailhost: MailHost, client_ip: str) -> None:
@@ -174,6 +179,22 @@ def test_unknown_or_disabled_recipient_rejected_at_rcpt(
         code, text = s.rcpt(rcpt)
     assert code == 550
     assert b"User unknown" in text
+
+
+def test_autoresponder_answers_once(mailhost: MailHost, client_ip: str) -> None:
+    """Dovecot's LMTP runs the rendered Sieve script: the sender gets one reply (submitted to
+    the local Postfix), a second mail the same day gets none."""
+    before = len(mailhost.messages("bob@example.com"))
+    for n in range(2):
+        with smtp(mailhost, client_ip) as s:
+            s.sendmail(
+                "bob@example.com", ["erin@example.com"], message(f"to erin {n}", "erin@example.com")
+            )
+        mailhost.wait_for_messages("erin@example.com", n + 1)
+    got = mailhost.wait_for_messages("bob@example.com", before + 1)
+    replies = [m for m in got if b"Subject: Away until Monday" in m]
+    assert len(replies) == 1
+    assert b"Auto-Submitted: auto-replied" in replies[0]
 
 
 def test_unauthenticated_relay_is_refused(mailhost: MailHost, client_ip: str) -> None:

@@ -18,7 +18,7 @@ from compiler.roles import (
     role_defaults,
 )
 from schemas.agent import AgentConfig
-from schemas.domain import Account, Domain
+from schemas.domain import Account, Autoresponder, Domain
 from schemas.inventory import HostSpec, Inventory
 
 H = "{BLF-CRYPT}$2y$05$.VsmJkzjS6LUHAjMBEIzeuykaQpyiB5/GmNrZl8XRM4e32YbBdVPS"
@@ -187,3 +187,25 @@ def test_undefined_template_variable_is_an_error(tmp_path: Path) -> None:
     cfg = cfg.model_copy(update={"spec": cfg.spec.model_copy(update={"roles": ["x"]})})
     with pytest.raises(RoleError, match=r"x/templates/a\.j2: 'no_such_thing' is undefined"):
         render_host(cfg, roles)
+
+
+def test_autoresponder_renders_one_sieve_script_per_account() -> None:
+    spec = HostSpec(address="192.0.2.1", hostname="mx.example.com")
+    away = Autoresponder(subject="Away", body='Back "soon".')
+    dom = Domain(
+        domain="example.com",
+        accounts=[
+            Account(name="a", password=H, autoresponder=away),
+            Account(name="b", password=H, autoresponder=away.model_copy(update={"enabled": False})),
+            Account(name="c", password=H),
+        ],
+    )
+    inv = Inventory(hosts={"mx": spec}, domains={"example.com": dom})
+    tree = render_host(resolve_host(inv, "mx", role_defaults(ROLES)), ROLES)
+    scripts = [p for p in tree if p.startswith("/etc/dovecot/autoreply/")]
+    assert scripts == ["/etc/dovecot/autoreply/a@example.com.sieve"]
+    script = tree[scripts[0]]
+    assert script.role == "dovecot" and script.mode == 0o644
+    assert b'"Back \\"soon\\"."' in script.content
+    conf = tree["/etc/dovecot/dovecot.conf"].content.decode()
+    assert "sieve_before = file:/etc/dovecot/autoreply/%u.sieve;bindir=~/.sieve-bin" in conf
