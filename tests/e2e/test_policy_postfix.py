@@ -363,7 +363,9 @@ def test_whitelist_notice_once_per_day_and_only_after_spf_pass(host: Host) -> No
     # A forged sender (the domain does not authorise this client): SPF fail, no notice.
     forged = "forged@pass.test"
     reject_by_whitelist(host, "192.0.2.11", forged)
-    host.wait_for_agent_log(f"whitelist notice to {forged} about carol@example.com: not sent: SPF")
+    host.wait_for_agent_log(
+        f"whitelist notice to {forged} about carol@example.com: not sent: SPF fail"
+    )
 
     # Nothing else was submitted: the queue is empty and the sink has the one notice.
     host.mh.flush_queue()
