@@ -57,23 +57,23 @@ def generate_lines(seed: int = 1) -> Iterator[str]:
                         yield f"{ts} postfix/smtp[{pid + 2}]: {qid}: to=<{r}>, relay=mx.remote.net[203.0.113.5]:25, delay=0.4, delays=0.1/0/0.1/0.2, dsn=5.1.1, status=bounced (host mx.remote.net[203.0.113.5] said: 550 5.1.1 unknown user (in reply to RCPT TO command))"
                 else:
                     yield f"{ts} postfix/lmtp[{pid + 2}]: {qid}: to=<{r}>, relay=mail.example.com[private/dovecot-lmtp], delay=0.05, delays=0.01/0/0.01/0.03, dsn=2.0.0, status=sent (250 2.0.0 <{r}> Saved)"
-                    yield f"{ts} mx dovecot: lmtp({pid + 3}): Connect from local"
-                    yield f"{ts} mx dovecot: lmtp({r})<{pid}><abcdef{pid}>: msgid=<{qid_n}@remote.net>: saved mail to INBOX"
+                    yield f"{ts} dovecot: lmtp({pid + 3}): Connect from local"
+                    yield f"{ts} dovecot: lmtp({r})<{pid}><abcdef{pid}>: msgid=<{qid_n}@remote.net>: saved mail to INBOX"
             if outbound:
                 yield f"{ts} postfix/smtp[{pid + 2}]: Verified TLS connection established to mx.remote.net[203.0.113.5]:25: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"
             else:
-                yield f"{ts} mx dovecot: lmtp({pid + 3}): Disconnect from local: Logged out (state=READY)"
+                yield f"{ts} dovecot: lmtp({pid + 3}): Disconnect from local: Logged out (state=READY)"
             yield f"{ts} postfix/qmgr[99]: {qid}: removed"
         elif kind < 0.8:  # IMAP/POP3 session
             a = rnd.choice(accounts)
             svc = "imap" if rnd.random() < 0.7 else "pop3"
-            yield f"{ts} mx dovecot: {svc}-login: Login: user=<{a}>, method=PLAIN, rip=198.51.100.{pid % 250}, lip=192.0.2.1, mpid={pid}, TLS, session=<Xy{pid}>"
+            yield f"{ts} dovecot: {svc}-login: Login: user=<{a}>, method=PLAIN, rip=198.51.100.{pid % 250}, lip=192.0.2.1, mpid={pid}, TLS, session=<Xy{pid}>"
             end = (
                 "Logged out in=120 out=4000 deleted=0 expunged=0 trashed=0 hdr_count=0 hdr_bytes=0 body_count=0 body_bytes=0"
                 if rnd.random() < 0.9
                 else "Disconnected: Connection closed (IDLE finished 10.1 secs ago) in=80 out=300"
             )
-            yield f"{ts} mx dovecot: {svc}({a})<{pid}><Xy{pid}>: {end}"
+            yield f"{ts} dovecot: {svc}({a})<{pid}><Xy{pid}>: {end}"
         elif kind < 0.9:  # relay attempt / reject
             yield f"{ts} postfix/smtpd[{pid}]: connect from unknown[198.51.100.{pid % 250}]"
             yield f"{ts} postfix/smtpd[{pid}]: NOQUEUE: reject: RCPT from unknown[198.51.100.{pid % 250}]: 454 4.7.1 <{rnd.choice(outside)}>: Relay access denied; from=<{rnd.choice(outside)}> to=<{rnd.choice(outside)}> proto=ESMTP helo=<spam>"
@@ -81,7 +81,7 @@ def generate_lines(seed: int = 1) -> Iterator[str]:
             yield f"{ts} postfix/smtpd[{pid}]: disconnect from unknown[198.51.100.{pid % 250}] ehlo=1 mail=1 rcpt=0/1 commands=2/3"
         else:  # auth failures and noise
             a = rnd.choice(accounts)
-            yield f"{ts} mx dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<{a}>, method=PLAIN, rip=198.51.100.{pid % 250}, lip=192.0.2.1, TLS, session=<Zz{pid}>"
+            yield f"{ts} dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<{a}>, method=PLAIN, rip=198.51.100.{pid % 250}, lip=192.0.2.1, TLS, session=<Zz{pid}>"
             yield f"{ts} postfix/smtpd[{pid}]: warning: unknown[198.51.100.{pid % 250}]: SASL LOGIN authentication failed: UGFzc3dvcmQ6, sasl_username={a}"
             yield f"{ts} postfix/anvil[98]: statistics: max connection rate 1/60s for (smtp:198.51.100.{pid % 250}) at {ts[:15]}"
 

@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.25  # seconds between checks without inotify (latency bound)
 SAFETY_INTERVAL = 5.0  # with inotify, re-check anyway this often
 QUEUE_INTERVAL = 60.0  # seconds between `postqueue -j` runs
-READ_BYTES = 4 << 20  # bytes per chunk when backfilling
+# Bytes per chunk when backfilling: big enough to amortise the per-chunk work, small enough that
+# its buffers are reused from the heap instead of being page-faulted in fresh each time.
+READ_BYTES = 1 << 20
 
 Rows = Mapping[tuple[str, str], Mapping[str, int]]
 
@@ -127,11 +129,10 @@ def ingest_files(
             data = rest + data if rest else data
             end = data.rfind(b"\n") + 1
             rest = data[end:]
-            result.lines += data.count(b"\n", 0, end)
-            tally.add_text(data[:end].decode("utf-8", "replace"), parser)
+            result.lines += tally.add_text(data[:end].decode("utf-8", "replace"), parser)
+            tally.take_charges()  # history: not charged
         if rest:
-            result.lines += 1
-            tally.add_text(rest.decode("utf-8", "replace") + "\n", parser)
+            result.lines += tally.add_text(rest.decode("utf-8", "replace") + "\n", parser)
     rows = tally.take_rows()
     store_rows(store, rows)
     result.rows = rows
@@ -185,9 +186,8 @@ class LogSource:
         chunk = self.file.read_chunk(limit)
         if chunk is None:
             return 0, []
-        lines = chunk.data.count(b"\n") or 1
         text = chunk.data.decode("utf-8", "replace")
-        self.tally.add_text(text if text.endswith("\n") else text + "\n", self.parser)
+        lines = self.tally.add_text(text if text.endswith("\n") else text + "\n", self.parser)
         rows = self.tally.take_rows()
         self._save_snapshot(chunk)
         if isinstance(self.store, LogRecorder):

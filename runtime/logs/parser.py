@@ -26,7 +26,7 @@ LOGIN: Final = "login"  # (day, service, account)            Dovecot imap/pop3 l
 LOGIN_FAILED: Final = "login_failed"  # (day, service, account)  imap/pop3/smtp auth failure
 SESSION_LOST: Final = "session_lost"  # (day, service, account)  Dovecot session dropped
 QUEUED: Final = "queued"  # (day, qid, sender, nrcpt)        qmgr: message entered active queue
-PICKED_UP: Final = "picked_up"  # (day, qid)                  pickup: submitted by sendmail
+PICKED_UP: Final = "picked_up"  # (day, qid, time)            pickup: submitted by sendmail
 DELIVERY: Final = "delivery"  # (day, qid, recipient, status) sent | bounced | deferred
 REMOVED: Final = "removed"  # (day, qid)                      qmgr: message left the queue
 REJECT: Final = "reject"  # (day, sender, recipient)          any Postfix `reject:` line
@@ -41,7 +41,7 @@ EVENT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     LOGIN_FAILED: ("service", "account"),
     SESSION_LOST: ("service", "account"),
     QUEUED: ("qid", "sender", "nrcpt"),
-    PICKED_UP: ("qid",),
+    PICKED_UP: ("qid", "time"),
     DELIVERY: ("qid", "recipient", "status"),
     REMOVED: ("qid",),
     REJECT: ("sender", "recipient"),
@@ -58,10 +58,6 @@ _MONTHS: Final = {
         ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
     )
 }
-_DELIVERY_AGENTS: Final = frozenset(
-    ("smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard")
-)
-_STATUSES: Final = frozenset(("sent", "bounced", "deferred"))
 
 
 def event_fields(event: Event) -> dict[str, Any]:
@@ -143,36 +139,86 @@ def _between(text: str, start: str, end: str, pos: int = 0) -> str | None:
     return text[i:j] if j >= 0 else None
 
 
-# Postfix: every relevant message follows the tag's "]: " (tags are `postfix[/name]/prog[pid]`),
-# so the regex engine jumps between "]: " occurrences in C and Python only sees relevant lines.
-POSTFIX_RE = re.compile(
-    r"\]: (?:"
-    r"(?P<qid>\w+): (?:"
-    r"to=<(?P<to>[^>\n]*)>,[^\n]*?, status=(?P<status>sent|bounced|deferred)"
-    r"|from=<(?P<sender>[^>\n]*)>, size=\d+, nrcpt=(?P<nrcpt>\d+)"
-    r"|(?P<removed>removed)(?=\n|$)"
-    r"|client=[^\n]*?, sasl_username=(?P<sasl>[^,\n]*)"
-    r"|(?P<uid>uid=\d+ from=<)"
-    r"|(?:milter-)?reject: (?P<reject>[^\n]*)"
-    r")"
-    r"|(?P<lost>lost connection after )"
-    r"|(?P<conn>disconnect from )"
-    r"|warning: [^\n]*? authentication failed[^\n]*?, sasl_username=(?P<failed>[^,\n]*)"
-    r")"
+# One pass over a chunk finds every line of interest: every match starts at a ": " (a literal
+# prefix the regex engine scans for in C), then a fixed-width look-behind picks the kind:
+# Postfix messages follow the tag's "]: " (`postfix[/name]/prog[pid]: `), Dovecot login lines
+# "imap-login: "/"pop3-login: ", Dovecot session ends the session ids' ">: ". Quantifiers are
+# possessive so a failing alternative never backtracks; `lastindex` (the group that closed
+# last, one per alternative) says which alternative matched.
+LOG_RE = re.compile(
+    r""":\ (?:
+    (?<=\]:\ )(?:
+        (?P<qid>[0-9A-Za-z]++):\ (?:
+            to=<(?P<to>[^>\n]*+)>,(?:[^,\n]*+,)*?\ status=(?P<status>sent|bounced|deferred)
+          | from=<(?P<sender>[^>\n]*+)>,\ size=\d++,\ nrcpt=(?P<nrcpt>\d++)
+          | (?P<removed>removed)$
+          | client=[^\n]*?,\ sasl_username=(?P<sasl>[^,\n]*+)
+          | (?P<uid>uid=\d++\ from=<)
+          | (?:milter-)?reject:\ (?P<reject>[^\n]*+)
+        )
+      | (?P<lost>lost\ connection\ after\ )
+      | (?P<conn>disconnect\ from\ )
+      | warning:\ [^\n]*?\ authentication\ failed[^\n]*?,\ sasl_username=(?P<failed>[^,\n]*+)
+    )
+  | (?<=\ (?P<svc>imap|pop3)-login:\ )(?:Info:\ )?(?:
+        Login:\ user=<(?P<login>[^>\n]*+)>
+      | [^\n]*?\(auth\ failed[^\n]*?\ user=<(?P<login_failed>[^>\n]*+)>
+    )
+  | (?<=[>)]:\ )(?:Info:\ )?(?P<closed>Disconnected)(?::\ Connection\ closed|\ for\ inactivity)
+)""",
+    re.VERBOSE | re.MULTILINE,
 )
-_G = POSTFIX_RE.groupindex
+_G = LOG_RE.groupindex
 G_STATUS, G_NRCPT, G_REMOVED, G_CONN = _G["status"], _G["nrcpt"], _G["removed"], _G["conn"]
-_G_SASL, _G_UID, _G_REJECT, _G_LOST = _G["sasl"], _G["uid"], _G["reject"], _G["lost"]
-_G_FAILED = _G["failed"]
-
-# Dovecot: login processes and imap/pop3 sessions (log_path keeps "Info: ", syslog drops it).
-_DOVECOT_RE = re.compile(
-    r" (?P<svc>imap|pop3)(?:"
-    r"-login: (?:Info: )?(?:Login: user=<(?P<login>[^>\n]*)>"
-    r"|[^\n]*?\(auth failed[^\n]*? user=<(?P<failed>[^>\n]*)>)"
-    r"|\((?P<user>[^)\n]*)\)[^:\s]*: (?:Info: )?Disconnected(?:: Connection closed| for inactivity)"
-    r")[^\n]*"
+G_SASL, G_UID, G_REJECT, G_LOST = _G["sasl"], _G["uid"], _G["reject"], _G["lost"]
+G_FAILED, G_LOGIN, G_LOGIN_FAILED, G_CLOSED = (
+    _G["failed"],
+    _G["login"],
+    _G["login_failed"],
+    _G["closed"],
 )
+G_SVC = _G["svc"]
+# The Dovecot session (`imap(user)<pid><id>` or `imap(user)`) that ends just before a match.
+_SESSION_RE = re.compile(r" (imap|pop3)\(([^)\n]*)\)[^:\s]*\Z")
+
+Segment = tuple[int, int, str | None, int]  # start, end, day (None: per line), lines
+
+
+def split_days(text: str, days: DayResolver) -> list[Segment]:
+    """`text` (whole lines) as runs of lines of one calendar day: `(start, end, day, lines)`,
+    with `day` None for a run whose lines must be dated one by one (mixed days, lines without
+    a timestamp). A log's lines are in time order, so a chunk is nearly always one run, or two
+    at midnight: checking that is two `str.count` calls, not a look at every line."""
+    out: list[Segment] = []
+    _split(text, 0, len(text), days, out, 4)
+    return out
+
+
+def _split(
+    text: str, start: int, end: int, days: DayResolver, out: list[Segment], depth: int
+) -> None:
+    if start >= end:
+        return
+    # The day part of a timestamp: "2024-05-01T" (RFC 3339) or "May  1" (classic, no year).
+    width = 11 if text[start + 4 : start + 5] == "-" and text[start + 10 : start + 11] == "T" else 6
+    prefix = text[start : start + width]
+    day = days.day_of(text, start) if "\n" not in prefix else None
+    if day is not None:
+        key = "\n" + prefix
+        # Lines in [start, end) other than the first, and how many of them share its prefix.
+        others = text.count("\n", start, end - 1)
+        if text.count(key, start, end - 1) == others:
+            out.append((start, end, day, others + 1))
+            return
+        if depth > 0:
+            # Time order: the lines of this day end after the last line that starts with it.
+            last = max(text.rfind(key, start, end - 1), start - 1)
+            cut = text.find("\n", last + 1, end) + 1 or end
+            if cut < end:
+                _split(text, start, cut, days, out, depth - 1)
+                _split(text, cut, end, days, out, depth - 1)
+                return
+    out.append((start, end, None, text.count("\n", start, end - 1) + 1))
 
 
 class LineParser:
@@ -185,9 +231,16 @@ class LineParser:
 
     def parse_text(self, text: str) -> list[Event]:
         """Events of `text` (whole lines, "\n"-separated) in log order."""
-        out = self._postfix(text)
-        if " imap" in text or " pop3" in text:
-            out.extend(self.dovecot_events(text))
+        out: list[Event] = []
+        append = out.append
+        for start, end, seg_day, _ in split_days(text, self.days):
+            for m in LOG_RE.finditer(text, start, end):
+                day = seg_day or self.line_day(text, m.start())
+                if day is None:
+                    continue
+                event = match_event(m, text, day, self.days)
+                if event is not None:
+                    append(event)
         return out
 
     def parse_line(self, line: str) -> Event | None:
@@ -198,74 +251,72 @@ class LineParser:
         events = self.parse_text(line.rstrip("\n") + "\n")
         return events[0] if events else None
 
-    def _line_day(self, text: str, pos: int) -> tuple[int, str | None]:
+    def line_day(self, text: str, pos: int) -> str | None:
+        """The day of the line holding `pos` (counted as unknown when it has none)."""
         start = text.rfind("\n", 0, pos) + 1
-        return start, self.days.day_of(text, start)
+        day = self.days.cache.get(text[start : start + 10]) or self.days.day_of(text, start)
+        if day is None:
+            self.unknown += 1
+        return day
 
-    def _postfix(self, text: str) -> list[Event]:
-        out: list[Event] = []
-        append = out.append
-        days = self.days
-        cache = days.cache
-        rfind = text.rfind
-        for m in POSTFIX_RE.finditer(text):
-            start = rfind("\n", 0, m.start()) + 1
-            day = cache.get(text[start : start + 10]) or days.day_of(text, start)
-            if day is None:
-                self.unknown += 1
-                continue
-            event = self.postfix_event(m, text, start, day)
-            if event is not None:
-                append(event)
-        return out
 
-    def postfix_event(self, m: re.Match[str], text: str, start: int, day: str) -> Event | None:
-        """The event of one `POSTFIX_RE` match on the line at `start`; dispatches on the group
-        that closed last (one per alternative)."""
-        last = m.lastindex
-        pos = m.start()
-        if last == G_STATUS:
-            qid, to, status = m.group(1, 2, 3)
-            return (DELIVERY, day, qid, to.lower(), status)
-        if last == G_NRCPT:
-            qid, sender, nrcpt = m.group(1, 4, 5)
-            return (QUEUED, day, qid, sender.lower(), int(nrcpt))
-        if last == G_REMOVED:
-            return (REMOVED, day, m.group(1))
-        if last == G_CONN:
-            return (SMTP_END, day, text[text.rfind(" ", start, pos) + 1 : pos + 1])
-        if last == _G_SASL:
-            tag = text[text.rfind(" ", start, pos) + 1 : pos + 1]
-            if tag.endswith("smtpd]") or "/smtpd[" in tag:
-                return (SMTP_AUTH, day, tag, m.group(_G_SASL).strip().lower())
-            return None
-        if last == _G_REJECT:
-            return _reject(day, m.group(_G_REJECT))
-        if last == _G_LOST:
-            return (SMTP_LOST, day, text[text.rfind(" ", start, pos) + 1 : pos + 1])
-        if last == _G_FAILED:
-            return (LOGIN_FAILED, day, "smtp", m.group(_G_FAILED).strip().lower())
-        if last == _G_UID:
-            return (PICKED_UP, day, m.group(1))
+def match_event(m: re.Match[str], text: str, day: str, days: DayResolver) -> Event | None:
+    """The event of one `LOG_RE` match on a line of `day`; dispatches on the group that
+    closed last."""
+    last = m.lastindex
+    if last == G_STATUS:
+        qid, to, status = m.group(1, 2, 3)
+        return (DELIVERY, day, qid, to.lower(), status)
+    if last == G_NRCPT:
+        qid, sender, nrcpt = m.group(1, 4, 5)
+        return (QUEUED, day, qid, sender.lower(), int(nrcpt))
+    if last == G_REMOVED:
+        return (REMOVED, day, m.group(1))
+    if last == G_CONN:
+        return (SMTP_END, day, postfix_tag(text, m.start()))
+    if last == G_LOGIN:
+        return (LOGIN, day, m.group(G_SVC), m.group(G_LOGIN).lower())
+    if last == G_SASL:
+        tag = postfix_tag(text, m.start())
+        if tag.endswith("smtpd]") or "/smtpd[" in tag:
+            return (SMTP_AUTH, day, tag, m.group(G_SASL).strip().lower())
         return None
+    if last == G_REJECT:
+        return _reject(day, m.group(G_REJECT))
+    if last == G_LOST:
+        return (SMTP_LOST, day, postfix_tag(text, m.start()))
+    if last == G_FAILED:
+        return (LOGIN_FAILED, day, "smtp", m.group(G_FAILED).strip().lower())
+    if last == G_LOGIN_FAILED:
+        return (LOGIN_FAILED, day, m.group(G_SVC), m.group(G_LOGIN_FAILED).lower())
+    if last == G_CLOSED:
+        session = dovecot_session(text, m.start())
+        return None if session is None else (SESSION_LOST, day, *session)
+    if last == G_UID:
+        return (PICKED_UP, day, m.group(1), line_time(text, m.start(), day, days))
+    return None
 
-    def dovecot_events(self, text: str) -> list[Event]:
-        out: list[Event] = []
-        rfind = text.rfind
-        for m in _DOVECOT_RE.finditer(text):
-            start = rfind("\n", 0, m.start()) + 1
-            day = self.days.cache.get(text[start : start + 10]) or self.days.day_of(text, start)
-            if day is None:
-                self.unknown += 1
-                continue
-            svc, login, failed, user = m.groups()
-            if login is not None:
-                out.append((LOGIN, day, svc, login.lower()))
-            elif failed is not None:
-                out.append((LOGIN_FAILED, day, svc, failed.lower()))
-            elif user:
-                out.append((SESSION_LOST, day, svc, user.lower()))
-        return out
+
+def line_time(text: str, pos: int, day: str, days: DayResolver) -> float:
+    """Seconds since the epoch of the line holding `pos`."""
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", start)
+    return days.epoch_of(text[start : end if end >= 0 else len(text)], day)
+
+
+def postfix_tag(text: str, pos: int) -> str:
+    """`postfix/smtpd[123]`: the tag before the ": " at `pos` (a dated line has a space
+    before it)."""
+    return text[text.rfind(" ", 0, pos) + 1 : pos]
+
+
+def dovecot_session(text: str, pos: int) -> tuple[str, str] | None:
+    """(service, user) of the Dovecot session tag before the ": " at `pos`."""
+    m = _SESSION_RE.search(text, text.rfind("\n", 0, pos) + 1, pos)
+    if m is None:
+        return None
+    svc, user = m.groups()
+    return (svc, user.lower()) if user else None
 
 
 def _reject(day: str, msg: str) -> Event | None:

@@ -24,6 +24,7 @@ sender's account with `consume(force=True)`; `Tally.charges` lists them for the 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,13 +32,17 @@ from typing import Any
 from runtime.logs.parser import (
     DELIVERY,
     G_CONN,
+    G_LOGIN,
+    G_LOST,
     G_NRCPT,
     G_REMOVED,
+    G_SASL,
     G_STATUS,
+    G_SVC,
+    LOG_RE,
     LOGIN,
     LOGIN_FAILED,
     PICKED_UP,
-    POSTFIX_RE,
     QUEUED,
     REJECT,
     REMOVED,
@@ -47,11 +52,16 @@ from runtime.logs.parser import (
     SMTP_LOST,
     Event,
     LineParser,
+    match_event,
+    postfix_tag,
+    split_days,
 )
 
 # Tracked ids beyond this are evicted oldest-first (a queue this large means the log lost
 # `removed` lines, e.g. the follower started mid-way; never grow without bound).
 MAX_TRACKED = 200_000
+# Distinct raw addresses remembered with their local form (or "" when not local).
+MAX_ADDRESSES = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +82,14 @@ class AccountPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """Recipients of a sendmail-submitted message to charge to `account`'s sending limits."""
+    """Recipients of a sendmail-submitted message to charge to `account`'s sending limits;
+    `time` is when it was submitted (its `pickup` line), not when the log was read."""
 
     account: str
     recipients: int
     day: str
     qid: str
+    time: float
 
 
 @dataclass
@@ -85,9 +97,25 @@ class Tally:
     policy: AccountPolicy
     counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
     senders: dict[str, str] = field(default_factory=dict)  # qid → local sender
-    picked_up: dict[str, str] = field(default_factory=dict)  # qid → day of pickup
+    picked_up: dict[str, float] = field(default_factory=dict)  # qid → time of pickup
     sessions: dict[str, str] = field(default_factory=dict)  # smtpd tag → account
     charges: list[Charge] = field(default_factory=list)
+    # Raw address as logged → its lower-cased form if local, else "": one dict hit per line
+    # instead of lower() + domain split + set lookup.
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    def local_address(self, raw: str) -> str:
+        """`raw` lower-cased if it is a local address, else ""."""
+        known = self.addresses.get(raw)
+        if known is not None:
+            return known
+        address = raw.lower()
+        if not self.policy.is_local(address):
+            address = ""
+        if len(self.addresses) >= MAX_ADDRESSES:
+            self.addresses.clear()
+        self.addresses[raw] = address
+        return address
 
     def add_events(self, events: Iterable[Event]) -> None:
         counts = self.counts
@@ -110,8 +138,9 @@ class Tally:
                     if qid not in senders and len(senders) >= MAX_TRACKED:
                         del senders[next(iter(senders))]
                     senders[qid] = sender
-                    if self.picked_up.pop(qid, None) is not None and self.policy.is_account(sender):
-                        self.charges.append(Charge(sender, nrcpt, day, qid))
+                    when = self.picked_up.pop(qid, None)
+                    if when is not None and self.policy.is_account(sender):
+                        self.charges.append(Charge(sender, nrcpt, day, qid, when))
                 else:
                     senders.pop(qid, None)
                     self.picked_up.pop(qid, None)
@@ -146,53 +175,96 @@ class Tally:
             elif kind == PICKED_UP:
                 if len(self.picked_up) >= MAX_TRACKED:
                     del self.picked_up[next(iter(self.picked_up))]
-                self.picked_up[ev[2]] = ev[1]
+                self.picked_up[ev[2]] = ev[3]
 
-    def add_text(self, text: str, parser: LineParser) -> None:
-        """Count the events of `text` (whole lines): the same result as
-        `add_events(parser.parse_text(text))` (a test holds them equal), fused into one loop
-        with no event objects because this is the agent's hot path (> 1 M lines/s)."""
+    def add_text(self, text: str, parser: LineParser) -> int:
+        """Count the events of `text` (whole lines) and return its number of lines: the same
+        counts as `add_events(parser.parse_text(text))` (a test holds them equal), fused into
+        one loop that builds no event for the frequent lines because this is the agent's hot
+        path."""
         counts = self.counts
         senders = self.senders
-        is_local = self.policy.is_local
-        days = parser.days
-        cache = days.cache
-        rfind = text.rfind
-        for m in POSTFIX_RE.finditer(text):
-            pos = m.start()
-            start = rfind("\n", 0, pos) + 1
-            day = cache.get(text[start : start + 10]) or days.day_of(text, start)
-            if day is None:
-                parser.unknown += 1
-                continue
-            last = m.lastindex
-            if last == G_STATUS:
-                qid, rcpt, status = m.group(1, 2, 3)
-                sender = senders.get(qid)
-                if sender is not None:
-                    key = (day, sender, status)
-                    counts[key] = counts.get(key, 0) + 1
-                if status == "sent":
-                    rcpt = rcpt.lower()
-                    if is_local(rcpt):
-                        key = (day, rcpt, "received")
+        sessions = self.sessions
+        picked_up = self.picked_up
+        addresses = self.addresses
+        local_address = self.local_address
+        finditer = LOG_RE.finditer
+        lines = 0
+        for start, end, segment_day, segment_lines in split_days(text, parser.days):
+            lines += segment_lines
+            for m in finditer(text, start, end):
+                day = segment_day or parser.line_day(text, m.start())
+                if day is None:
+                    continue
+                last = m.lastindex
+                if last == G_STATUS:
+                    qid, rcpt, status = m.group(1, 2, 3)
+                    sender = senders.get(qid)
+                    if sender is not None:
+                        key = (day, sender, status)
                         counts[key] = counts.get(key, 0) + 1
-            elif last == G_NRCPT:
-                qid, sender, nrcpt = m.group(1, 4, 5)
-                self.add_events(((QUEUED, day, qid, sender.lower(), int(nrcpt)),))
-            elif last == G_REMOVED:
-                qid = m.group(1)
-                if senders.pop(qid, None) is not None or self.picked_up:
-                    self.picked_up.pop(qid, None)
-            elif last == G_CONN:
-                if self.sessions:
-                    self.sessions.pop(text[rfind(" ", start, pos) + 1 : pos + 1], None)
-            else:
-                event = parser.postfix_event(m, text, start, day)
-                if event is not None:
-                    self.add_events((event,))
-        if " imap" in text or " pop3" in text:
-            self.add_events(parser.dovecot_events(text))
+                    if status == "sent":
+                        account = addresses.get(rcpt)
+                        if account is None:
+                            account = local_address(rcpt)
+                        if account:
+                            key = (day, account, "received")
+                            counts[key] = counts.get(key, 0) + 1
+                elif last == G_CONN:
+                    if sessions:
+                        sessions.pop(postfix_tag(text, m.start()), None)
+                elif last == G_NRCPT:
+                    qid, sender = m.group(1, 4)
+                    account = addresses.get(sender)
+                    if account is None:
+                        account = local_address(sender)
+                    if not account:
+                        senders.pop(qid, None)
+                        if picked_up:
+                            picked_up.pop(qid, None)
+                    elif picked_up:
+                        # Maybe a sendmail submission to charge: the event path holds the rules.
+                        self.add_events((_queued(m, day),))
+                    else:
+                        if qid not in senders and len(senders) >= MAX_TRACKED:
+                            del senders[next(iter(senders))]
+                        senders[qid] = account
+                elif last == G_REMOVED:
+                    qid = m.group(1)
+                    senders.pop(qid, None)
+                    if picked_up:
+                        picked_up.pop(qid, None)
+                elif last == G_SASL:
+                    tag = postfix_tag(text, m.start())
+                    if tag.endswith("smtpd]") or "/smtpd[" in tag:
+                        raw = m.group(G_SASL)
+                        account = addresses.get(raw)
+                        if account is None:
+                            account = local_address(raw.strip())
+                        if account:
+                            if len(sessions) >= MAX_TRACKED:
+                                del sessions[next(iter(sessions))]
+                            sessions[tag] = account
+                elif last == G_LOGIN:
+                    raw = m.group(G_LOGIN)
+                    account = addresses.get(raw)
+                    if account is None:
+                        account = local_address(raw)
+                    if account:
+                        name = "imap_logins" if m.group(G_SVC) == "imap" else "pop3_logins"
+                        key = (day, account, name)
+                        counts[key] = counts.get(key, 0) + 1
+                elif last == G_LOST:
+                    if sessions:
+                        account = sessions.pop(postfix_tag(text, m.start()), None)
+                        if account is not None:
+                            key = (day, account, "lost_connections")
+                            counts[key] = counts.get(key, 0) + 1
+                else:
+                    event = match_event(m, text, day, parser.days)
+                    if event is not None:
+                        self.add_events((event,))
+        return lines
 
     def _inc(self, day: str, account: str, name: str) -> None:
         key = (day, account, name)
@@ -220,8 +292,16 @@ class Tally:
     def restore(self, text: str) -> None:
         data: Any = json.loads(text)
         self.senders = {str(k): str(v) for k, v in data["senders"].items()}
-        self.picked_up = {str(k): str(v) for k, v in data["picked_up"].items()}
+        # Times of pickups (an older snapshot held days: those pending charges are dropped).
+        self.picked_up = {
+            str(k): float(v) for k, v in data["picked_up"].items() if isinstance(v, (int, float))
+        }
         self.sessions = {str(k): str(v) for k, v in data["sessions"].items()}
+
+
+def _queued(m: re.Match[str], day: str) -> Event:
+    qid, sender, nrcpt = m.group(1, 4, 5)
+    return (QUEUED, day, qid, sender.lower(), int(nrcpt))
 
 
 def queue_gauge(postqueue_json: str, policy: AccountPolicy) -> tuple[dict[str, int], int]:
