@@ -6,7 +6,12 @@ mistaken for the old file). Rotation is detected by identity, never by guessing 
 - rename + create: the path now names another inode (or nothing) → the old file is read to its
   end through the still-open descriptor (a final line without newline included), then the new
   file is followed from offset 0;
-- copytruncate: same inode but size < offset, or its first line changed → read again from 0.
+- copytruncate: same inode but size < offset, or its first line changed → read again from 0;
+- rename rotation while the agent was stopped: the saved identity is not the file at the path,
+  so the rotated file is looked up by identity among its siblings (`mail.log.1`,
+  `mail.log-20240501`, … : any uncompressed name that starts with the log's), finished from the
+  saved offset, and then the new file is read from 0. A rotated file that was compressed or
+  moved to another directory meanwhile is a new inode: its unread end is lost (logged).
 A path that does not exist yet is waited for. `FollowedFile.read_chunk` returns whole lines
 only and the position *after* them; the caller persists that position once the lines' counters
 are stored, so a restart resumes exactly there.
@@ -64,7 +69,8 @@ class FollowedFile:
         self._dev_ino: tuple[int, int] = (0, 0)
         self._head = ""
         self.offset = 0
-        self._retired: tuple[int, int, float] | None = None  # (fd, offset, last growth)
+        self._retired: _Retired | None = None
+        self._resume_checked = False
 
     @property
     def identity(self) -> str:
@@ -75,8 +81,34 @@ class FollowedFile:
             os.close(self._fd)
             self._fd = None
         if self._retired is not None:
-            os.close(self._retired[0])
+            os.close(self._retired.fd)
             self._retired = None
+
+    def _resume_rotated(self, saved: tuple[str, int]) -> None:
+        """At start: if the saved position is of a file rotated away meanwhile, finish it
+        first (found by identity among the siblings)."""
+        try:
+            st = os.stat(self.path)
+            if saved[0].startswith(f"{st.st_dev}:{st.st_ino}:"):
+                return  # still the same file (or copytruncated: `_open` decides)
+        except FileNotFoundError:
+            pass
+        fd = find_rotated(self.path, saved[0])
+        if fd is None:
+            log.warning(
+                "log %s was rotated while the agent was stopped and the old file is gone: "
+                "its lines after offset %d are not counted",
+                self.path,
+                saved[1],
+            )
+            return
+        size = os.fstat(fd).st_size
+        if saved[1] > size:
+            os.close(fd)
+            return
+        log.info("log %s: finishing the file rotated away while stopped", self.path)
+        # Its writer is gone (it was rotated before we started): no grace for late lines.
+        self._retired = _Retired(fd, saved[1], 0.0, saved[0], owns_position=True)
 
     def _open(self) -> bool:
         try:
@@ -107,6 +139,9 @@ class FollowedFile:
     def read_chunk(self, limit: int = CHUNK_BYTES) -> Chunk | None:
         """The next whole lines (at most `limit` bytes unless one line is longer), or None
         when there is nothing new."""
+        if self._saved is not None and not self._resume_checked:
+            self._resume_checked = True
+            self._resume_rotated(self._saved)
         if self._retired is not None:
             chunk = self._read_retired(limit)
             if chunk is not None:
@@ -142,23 +177,32 @@ class FollowedFile:
     def _retire(self) -> None:
         assert self._fd is not None
         if self._retired is not None:
-            os.close(self._retired[0])
-        self._retired = (self._fd, self.offset, time.monotonic())
+            os.close(self._retired.fd)
+        self._retired = _Retired(
+            self._fd, self.offset, time.monotonic(), self.identity, owns_position=True
+        )
         self._fd = None
 
     def _read_retired(self, limit: int) -> Chunk | None:
-        assert self._retired is not None
-        fd, offset, since = self._retired
-        quiet = time.monotonic() - since > RETIRE_GRACE
-        data = os.pread(fd, limit, offset)
+        retired = self._retired
+        assert retired is not None
+        quiet = not retired.since or time.monotonic() - retired.since > RETIRE_GRACE
+        data = os.pread(retired.fd, limit, retired.offset)
         end = len(data) if quiet and len(data) < limit else data.rfind(b"\n") + 1
         if end == 0:
             if quiet:
-                os.close(fd)
+                os.close(retired.fd)
                 self._retired = None
             return None
-        self._retired = (fd, offset + end, time.monotonic())
-        # The persisted position stays the current file's: these lines are not part of it.
+        retired.offset += end
+        if retired.since:
+            retired.since = time.monotonic()
+        if retired.owns_position:
+            # Until the new file is read, the old file's position is the one to resume from
+            # (a restart finds the old file again by identity).
+            return Chunk(data[:end], retired.identity, retired.offset)
+        # Late lines after the new file was read: the new file's position stays (restarting
+        # from the old file would count the new file's lines twice).
         return Chunk(data[:end], self.identity, self.offset)
 
     def _read(self, fd: int, limit: int) -> Chunk | None:
@@ -172,8 +216,55 @@ class FollowedFile:
             return None
         if not self._head:
             self._head = _first_line_hash(fd)
+        if self._retired is not None:
+            self._retired.owns_position = False
         self.offset += end
         return Chunk(data[:end], self.identity, self.offset)
+
+
+@dataclass(slots=True)
+class _Retired:
+    """A rotated-away file still being read: its descriptor, the offset read up to, when it
+    last grew (0: its writer is known to be gone) and its identity."""
+
+    fd: int
+    offset: int
+    since: float
+    identity: str
+    owns_position: bool
+
+
+_COMPRESSED = (".gz", ".xz", ".bz2", ".zst", ".lz4", ".z")
+
+
+def find_rotated(path: str, identity: str) -> int | None:
+    """An open descriptor of the sibling of `path` (`<name>.1`, `<name>-20240501`, …) whose
+    identity is `identity` (same dev:inode and first line), or None."""
+    dev_ino, _, head = identity.rpartition(":")
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.name == name or not entry.name.startswith(name):
+            continue
+        if entry.name.endswith(_COMPRESSED):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if f"{st.st_dev}:{st.st_ino}" != dev_ino:
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        if os.fstat(fd).st_ino == st.st_ino and (not head or _first_line_hash(fd) == head):
+            return fd
+        os.close(fd)
+    return None
 
 
 class Watcher(Protocol):

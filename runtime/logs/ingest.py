@@ -22,12 +22,13 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from runtime.logs.follower import Chunk, FollowedFile, Watcher, make_watcher
 from runtime.logs.parser import DayResolver, LineParser
 from runtime.logs.stats import AccountPolicy, Charge, Tally, queue_gauge
 from runtime.state.base import StateStore, Window
+from runtime.state.limits import WINDOW_NAMES, bucket_keys
 from schemas.agent import AgentConfig
 from schemas.policy import CountBy, Limits, OnExceed
 
@@ -75,15 +76,28 @@ def apply_charges(
     config: AgentConfig, store: StateStore, charges: Iterable[Charge], now: float
 ) -> list[str]:
     """Charge sendmail-submitted mail to the senders' limits; lock over-limit accounts as the
-    policy service would. Returns the accounts newly locked."""
+    policy service would. Returns the accounts newly locked.
+
+    A message counts in the windows that contain its submission time (the log line's), so a
+    backlog read late (agent restarted, logs caught up) cannot lock an account for an hour
+    that is already over: only windows still current are checked, and mail of an earlier
+    month is history and not charged. The store keeps one bucket per window (the current
+    one), so the amount is added to the current buckets."""
     locked: list[str] = []
+    current = bucket_keys(now)
     for charge in charges:
         account = config.accounts.get(charge.account)
         limits = account.limits if account is not None else config.default_limits
+        sent = bucket_keys(min(charge.time, now))
+        if sent[2] != current[2]:
+            continue
+        windows = [
+            w
+            for w in limit_windows(limits)
+            if sent[_WINDOW_INDEX[w.name]] == current[_WINDOW_INDEX[w.name]]
+        ]
         amount = charge.recipients if limits.count == CountBy.RECIPIENTS else 1
-        result = store.consume(
-            charge.account, max(amount, 1), limit_windows(limits), now, force=True
-        )
+        result = store.consume(charge.account, max(amount, 1), windows, now, force=True)
         if result.exceeded is not None and limits.on_exceed == OnExceed.LOCK:
             reason = (
                 f"over the per-{result.exceeded} sending limit (mail {charge.qid} submitted "
@@ -93,6 +107,9 @@ def apply_charges(
                 log.warning("locked %s: %s", charge.account, reason)
                 locked.append(charge.account)
     return locked
+
+
+_WINDOW_INDEX = {name: i for i, name in enumerate(WINDOW_NAMES)}
 
 
 # -- backfill -----------------------------------------------------------------------------
@@ -159,27 +176,35 @@ class LogSource:
         self._restore(saved)
 
     def _restore(self, saved: tuple[str, int] | None) -> None:
+        """Take the tracking state saved for exactly the stored position. The file holds the
+        state at the last committed position and at the one being committed, written before
+        the commit: whichever position a crash leaves in the store has its state here."""
+        self._previous: dict[str, Any] | None = None
+        if saved is None:
+            return
         try:
             data = json.loads(self._snapshot_path.read_text())
-            if saved is not None and [data["identity"], data["offset"]] == list(saved):
-                self.tally.restore(json.dumps(data["tally"]))
+            states = data.get("states", [data])  # an older file held one state
+            for state in states:
+                if [state["identity"], state["offset"]] == list(saved):
+                    tally = state["tally"]
+                    self.tally.restore(tally if isinstance(tally, str) else json.dumps(tally))
+                    self._previous = state
+                    return
         except (OSError, ValueError, KeyError, TypeError):
-            return  # no usable snapshot: deliveries of already-queued mail go unattributed
+            pass
+        # No usable snapshot: deliveries of mail queued before the position go unattributed.
 
-    def _save_snapshot(self, chunk: Chunk) -> None:
-        body = json.dumps(
-            {
-                "identity": chunk.identity,
-                "offset": chunk.offset,
-                "tally": json.loads(self.tally.snapshot()),
-            }
-        )
+    def _save_snapshot(self, chunk: Chunk) -> dict[str, Any]:
+        state = {"identity": chunk.identity, "offset": chunk.offset, "tally": self.tally.snapshot()}
+        states = [state] if self._previous is None else [state, self._previous]
         tmp = self._snapshot_path.with_suffix(".tmp")
         try:
-            tmp.write_text(body)
+            tmp.write_text(json.dumps({"states": states}))
             os.replace(tmp, self._snapshot_path)
         except OSError as exc:
             log.warning("cannot save follower state %s: %s", self._snapshot_path, exc)
+        return state
 
     def step(self, limit: int) -> tuple[int, list[Charge]]:
         """Read, count and commit one chunk; returns (lines, charges) — (0, []) when idle."""
@@ -189,12 +214,13 @@ class LogSource:
         text = chunk.data.decode("utf-8", "replace")
         lines = self.tally.add_text(text if text.endswith("\n") else text + "\n", self.parser)
         rows = self.tally.take_rows()
-        self._save_snapshot(chunk)
+        state = self._save_snapshot(chunk)
         if isinstance(self.store, LogRecorder):
             self.store.record_log(self.name, chunk.identity, chunk.offset, rows)
         else:
             store_rows(self.store, rows)
             self.store.set_position(self.name, chunk.identity, chunk.offset)
+        self._previous = state
         return lines, self.tally.take_charges()
 
     def close(self) -> None:
