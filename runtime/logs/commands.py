@@ -16,12 +16,19 @@ import json
 import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from runtime.logs.ingest import Follower, account_policy, follow_logs, ingest_files
+from runtime.logs.ingest import (
+    Follower,
+    account_policy,
+    follow_logs,
+    ingest_files,
+    refresh_queue_gauge,
+)
 from runtime.state.base import STAT_COUNTERS, StateStore, StatRow
 from runtime.state.open import StoreError, open_store
 from schemas.agent import AgentConfig
@@ -96,12 +103,27 @@ def _store_for(args: argparse.Namespace, config: AgentConfig) -> StateStore:
     return open_state(args.state or config.state, host=config.host)
 
 
+def _refresh_queue(config: AgentConfig, store: StateStore, now: float, command: str) -> None:
+    if not refresh_queue_gauge(config, store, now):
+        print(
+            f"mailcfg-agent {command}: warning: `queued` not refreshed (postqueue -j failed "
+            f"for {config.postfix_config_dir}; --no-queue skips it)",
+            file=sys.stderr,
+        )
+
+
 def run_stats(args: argparse.Namespace) -> int:
     if args.day is not None and not _DAY_RE.match(args.day):
         raise CommandError(f"--day {args.day!r}: expected YYYY-MM-DD")
     config = load_agent_config(args.config)
     store = _store_for(args, config)
     try:
+        now = time.time()
+        # `queued` is a gauge of the queue as it is now: refresh it when today is shown (one
+        # cheap `postqueue -j`), so it is never as old as the daemon's last run.
+        today = time.strftime("%Y-%m-%d", time.localtime(now))
+        if args.queue and args.day in (None, today):
+            _refresh_queue(config, store, now, "stats")
         account = args.account.lower() if args.account else None
         rows = store.stats(day=args.day, account=account)
     finally:
@@ -141,6 +163,8 @@ def run_follow(args: argparse.Namespace) -> int:
                 follower.run_once()
             finally:
                 follower.close()
+            if args.queue:
+                _refresh_queue(config, store, time.time(), "follow")
             return 0
         asyncio.run(_follow_until_signal(config, store, use_inotify=not args.poll))
     finally:
@@ -175,11 +199,20 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         p.add_argument("--state", default=None, help="state DSN (default: the config's)")
         p.set_defaults(command_name=name)
 
+    def no_queue(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--no-queue",
+            dest="queue",
+            action="store_false",
+            help="do not refresh the `queued` gauge from `postqueue -j`",
+        )
+
     p = subparsers.add_parser("stats", help="print per-account daily statistics")
     common(p, "stats")
     p.add_argument("--day", help="only this day (YYYY-MM-DD)")
     p.add_argument("--account", help="only this account")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    no_queue(p)
     p.set_defaults(func=_guarded(run_stats))
 
     p = subparsers.add_parser("ingest", help="count existing mail logs (also .gz) into the stats")
@@ -192,6 +225,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     common(p, "follow")
     p.add_argument("--once", action="store_true", help="read what is there, then exit")
     p.add_argument("--poll", action="store_true", help="poll instead of inotify")
+    no_queue(p)
     p.set_defaults(func=_guarded(run_follow))
 
 

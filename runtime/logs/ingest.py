@@ -259,6 +259,15 @@ def set_queue_gauge(store: StateStore, policy: AccountPolicy, queue_json: str, n
         store.set_stat(day, account, "queued", n)
 
 
+def refresh_queue_gauge(config: AgentConfig, store: StateStore, now: float) -> bool:
+    """Run `postqueue -j` and set the `queued` gauges; False (logged) if it failed."""
+    queue_json = read_queue(config.postfix_config_dir)
+    if queue_json is None:
+        return False
+    set_queue_gauge(store, account_policy(config), queue_json, now)
+    return True
+
+
 @dataclass
 class Follower:
     """All followed logs of one agent; `run_once` drains them, `follow_logs` loops."""
