@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from runtime.config import ConfigError, ConfigWatcher, load_agent_config
 from runtime.policy.engine import Policy
-from runtime.policy.server import PolicyService, run_policy_service
+from runtime.policy.server import PolicyService, new_event_loop, run_policy_service
 from runtime.state.limits import LimitStore
 from runtime.state.open import StoreError, open_store
 
@@ -65,7 +66,11 @@ def _serve(args: argparse.Namespace) -> int:
             task.result()
 
     try:
-        asyncio.run(main())
+        # What is loaded by now (modules, config) lives as long as the daemon: out of the
+        # collector's sight, full collections stay short and don't show as latency spikes.
+        gc.freeze()
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(main())
     finally:
         store.close()
     return 0
