@@ -45,7 +45,8 @@ def generate_lines(seed: int = 1) -> Iterator[str]:
             yield f"{ts} postfix/smtpd[{pid}]: {qid}: client=mail.remote.net[198.51.100.{pid % 250}]{sasl}"
             yield f"{ts} postfix/cleanup[{pid + 1}]: {qid}: message-id=<{qid_n}@remote.net>"
             yield f"{ts} postfix/qmgr[99]: {qid}: from=<{sender}>, size={rnd.randint(900, 90000)}, nrcpt={len(rcpts)} (queue active)"
-            yield f"{ts} postfix/smtpd[{pid}]: disconnect from mail.remote.net[198.51.100.{pid % 250}] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5"
+            auth = "auth=1 " if outbound else ""  # Postfix 3 counts each command it saw
+            yield f"{ts} postfix/smtpd[{pid}]: disconnect from mail.remote.net[198.51.100.{pid % 250}] ehlo=1 {auth}mail=1 rcpt={len(rcpts)} data=1 quit=1 commands={5 + bool(auth)}"
             for r in rcpts:
                 if outbound:
                     st = rnd.random()

@@ -2,12 +2,16 @@
 """Benchmark: the agent's log parser vs pflogsumm on the same generated 2,000,000-line log,
 plus the latency from a line being written to its counter being stored.
 
-    python bench/logparse/run.py [--lines N]
+    python bench/logparse/run.py [--lines N] [--rounds R]
 
-Each contender runs as its own process under /usr/bin/time (peak RSS); the agent side is
-`mailcfg-agent ingest` semantics (parse + count + store into a fresh SQLite file). Latency:
-the follower (`follow_logs`, inotify and poll) runs in a child process; the bench appends a
-login line and polls the store until the counter moves. Everything lives in a temp dir.
+Each contender runs as its own process under /usr/bin/time (peak RSS, CPU seconds); the agent
+side is `mailcfg-agent ingest` semantics (read + parse + count + store into a fresh SQLite
+file), timed from the first read to the last commit. The two alternate for R rounds on the same
+file and the median ratio is reported: on a shared machine one run alone says little. The CPU
+ratio (user+sys of each whole process, interpreter start included) is printed too: it does not
+depend on how busy the other cores are. Latency: the follower (`follow_logs`, inotify and
+poll) runs in a child process; the bench appends a login line and polls the store until the
+counter moves. Everything lives in a temp dir.
 """
 
 from __future__ import annotations
@@ -40,15 +44,19 @@ print(r.lines, dt)
 """
 
 
-def timed(cmd: list[str], **kw: object) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS KiB, stdout) of a command."""
+def timed(cmd: list[str], **kw: object) -> tuple[float, int, float, str]:
+    """(wall seconds, peak RSS KiB, CPU seconds, stdout) of a command."""
     t = time.perf_counter()
     proc = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True, check=True, **kw
-    )  # type: ignore[call-overload]
+        ["/usr/bin/time", "-f", "%M %U %S", *cmd],
+        capture_output=True,
+        text=True,
+        check=True,
+        **kw,  # type: ignore[arg-type]
+    )
     wall = time.perf_counter() - t
-    rss = int(proc.stderr.strip().splitlines()[-1])
-    return wall, rss, proc.stdout
+    rss, user, sys_ = proc.stderr.strip().splitlines()[-1].split()
+    return wall, int(rss), float(user) + float(sys_), proc.stdout
 
 
 def latency(tmp: Path, use_inotify: bool, samples: int = 20) -> list[float]:
@@ -106,9 +114,17 @@ def latency(tmp: Path, use_inotify: bool, samples: int = 20) -> list[float]:
     return out
 
 
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=2_000_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-latency", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mailcfg-bench-logparse-"))
     try:
@@ -118,23 +134,36 @@ def main() -> None:
                 [sys.executable, str(HERE / "generate.py"), str(args.lines)], stdout=f, check=True
             )
         size = log.stat().st_size
-        print(f"log: {args.lines} lines, {size / 1e6:.0f} MB")
+        print(
+            f"log: {args.lines} lines, {size / 1e6:.0f} MB; load average {os.getloadavg()[0]:.1f}"
+        )
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        wall, rss, out = timed(
-            [sys.executable, "-c", AGENT_RUN, str(log), str(tmp / "s.db")], env=env
-        )
-        lines, inner = out.split()
-        agent_lps = int(lines) / float(inner)
+        ratios, cpu_ratios, rss_max = [], [], 0
+        for r in range(args.rounds):
+            db = tmp / f"s{r}.db"
+            wall, rss, cpu, out = timed(
+                [sys.executable, "-c", AGENT_RUN, str(log), str(db)], env=env
+            )
+            lines, inner = out.split()
+            agent_lps = int(lines) / float(inner)
+            rss_max = max(rss_max, rss)
+            pwall, prss, pcpu, _ = timed(["pflogsumm", str(log)])
+            pf_lps = args.lines / pwall
+            ratios.append(agent_lps / pf_lps)
+            cpu_ratios.append(pcpu / cpu)
+            print(
+                f"round {r + 1}: agent {agent_lps:>10,.0f} lines/s (parse+count+store "
+                f"{float(inner):.2f} s; process {wall:.2f} s, CPU {cpu:.2f} s, peak RSS "
+                f"{rss / 1024:.1f} MiB) | pflogsumm {pf_lps:>9,.0f} lines/s ({pwall:.2f} s, CPU "
+                f"{pcpu:.2f} s, peak RSS {prss / 1024:.1f} MiB) | ratio {ratios[-1]:.1f}x, "
+                f"CPU ratio {cpu_ratios[-1]:.1f}x"
+            )
         print(
-            f"agent:     {agent_lps:>10,.0f} lines/s (parse+count+store {float(inner):.2f} s; "
-            f"process {wall:.2f} s)  peak RSS {rss / 1024:.1f} MiB"
+            f"median ratio {median(ratios):.1f}x pflogsumm (CPU {median(cpu_ratios):.1f}x); "
+            f"agent peak RSS {rss_max / 1024:.1f} MiB"
         )
-        pwall, prss, _ = timed(["pflogsumm", str(log)])
-        pf_lps = args.lines / pwall
-        print(
-            f"pflogsumm: {pf_lps:>10,.0f} lines/s ({pwall:.2f} s)  peak RSS {prss / 1024:.1f} MiB"
-        )
-        print(f"ratio:     {agent_lps / pf_lps:.1f}x pflogsumm")
+        if args.no_latency:
+            return
         for inotify in (True, False):
             lat = sorted(latency(tmp, inotify))
             print(

@@ -59,6 +59,16 @@ def _first_line_hash(fd: int) -> str:
     return hashlib.sha1(head[: nl if nl >= 0 else FIRST_LINE_MAX]).hexdigest()[:16]
 
 
+def file_identity(path: str | os.PathLike[str]) -> str:
+    """`dev:ino:h` of the file at `path` (the identity `FollowedFile` uses)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        return f"{st.st_dev}:{st.st_ino}:{_first_line_hash(fd)}"
+    finally:
+        os.close(fd)
+
+
 class FollowedFile:
     """One path being followed; holds an open descriptor across rotations."""
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from runtime.logs.follower import Chunk, FollowedFile, Watcher, make_watcher
+from runtime.logs.follower import Chunk, FollowedFile, Watcher, file_identity, make_watcher
 from runtime.logs.parser import DayResolver, LineParser
 from runtime.logs.stats import AccountPolicy, Charge, Tally, queue_gauge
 from runtime.state.base import StateStore, Window
@@ -140,9 +140,12 @@ def ingest_files(
     result = IngestResult()
     parser = LineParser(DayResolver(year=year))
     tally = Tally(policy)
+    last: tuple[Path, int] | None = None
     for path in paths:
         rest = b""
+        size = 0
         for data in _open_log(path):
+            size += len(data)
             data = rest + data if rest else data
             end = data.rfind(b"\n") + 1
             rest = data[end:]
@@ -150,8 +153,15 @@ def ingest_files(
             tally.take_charges()  # history: not charged
         if rest:
             result.lines += tally.add_text(rest.decode("utf-8", "replace") + "\n", parser)
+        last = (path, size)
     rows = tally.take_rows()
-    store_rows(store, rows)
+    if isinstance(store, LogRecorder) and last is not None:
+        # One transaction for all rows (thousands of account-days), recorded with what was
+        # ingested: the last file's identity and how far it was read.
+        path, size = last
+        store.record_log(f"ingest:{path.resolve()}", file_identity(path), size, rows)
+    else:
+        store_rows(store, rows)
     result.rows = rows
     result.unknown = parser.unknown
     return result

@@ -189,6 +189,7 @@ class Tally:
         addresses = self.addresses
         local_address = self.local_address
         finditer = LOG_RE.finditer
+        rfind = text.rfind
         lines = 0
         for start, end, segment_day, segment_lines in split_days(text, parser.days):
             lines += segment_lines
@@ -212,7 +213,8 @@ class Tally:
                             counts[key] = counts.get(key, 0) + 1
                 elif last == G_CONN:
                     if sessions:
-                        sessions.pop(postfix_tag(text, m.start()), None)
+                        pos = m.start()  # the tag is the word before (see `postfix_tag`)
+                        sessions.pop(text[rfind(" ", 0, pos) + 1 : pos], None)
                 elif last == G_NRCPT:
                     qid, sender = m.group(1, 4)
                     account = addresses.get(sender)
@@ -256,7 +258,8 @@ class Tally:
                         counts[key] = counts.get(key, 0) + 1
                 elif last == G_LOST:
                     if sessions:
-                        account = sessions.pop(postfix_tag(text, m.start()), None)
+                        pos = m.start()
+                        account = sessions.pop(text[rfind(" ", 0, pos) + 1 : pos], None)
                         if account is not None:
                             key = (day, account, "lost_connections")
                             counts[key] = counts.get(key, 0) + 1
