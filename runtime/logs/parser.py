@@ -321,17 +321,29 @@ def dovecot_session(text: str, pos: int) -> tuple[str, str] | None:
 
 def _reject(day: str, msg: str) -> Event | None:
     """A `reject:` line's sender and recipient (`…; from=<s> to=<r> proto=…`; postscreen
-    separates them with commas). The text before is server-made; only `helo=` after `proto=`
-    is the client's, so the search stops there."""
+    separates them with commas)."""
+    k = reject_sender_end(msg)
+    if k < 0:
+        return None
+    j = msg.rfind(" from=<", 0, k) + 7
+    recipient = _between(msg, " to=<", ">", k) or ""
+    return (REJECT, day, msg[j:k].lower(), recipient.lower())
+
+
+def reject_sender(msg: str) -> str | None:
+    """The envelope sender of a `reject:` line's text, as logged (not lower-cased)."""
+    k = reject_sender_end(msg)
+    return None if k < 0 else msg[msg.rfind(" from=<", 0, k) + 7 : k]
+
+
+def reject_sender_end(msg: str) -> int:
+    """Index of the ">" closing the sender in `…; from=<s> to=<r> proto=…`, or -1. The text
+    before is server-made; only `helo=` after `proto=` is the client's, so the search for
+    `from=<` stops there."""
     end = msg.rfind(" proto=")
     if end < 0:
         end = len(msg)
     j = msg.rfind(" from=<", 0, end)
     if j < 0:
-        return None
-    j += 7
-    k = msg.find(">", j)
-    if k < 0:
-        return None
-    recipient = _between(msg, " to=<", ">", k) or ""
-    return (REJECT, day, msg[j:k].lower(), recipient.lower())
+        return -1
+    return msg.find(">", j + 7)

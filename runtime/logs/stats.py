@@ -32,9 +32,12 @@ from typing import Any
 from runtime.logs.parser import (
     DELIVERY,
     G_CONN,
+    G_FAILED,
     G_LOGIN,
+    G_LOGIN_FAILED,
     G_LOST,
     G_NRCPT,
+    G_REJECT,
     G_REMOVED,
     G_SASL,
     G_STATUS,
@@ -54,6 +57,7 @@ from runtime.logs.parser import (
     LineParser,
     match_event,
     postfix_tag,
+    reject_sender,
     split_days,
 )
 
@@ -190,6 +194,7 @@ class Tally:
         local_address = self.local_address
         finditer = LOG_RE.finditer
         rfind = text.rfind
+        is_account = self.policy.is_account
         lines = 0
         for start, end, segment_day, segment_lines in split_days(text, parser.days):
             lines += segment_lines
@@ -262,6 +267,25 @@ class Tally:
                         account = sessions.pop(text[rfind(" ", 0, pos) + 1 : pos], None)
                         if account is not None:
                             key = (day, account, "lost_connections")
+                            counts[key] = counts.get(key, 0) + 1
+                elif last in (G_LOGIN_FAILED, G_FAILED):
+                    raw = m.group(last)
+                    if last == G_FAILED:
+                        raw = raw.strip()  # Postfix's sasl_username= may carry spaces
+                    account = addresses.get(raw)
+                    if account is None:
+                        account = local_address(raw)
+                    if account and is_account(account):
+                        key = (day, account, "login_failures")
+                        counts[key] = counts.get(key, 0) + 1
+                elif last == G_REJECT:
+                    raw = reject_sender(m.group(G_REJECT))
+                    if raw is not None:
+                        account = addresses.get(raw)
+                        if account is None:
+                            account = local_address(raw)
+                        if account:
+                            key = (day, account, "rejected")
                             counts[key] = counts.get(key, 0) + 1
                 else:
                     event = match_event(m, text, day, parser.days)

@@ -320,3 +320,28 @@ def test_follower_charges_by_the_pickup_line_time(tmp_path: Path) -> None:
     assert not store.is_locked("alice@example.com")
     assert store.consume("alice@example.com", 0, [], time.time(), force=True).counts["month"] == 0
     store.close()
+
+
+# -- backfill -----------------------------------------------------------------------------
+
+
+def test_ingest_reads_gz_long_lines_and_a_last_line_without_newline(tmp_path: Path) -> None:
+    import gzip
+
+    from runtime.logs import ingest
+
+    long_line = f"{login('x@example.net').rstrip()} {'x' * (ingest.READ_BYTES + 100)}\n"
+    body = traffic(0, 3) + long_line + traffic(3, 2) + login("bob@example.com").rstrip("\n")
+    plain = tmp_path / "mail.log"
+    plain.write_text(body)
+    packed = tmp_path / "mail.log.1.gz"
+    with gzip.open(packed, "wt") as f:
+        f.write(body)
+    for path in (plain, packed):
+        store = SqliteStore(tmp_path / f"{path.name}.db")
+        result = ingest_files([path], store, AccountPolicy(frozenset({"example.com"})))
+        assert result.lines == body.count("\n") + 1
+        want = expected(5)
+        want[(DAY, "bob@example.com")]["imap_logins"] += 1
+        assert counters(store) == want
+        store.close()
