@@ -18,7 +18,8 @@ Tracking state is bounded: a queue id is dropped on `removed`, an smtpd session 
 
 Log-driven limits: a message submitted with the `sendmail` command (`pickup`) never passes the
 policy service, so when qmgr first sees it the recipients (or the message) are charged to the
-sender's account with `consume(force=True)`; `Tally.charges` lists them for the caller to apply.
+sender's account with `consume(force=True)`; `Tally.charges` lists them, dated by the pickup
+line, for the caller to apply (`runtime.logs.ingest.apply_charges`).
 """
 
 from __future__ import annotations
