@@ -31,6 +31,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import resource
 import selectors
 import shutil
 import signal
@@ -124,6 +125,8 @@ def _client(
     clock = time.perf_counter_ns
     try:
         barrier.wait(60)
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0 = ru.ru_utime + ru.ru_stime
         t0 = time.perf_counter()
         active = 0
         for c in conns:
@@ -157,7 +160,9 @@ def _client(
                         active -= 1
                     end = buf.find(b"\n\n")
                 c.buf = buf
-        out.put((time.perf_counter() - t0, lat, dict(accepts), dict(answers)))
+        elapsed = time.perf_counter() - t0
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        out.put((elapsed, lat, dict(accepts), dict(answers), ru.ru_utime + ru.ru_stime - cpu0))
     except Exception as exc:
         out.put(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -174,6 +179,7 @@ class LoadResult:
     accepts: Counter[str]
     answers: dict[str, int]
     cpu_us: float | None = None  # server CPU per decision
+    client_cpu_us: float = 0.0  # load generator CPU per decision
 
 
 def run_load(
@@ -216,6 +222,7 @@ def run_load(
         accepts=accepts,
         answers=dict(answers),
         cpu_us=(cpu1 - cpu0) / len(lat) * 1e6 if cpu0 >= 0 else None,
+        client_cpu_us=sum(r[4] for r in results) / len(lat) * 1e6,
     )
 
 
@@ -549,7 +556,8 @@ def format_line(row: Row) -> str:
     exact = "yes" if row.wrong == 0 else f"NO ({row.wrong} senders wrong)"
     return (
         f"{row.server:30} conns={row.conns:3} {r.per_s:8.0f}/s p50={r.p50_ms:.3f}ms "
-        f"p99={r.p99_ms:.3f}ms cpu/decision={cpu} exact={exact} answers={r.answers}"
+        f"p99={r.p99_ms:.3f}ms cpu/decision={cpu} (client {r.client_cpu_us:.0f}us) "
+        f"exact={exact} answers={r.answers}"
     )
 
 

@@ -3,9 +3,10 @@
 Each connection parses requests with `RequestParser` and answers them strictly in order, even
 when some need DNS (SPF, DNSBL) and later ones don't. Decisions that touch the state store
 (outbound limits, statistics counters) are queued and executed once per event-loop pass in ONE
-store transaction (`consume_limits`), on the loop thread: no thread hop per request, and under
-load many decisions share one commit. A reply is written only after its commit, so a `kill -9`
-never loses a counted, answered decision.
+store transaction (`consume_limits`: one SQLite commit, or one Redis script call), on the loop
+thread: no thread hop per request, and under load many decisions share one commit or round
+trip (while the loop waits, the next batch queues up in the sockets). A reply is written only
+after its commit, so a `kill -9` never loses a counted, answered decision.
 
 Failures never kill the server: a protocol error closes that connection (logged); an exception
 in a check answers the configured fail-safe action (inbound: DUNNO by default; outbound: DEFER).
@@ -166,14 +167,34 @@ class PolicyService:
     def flush(self) -> None:
         self._flush_scheduled = False
         batch, self._batch = self._batch, _Batch()
+        self._answer(batch, self._write_limits(batch))
+        self._write_stats(batch)
+        for slot, reply in batch.after_stats:
+            slot.reply = reply
+        for conn in batch.conns:
+            conn.flush_replies()
+
+    def _write_limits(self, batch: _Batch) -> list[LimitResult] | None:
+        """Decide the batch's limits; None if the store failed."""
+        if not batch.limits:
+            return None
+        try:
+            return self.store.consume_limits([r for r, _, _ in batch.limits])
+        except Exception:
+            log.exception("state backend failed; answering the outbound fail-safe action")
+            return None
+
+    def _write_stats(self, batch: _Batch) -> None:
+        for (day, account), counters in batch.stats.items():
+            try:
+                self.store.add_stats(day, account, counters)
+            except Exception:
+                log.exception("state backend failed; statistics of %s lost", account)
+
+    def _answer(self, batch: _Batch, results: list[LimitResult] | None) -> None:
+        """Set the replies of the batch's limit decisions (fail-safe if `results` is None)."""
         policy = self.policy
         items = batch.limits
-        results: list[LimitResult] | None = None
-        if items:
-            try:
-                results = self.store.consume_limits([r for r, _, _ in items])
-            except Exception:
-                log.exception("state backend failed; answering the outbound fail-safe action")
         if results is None:
             fail = format_reply(fail_action(policy.config.fail_action_outbound, "sending limit"))
             for _, slot, _ in items:
@@ -187,15 +208,6 @@ class PolicyService:
                 if res.newly_locked:
                     log.warning("locked %s: %s (%s)", req.account, req.reason, dict(res.counts))
                     self._spawn_alert(policy.config, req.account, res, req.now)
-        for (day, account), counters in batch.stats.items():
-            try:
-                self.store.add_stats(day, account, counters)
-            except Exception:
-                log.exception("state backend failed; statistics of %s lost", account)
-        for slot, reply in batch.after_stats:
-            slot.reply = reply
-        for conn in batch.conns:
-            conn.flush_replies()
 
     def _spawn_alert(self, config: AgentConfig, account: str, res: LimitResult, now: float) -> None:
         loop = asyncio.get_running_loop()

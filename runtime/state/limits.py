@@ -57,6 +57,16 @@ def check_windows(windows: Sequence[Window]) -> None:
             raise ValueError(f"unknown limit window {w.name!r} (expected one of {WINDOW_NAMES})")
 
 
+def check_batch(requests: Sequence[LimitRequest]) -> None:
+    """`check_windows` of every request; requests of one account policy share one windows
+    object, so that is checked once."""
+    checked: Sequence[Window] | None = None
+    for r in requests:
+        if r.windows is not checked:
+            check_windows(r.windows)
+            checked = r.windows
+
+
 @dataclass(frozen=True, slots=True)
 class LimitRequest:
     account: str

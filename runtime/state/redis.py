@@ -1,7 +1,11 @@
 """Redis state backend (`redis://host:port/db`): one counter per account shared by hosts.
 
-Every check-and-count is one Lua script (atomic on the server, so no race between
-connections, processes or hosts); a batch of requests is one pipelined round trip of scripts.
+Every check-and-count runs in a Lua script (atomic on the server, so no race between
+connections, processes or hosts); a batch of requests is ONE script call that does them in
+order, so a batch costs one command and one round trip. The script touches several keys, so
+it needs a single Redis server, not a Redis Cluster.
+A locked account is refused by the policy service (`consume_limits`), whatever its
+`on_exceed`; the log follower's `consume` counts mail already sent and ignores locks.
 Keys (prefix `mailcfg:`): `usage:<account>` hash of the current hour/day/month buckets and
 counts (expires after ~32 days idle), `locks` hash account → reason, `once:<key>` (SET NX PX),
 `stats:<day>` hash "<account>\\t<counter>" → value plus the `stats:days` set, and
@@ -13,53 +17,69 @@ Bucket numbers come from the caller's clock (`now`): hosts sharing one Redis nee
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import redis
 
 from runtime.state.base import Consumption, StatRow, Window
 from runtime.state.limits import (
     WINDOW_NAMES,
+    BucketClock,
     LimitRequest,
     LimitResult,
-    bucket_keys,
+    check_batch,
     check_windows,
 )
 from runtime.state.sqlite import group_stats
 
-# KEYS: usage key, locks hash. ARGV: account, amount, force(0/1), lock(0/1), reason, now,
-# hour_key, day_key, month_key, then limits for hour, day, month (-1 = not limited).
-# Returns {status, exceeded_index, hour_n, day_n, month_n}; status 0 allowed, 1 exceeded,
-# 2 exceeded and newly locked, 3 already locked.
-_CONSUME = """
-local acct, amount, force, lock = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4] == '1'
-if lock and redis.call('HEXISTS', KEYS[2], acct) == 1 then return {3, 0, 0, 0, 0} end
-local names = {'hour', 'day', 'month'}
-local counts = {}
-local row = redis.call('HMGET', KEYS[1], 'hour_k', 'hour_n', 'day_k', 'day_n', 'month_k', 'month_n')
-local exceeded = 0
-for i = 1, 3 do
-  local n = 0
-  if row[2 * i - 1] == ARGV[6 + i] then n = tonumber(row[2 * i]) end
-  counts[i] = n
-  local limit = tonumber(ARGV[9 + i])
-  if exceeded == 0 and limit >= 0 and n + amount > limit then exceeded = i end
-end
-if exceeded == 0 or force then
-  for i = 1, 3 do counts[i] = counts[i] + amount end
-  redis.call('HSET', KEYS[1], 'hour_k', ARGV[7], 'hour_n', counts[1], 'day_k', ARGV[8],
-             'day_n', counts[2], 'month_k', ARGV[9], 'month_n', counts[3])
-  redis.call('EXPIRE', KEYS[1], 2764800)
-end
-local status = 0
-if exceeded > 0 then
-  status = 1
-  if lock and not force then
-    redis.call('HSET', KEYS[2], acct, ARGV[5])
-    status = 2
+# One batch of check-and-count steps, in order, atomically (a script runs alone on the server).
+# KEYS[1]: the locks hash; KEYS[1 + i]: usage hash of request i.
+# ARGV[1]: number of requests; then 12 fields per request: account, amount, check_lock (0/1),
+# force (0/1), lock_on_exceed (0/1), reason, hour_key, day_key, month_key, then the limits of
+# hour, day, month (-1 = not limited).
+# Returns 5 integers per request: status (0 allowed, 1 exceeded, 2 exceeded and newly locked,
+# 3 already locked), index of the exceeded window (1-3, 0 none), hour, day and month counts.
+_CONSUME_BATCH = """
+local out = {}
+local n = tonumber(ARGV[1])
+for r = 0, n - 1 do
+  local a = 1 + r * 12
+  local acct, amount = ARGV[a + 1], tonumber(ARGV[a + 2])
+  local force, lock = ARGV[a + 4] == '1', ARGV[a + 5] == '1'
+  local key = KEYS[2 + r]
+  if ARGV[a + 3] == '1' and redis.call('HEXISTS', KEYS[1], acct) == 1 then
+    for _, v in ipairs({3, 0, 0, 0, 0}) do out[#out + 1] = v end
+  else
+    local row = redis.call('HMGET', key, 'hour_k', 'hour_n', 'day_k', 'day_n', 'month_k', 'month_n')
+    local counts, exceeded = {}, 0
+    for i = 1, 3 do
+      local c = 0
+      if row[2 * i - 1] == ARGV[a + 6 + i] then c = tonumber(row[2 * i]) end
+      counts[i] = c
+      local limit = tonumber(ARGV[a + 9 + i])
+      if exceeded == 0 and limit >= 0 and c + amount > limit then exceeded = i end
+    end
+    if exceeded == 0 or force then
+      for i = 1, 3 do counts[i] = counts[i] + amount end
+      redis.call('HSET', key, 'hour_k', ARGV[a + 7], 'hour_n', counts[1], 'day_k', ARGV[a + 8],
+                 'day_n', counts[2], 'month_k', ARGV[a + 9], 'month_n', counts[3])
+      redis.call('EXPIRE', key, 2764800)
+    end
+    local status = 0
+    if exceeded > 0 then
+      status = 1
+      if lock and not force then
+        redis.call('HSET', KEYS[1], acct, ARGV[a + 6])
+        status = 2
+      end
+    end
+    out[#out + 1] = status
+    out[#out + 1] = exceeded
+    out[#out + 1] = counts[1]
+    out[#out + 1] = counts[2]
+    out[#out + 1] = counts[3]
   end
 end
-return {status, exceeded, counts[1], counts[2], counts[3]}
+return out
 """
 
 
@@ -69,6 +89,8 @@ if v and tonumber(v) > tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
+
+_INDEX = {"hour": 0, "day": 1, "month": 2}
 
 
 class RedisStore:
@@ -81,40 +103,62 @@ class RedisStore:
         )
         self.prefix = prefix
         self.host = host or "default"
-        self._consume = self.r.register_script(_CONSUME)
+        self._consume = self.r.register_script(_CONSUME_BATCH)
         self._locks = prefix + "locks"
         self._once = self.r.register_script(_ONCE)
+        self._clock = BucketClock()
 
-    def _args(self, r: LimitRequest, force: bool) -> tuple[list[str], list[Any]]:
-        limits = [-1, -1, -1]
-        for w in r.windows:
-            limits[WINDOW_NAMES.index(w.name)] = w.limit
-        keys = [self.prefix + "usage:" + r.account, self._locks]
-        argv = [r.account, r.amount, int(force), int(r.lock), r.reason, r.now]
-        return keys, argv + [str(k) for k in bucket_keys(r.now)] + limits
+    def _batch_args(
+        self, requests: Sequence[LimitRequest], *, check_lock: bool, force: bool
+    ) -> tuple[list[str], list[str | int | float]]:
+        """KEYS and ARGV of `_CONSUME_BATCH`: the whole batch is one script call, so one
+        command to encode and one round trip."""
+        keys = [self._locks]
+        argv: list[str | int | float] = [len(requests)]
+        usage = self.prefix + "usage:"
+        bucket = self._clock.keys
+        flags = (int(check_lock), int(force))
+        for r in requests:
+            limits = [-1, -1, -1]
+            for w in r.windows:
+                limits[_INDEX[w.name]] = w.limit
+            keys.append(usage + r.account)
+            argv += (r.account, r.amount, *flags, int(r.lock), r.reason, *bucket(r.now), *limits)
+        return keys, argv
+
+    def _results(self, raw: Sequence[int], requests: Sequence[LimitRequest]) -> list[LimitResult]:
+        return [
+            self._result(raw[i : i + 5], r.windows)
+            for i, r in zip(range(0, len(raw), 5), requests, strict=True)
+        ]
+
+    def _run_batch(
+        self, requests: Sequence[LimitRequest], *, check_lock: bool, force: bool
+    ) -> list[LimitResult]:
+        keys, argv = self._batch_args(requests, check_lock=check_lock, force=force)
+        return self._results(self._consume(keys=keys, args=argv), requests)
 
     @staticmethod
     def _result(raw: Sequence[int], windows: Sequence[Window]) -> LimitResult:
-        status, exc, *counts = (int(x) for x in raw)
-        limited = {w.name for w in windows}
-        exceeded = WINDOW_NAMES[exc - 1] if exc and WINDOW_NAMES[exc - 1] in limited else None
+        status, exc, hour, day, month = (int(x) for x in raw)
+        exceeded = None
+        if exc:
+            name = WINDOW_NAMES[exc - 1]
+            if any(w.name == name for w in windows):
+                exceeded = name
         return LimitResult(
             allowed=status == 0,
             locked=status == 3,
             exceeded=exceeded,
             newly_locked=status == 2,
-            counts=dict(zip(WINDOW_NAMES, counts, strict=True)),
+            counts={"hour": hour, "day": day, "month": month},
         )
 
     def consume_limits(self, requests: Sequence[LimitRequest]) -> list[LimitResult]:
-        for r in requests:
-            check_windows(r.windows)
-        pipe = self.r.pipeline(transaction=False)
-        for r in requests:
-            keys, argv = self._args(r, False)
-            self._consume(keys=keys, args=argv, client=pipe)
-        raws = pipe.execute()
-        return [self._result(raw, r.windows) for raw, r in zip(raws, requests, strict=True)]
+        check_batch(requests)
+        if not requests:
+            return []
+        return self._run_batch(requests, check_lock=True, force=False)
 
     def consume(
         self,
@@ -127,8 +171,7 @@ class RedisStore:
     ) -> Consumption:
         check_windows(windows)
         req = LimitRequest(account, amount, windows, now, lock=False)
-        keys, argv = self._args(req, force)
-        res = self._result(self._consume(keys=keys, args=argv), windows)
+        res = self._run_batch([req], check_lock=False, force=force)[0]
         return Consumption(allowed=res.exceeded is None, exceeded=res.exceeded, counts=res.counts)
 
     def lock(self, account: str, reason: str, now: float) -> bool:

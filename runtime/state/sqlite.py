@@ -37,6 +37,7 @@ from runtime.state.limits import (
     LimitRequest,
     LimitResult,
     bucket_keys,
+    check_batch,
     check_windows,
 )
 
@@ -174,8 +175,7 @@ class SqliteStore:
         return Consumption(allowed=allowed, exceeded=exceeded, counts=counts)
 
     def consume_limits(self, requests: Sequence[LimitRequest]) -> list[LimitResult]:
-        for r in requests:
-            check_windows(r.windows)
+        check_batch(requests)
         results: list[LimitResult] = []
         db = self._db
         cache = self._cache

@@ -67,6 +67,21 @@ class StoreContract:
         assert [r.allowed for r in res] == [True, False]
         assert not res[1].newly_locked and not store.is_locked("a@x.org")
 
+    def test_locked_account_refused_even_in_defer_mode(self, store: Any) -> None:
+        # A lock (say, set by hand) stops sending whatever the account's on_exceed says.
+        assert store.lock("a@x.org", "manual", T0)
+        res = store.consume_limits([_req("a@x.org", 1, 10, lock=False)])
+        assert res[0].locked and not res[0].allowed
+        # The log follower counts mail already sent, lock or not.
+        assert store.consume("a@x.org", 1, [Window("hour", 10)], T0, force=True).counts["hour"] == 1
+
+    def test_batch_counts_in_order_across_accounts(self, store: Any) -> None:
+        reqs = [_req(a, 1, 2, lock=False) for a in ("a@x.org", "b@x.org", "a@x.org", "a@x.org")]
+        res = store.consume_limits(reqs)
+        assert [r.allowed for r in res] == [True, True, True, False]
+        assert [r.counts["hour"] for r in res] == [1, 1, 2, 2]
+        assert res[3].exceeded == "hour"
+
     def test_lock_returns_true_once(self, store: Any) -> None:
         assert store.lock("a@x.org", "manual", T0)
         assert not store.lock("a@x.org", "again", T0)
