@@ -93,10 +93,12 @@ class SqliteStore:
             self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
         )
         self._mutex = threading.Lock()
-        # account → [locked, hour_key, hour_n, day_key, day_n, month_key, month_n] as stored
+        # account → (locked, hour_key, hour_n, day_key, day_n, month_key, month_n) as stored
         # (keys -1 when there is no usage row); valid while `_version` is the data_version
-        # seen at this connection's last commit (see the module docstring).
-        self._cache: dict[str, list[int]] = {}
+        # seen at this connection's last commit (see the module docstring). Tuples of ints,
+        # not lists: the garbage collector stops tracking them, so a cache of many accounts
+        # does not lengthen its full collections.
+        self._cache: dict[str, tuple[int, ...]] = {}
         self._version: int | None = None
         self._clock = BucketClock()
         # A decision rewrites one ~60-byte usage row, and a commit appends every page it
@@ -212,13 +214,13 @@ class SqliteStore:
                         hn += amount
                         dn += amount
                         mn += amount
-                        row[1:] = hk, hn, dk, dn, mk, mn
+                        cache[account] = (0, hk, hn, dk, dn, mk, mn)
                         writes[account] = (account, hk, hn, dk, dn, mk, mn)
                         results.append(LimitResult(True, False, None, False, _counts(hn, dn, mn)))
                         continue
                     newly = r.lock
                     if newly:
-                        row[0] = 1
+                        cache[account] = (1, *row[1:])
                         new_locks.append((account, r.reason, r.now))
                     results.append(LimitResult(False, False, exceeded, newly, _counts(hn, dn, mn)))
                 if writes:
@@ -235,11 +237,11 @@ class SqliteStore:
                 raise
         return results
 
-    def _read_account(self, account: str) -> list[int]:
+    def _read_account(self, account: str) -> tuple[int, ...]:
         hk, hn, dk, dn, mk, mn, locked = self._db.execute(_SELECT_ACCOUNT, (account,)).fetchone()
         if hk is None:
-            return [locked, -1, 0, -1, 0, -1, 0]
-        return [locked, hk, hn, dk, dn, mk, mn]
+            return (locked, -1, 0, -1, 0, -1, 0)
+        return (locked, hk, hn, dk, dn, mk, mn)
 
     # -- locks and once-ledger ------------------------------------------------------------
 
