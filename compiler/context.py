@@ -13,7 +13,7 @@ from typing import Any
 
 from compiler.agentconfig import dump_agent_config, host_port, make_agent_config, probe_address
 from compiler.resolve import HostConfig
-from compiler.sieve import make_vacation_script, reaching_addresses
+from compiler.sieve import invert_redirects, make_vacation_script, reaching_addresses
 from compiler.tables import make_tables
 from schemas.inventory import Role
 from schemas.policy import FailAction, Listener
@@ -70,6 +70,7 @@ class SieveScript:
 def make_autoresponders(cfg: HostConfig) -> list[SieveScript]:
     """Sieve scripts of enabled accounts whose autoresponder is enabled, by address."""
     scripts = []
+    reverse = invert_redirects(cfg.redirects)
     for address, account in cfg.mailboxes.items():
         responder = account.autoresponder
         if responder is None or not responder.enabled:
@@ -77,7 +78,7 @@ def make_autoresponders(cfg: HostConfig) -> list[SieveScript]:
         script = make_vacation_script(
             address,
             responder,
-            aliases=reaching_addresses(address, cfg.redirects),
+            aliases=reaching_addresses(address, reverse),
             whitelist=account.whitelist,
         )
         scripts.append(SieveScript(address, script))

@@ -36,17 +36,23 @@ def _string_list(values: Iterable[str]) -> str:
     return "[" + ", ".join(quote_sieve(v) for v in values) + "]"
 
 
-def reaching_addresses(account: str, redirects: Mapping[str, Sequence[str]]) -> list[str]:
-    """Every address whose mail ends in `account` through redirects (any number of hops),
-    excluding the account itself. Redirects are cycle-free (checked at validation)."""
+def invert_redirects(redirects: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Target → the redirect sources pointing at it (one pass; shared by every account)."""
     reverse: dict[str, list[str]] = {}
     for source, targets in redirects.items():
         for target in targets:
             reverse.setdefault(target, []).append(source)
+    return reverse
+
+
+def reaching_addresses(account: str, reverse: Mapping[str, Sequence[str]]) -> list[str]:
+    """Every address whose mail ends in `account` through redirects (any number of hops),
+    excluding the account itself. `reverse` comes from `invert_redirects`; redirects are
+    cycle-free (checked at validation), the visited set guards anyway."""
     found: set[str] = set()
     todo = [account]
     while todo:
-        for source in reverse.get(todo.pop(), []):
+        for source in reverse.get(todo.pop(), ()):
             if source not in found and source != account:
                 found.add(source)
                 todo.append(source)

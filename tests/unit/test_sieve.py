@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from compiler.sieve import make_vacation_script, quote_sieve, reaching_addresses
+from compiler.sieve import (
+    invert_redirects,
+    make_vacation_script,
+    quote_sieve,
+    reaching_addresses,
+)
 from schemas.domain import Autoresponder, SenderList
 
 pytestmark = pytest.mark.skipif(
@@ -171,9 +176,12 @@ def test_aliases_are_listed_as_addresses() -> None:
         "info@example.com": ("sales@example.com", "bob@example.org"),
         "x@example.com": ("y@example.org",),
     }
-    assert reaching_addresses(ACCOUNT, redirects) == ["info@example.com", "sales@example.com"]
+    assert reaching_addresses(ACCOUNT, invert_redirects(redirects)) == [
+        "info@example.com",
+        "sales@example.com",
+    ]
     script = make_vacation_script(
-        ACCOUNT, responder(), aliases=reaching_addresses(ACCOUNT, redirects)
+        ACCOUNT, responder(), aliases=reaching_addresses(ACCOUNT, invert_redirects(redirects))
     )
     assert ':addresses ["info@example.com", "sales@example.com"]' in script
 
