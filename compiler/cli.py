@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -93,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = inventory_command("rollback", "reinstall a stored release on a host")
     p.add_argument("host")
     p.add_argument("--to", metavar="RELEASE", help="release id (default: the previous one)")
+    p = inventory_command("unlock", "lift an account's sending lock on a host (its agent)")
+    p.add_argument("host")
+    p.add_argument("address")
+    p = inventory_command("stats", "per-account daily statistics gathered from the hosts' agents")
+    p.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
+    p.add_argument("--day", help="YYYY-MM-DD (default: every stored day)")
+    p.add_argument("--account", help="only this account")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     inventory_command("codeowners", "print a CODEOWNERS file from the domains' admins")
     p = sub.add_parser("passwd", help="hash a new password (asked, or read from stdin)")
     p.add_argument("--scheme", default="BLF-CRYPT")
@@ -348,6 +358,65 @@ def cmd_rollback(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
+def _agent_transport(
+    loaded: LoadedInventory, args: argparse.Namespace, host: str
+) -> tuple[str, Transport]:
+    """The host's agent config path (as the host sees it) and a transport to the host."""
+    from compiler.context import AGENT_CONFIG_NAME
+    from compiler.resolve import resolve_host
+    from compiler.roles import role_defaults
+
+    spec = loaded.inventory.hosts[host]
+    if "agent" not in spec.roles:
+        raise UsageError(f"mailcfg: {host}: has no agent role")
+    if spec.transport == "local" and (spec.root or "/") != "/":
+        raise UsageError(f"mailcfg: {host}: a local directory root runs no agent")
+    cfg = resolve_host(loaded.inventory, host, role_defaults(_roles(args)))
+    path = f"{cfg.policy.paths.agent_config_dir.rstrip('/')}/{AGENT_CONFIG_NAME}"
+    return path, open_transport(host, spec, base_dir=Path.cwd())
+
+
+def cmd_unlock(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    loaded = _load(args, err)
+    _hosts(loaded, [args.host])
+    config, transport = _agent_transport(loaded, args, args.host)
+    try:
+        command = shlex.join(["mailcfg-agent", "unlock", args.address, "--config", config])
+        result = transport.run(command)
+    finally:
+        transport.close()
+    out.write(result.stdout)
+    if not result.ok:
+        err.write(f"{args.host}: {(result.stderr or result.stdout).strip()}\n")
+        return 1
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from compiler.stats import StatsError, format_stats, gather_stats, write_html_report
+
+    loaded = _load(args, err)
+    hosts = args.host or [
+        name for name, spec in loaded.inventory.hosts.items() if "agent" in spec.roles
+    ]
+    _hosts(loaded, hosts)
+    rows = []
+    for host in hosts:
+        config, transport = _agent_transport(loaded, args, host)
+        try:
+            rows += gather_stats([transport], args.day, args.account, agent_config=config)
+        except StatsError as exc:
+            print(f"mailcfg: {exc}", file=err)
+            return 1
+        finally:
+            transport.close()
+    out.write(format_stats(rows, args.format))
+    if args.html:
+        write_html_report(rows, args.html)
+        print(f"report written to {args.html}", file=err)
+    return 0
+
+
 def cmd_codeowners(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     from compiler.codeowners import make_codeowners
 
@@ -378,6 +447,8 @@ _COMMANDS = {
     "apply": cmd_apply,
     "releases": cmd_releases,
     "rollback": cmd_rollback,
+    "unlock": cmd_unlock,
+    "stats": cmd_stats,
     "codeowners": cmd_codeowners,
     "passwd": cmd_passwd,
     "schema": cmd_schema,
