@@ -450,9 +450,12 @@ def start_postfwd(tmp: Path, limit: int) -> Running:
     return run
 
 
-def start_policyd(tmp: Path, limit: int) -> Running:
-    venv = tmp / "venv"
-    logfile = tmp / "policyd.log"
+def policyd_venv(shared: Path) -> Path:
+    """policyd-rate-limit pip-installed into a venv, once per bench run."""
+    venv = shared / "policyd-venv"
+    if (venv / "bin/policyd-rate-limit").exists():
+        return venv
+    logfile = shared / "policyd-install.log"
     with open(logfile, "wb") as out:
         subprocess.run(
             [sys.executable, "-m", "venv", str(venv)], check=True, stdout=out, stderr=out
@@ -460,7 +463,14 @@ def start_policyd(tmp: Path, limit: int) -> Running:
         pip = [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check"]
         res = subprocess.run([*pip, "policyd-rate-limit"], stdout=out, stderr=out, timeout=600)
     if res.returncode != 0:
+        shutil.rmtree(venv, ignore_errors=True)
         raise RuntimeError(f"pip install policyd-rate-limit failed: {tail(logfile)}")
+    return venv
+
+
+def start_policyd(tmp: Path, limit: int) -> Running:
+    venv = policyd_venv(tmp.parent)
+    logfile = tmp / "policyd.log"
     conf = tmp / "policyd.yaml"
     conf.write_text(
         "debug: False\nuser: root\ngroup: root\n"
@@ -513,8 +523,8 @@ class Row:
 
 
 @contextlib.contextmanager
-def temp_dir() -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix="mailcfg-bench-policy-"))
+def temp_dir(parent: Path | None = None) -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix="mailcfg-bench-policy-", dir=parent))
     try:
         yield tmp
     finally:
@@ -522,12 +532,13 @@ def temp_dir() -> Iterator[Path]:
 
 
 def bench_server(
-    srv: Server, msgs: list[str], conns: list[int], args: argparse.Namespace
+    srv: Server, msgs: list[str], conns: list[int], args: argparse.Namespace, shared: Path
 ) -> list[Row]:
+    """One fresh server (own temp dir under `shared`) per connection count."""
     rows = []
     for n in conns:
         row = Row(srv.name, n)
-        with temp_dir() as tmp:
+        with temp_dir(shared) as tmp:
             run: Running | None = None
             try:
                 run = srv.start(tmp, args.limit)
@@ -613,11 +624,13 @@ def main() -> int:
     )
     rows: list[Row] = []
     sizes: dict[str, int] = {}
-    for key in args.servers.split(","):
-        srv = SERVERS[key]
-        msgs = full if srv.full else small
-        sizes[srv.name] = len(msgs)
-        rows += bench_server(srv, msgs, conns, args)
+    with temp_dir() as shared:
+        shared.chmod(0o711)  # postfwd runs as nobody in a directory below
+        for key in args.servers.split(","):
+            srv = SERVERS[key]
+            msgs = full if srv.full else small
+            sizes[srv.name] = len(msgs)
+            rows += bench_server(srv, msgs, conns, args, shared)
     print(format_table(rows, sizes))
     ours = [r for r in rows if r.server.startswith("mailcfg")]
     return 0 if all(r.result is not None and r.wrong == 0 for r in ours) else 1
