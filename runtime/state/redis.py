@@ -32,54 +32,54 @@ from runtime.state.limits import (
 from runtime.state.sqlite import group_stats
 
 # One batch of check-and-count steps, in order, atomically (a script runs alone on the server).
-# KEYS[1]: the locks hash; KEYS[1 + i]: usage hash of request i.
-# ARGV[1]: number of requests; then 12 fields per request: account, amount, check_lock (0/1),
-# force (0/1), lock_on_exceed (0/1), reason, hour_key, day_key, month_key, then the limits of
-# hour, day, month (-1 = not limited).
-# Returns 5 integers per request: status (0 allowed, 1 exceeded, 2 exceeded and newly locked,
-# 3 already locked), index of the exceeded window (1-3, 0 none), hour, day and month counts.
+# KEYS[1]: the locks hash; KEYS[1 + i]: usage hash of request i (the account is the key minus
+# its first ARGV[1] characters). ARGV[2]: two flags for the batch, check_lock and force ("10").
+# ARGV[2 + i]: request i packed in one string, "amount lock_on_exceed hour_key day_key
+# month_key hour_limit day_limit month_limit reason" (limit -1 = not limited): a few
+# arguments per batch instead of a dozen per request keep the client's encoding cheap.
+# Returns one string of 5 integers per request: status (0 allowed, 1 exceeded, 2 exceeded and
+# newly locked, 3 already locked), index of the exceeded window (1-3, 0 none), hour, day and
+# month counts.
 _CONSUME_BATCH = """
+local plen = tonumber(ARGV[1])
+local check_lock, force = ARGV[2]:sub(1, 1) == '1', ARGV[2]:sub(2, 2) == '1'
 local out = {}
-local n = tonumber(ARGV[1])
-for r = 0, n - 1 do
-  local a = 1 + r * 12
-  local acct, amount = ARGV[a + 1], tonumber(ARGV[a + 2])
-  local force, lock = ARGV[a + 4] == '1', ARGV[a + 5] == '1'
-  local key = KEYS[2 + r]
-  if ARGV[a + 3] == '1' and redis.call('HEXISTS', KEYS[1], acct) == 1 then
-    for _, v in ipairs({3, 0, 0, 0, 0}) do out[#out + 1] = v end
+for r = 1, #KEYS - 1 do
+  local key = KEYS[1 + r]
+  local acct = key:sub(plen + 1)
+  local amount, lock, hk, dk, mk, lh, ld, lm, reason = ARGV[2 + r]:match(
+    '^(%d+) ([01]) (%d+) (%d+) (%d+) (%-?%d+) (%-?%d+) (%-?%d+) (.*)$')
+  amount = tonumber(amount)
+  if check_lock and redis.call('HEXISTS', KEYS[1], acct) == 1 then
+    out[r] = '3 0 0 0 0'
   else
+    local bucket, limits = {hk, dk, mk}, {tonumber(lh), tonumber(ld), tonumber(lm)}
     local row = redis.call('HMGET', key, 'hour_k', 'hour_n', 'day_k', 'day_n', 'month_k', 'month_n')
     local counts, exceeded = {}, 0
     for i = 1, 3 do
       local c = 0
-      if row[2 * i - 1] == ARGV[a + 6 + i] then c = tonumber(row[2 * i]) end
+      if row[2 * i - 1] == bucket[i] then c = tonumber(row[2 * i]) end
       counts[i] = c
-      local limit = tonumber(ARGV[a + 9 + i])
-      if exceeded == 0 and limit >= 0 and c + amount > limit then exceeded = i end
+      if exceeded == 0 and limits[i] >= 0 and c + amount > limits[i] then exceeded = i end
     end
     if exceeded == 0 or force then
       for i = 1, 3 do counts[i] = counts[i] + amount end
-      redis.call('HSET', key, 'hour_k', ARGV[a + 7], 'hour_n', counts[1], 'day_k', ARGV[a + 8],
-                 'day_n', counts[2], 'month_k', ARGV[a + 9], 'month_n', counts[3])
+      redis.call('HSET', key, 'hour_k', hk, 'hour_n', counts[1], 'day_k', dk,
+                 'day_n', counts[2], 'month_k', mk, 'month_n', counts[3])
       redis.call('EXPIRE', key, 2764800)
     end
     local status = 0
     if exceeded > 0 then
       status = 1
-      if lock and not force then
-        redis.call('HSET', KEYS[1], acct, ARGV[a + 6])
+      if lock == '1' and not force then
+        redis.call('HSET', KEYS[1], acct, reason)
         status = 2
       end
     end
-    out[#out + 1] = status
-    out[#out + 1] = exceeded
-    out[#out + 1] = counts[1]
-    out[#out + 1] = counts[2]
-    out[#out + 1] = counts[3]
+    out[r] = string.format('%d %d %d %d %d', status, exceeded, counts[1], counts[2], counts[3])
   end
 end
-return out
+return table.concat(out, ' ')
 """
 
 
@@ -108,39 +108,33 @@ class RedisStore:
         self._once = self.r.register_script(_ONCE)
         self._clock = BucketClock()
 
-    def _batch_args(
+    def _run_batch(
         self, requests: Sequence[LimitRequest], *, check_lock: bool, force: bool
-    ) -> tuple[list[str], list[str | int | float]]:
-        """KEYS and ARGV of `_CONSUME_BATCH`: the whole batch is one script call, so one
-        command to encode and one round trip."""
-        keys = [self._locks]
-        argv: list[str | int | float] = [len(requests)]
+    ) -> list[LimitResult]:
+        """The whole batch is one script call: one command to encode and one round trip."""
         usage = self.prefix + "usage:"
+        keys = [self._locks]
+        argv: list[str | int] = [len(usage), f"{int(check_lock)}{int(force)}"]
         bucket = self._clock.keys
-        flags = (int(check_lock), int(force))
         for r in requests:
             limits = [-1, -1, -1]
             for w in r.windows:
                 limits[_INDEX[w.name]] = w.limit
+            hk, dk, mk = bucket(r.now)
             keys.append(usage + r.account)
-            argv += (r.account, r.amount, *flags, int(r.lock), r.reason, *bucket(r.now), *limits)
-        return keys, argv
-
-    def _results(self, raw: Sequence[int], requests: Sequence[LimitRequest]) -> list[LimitResult]:
+            argv.append(
+                f"{r.amount} {int(r.lock)} {hk} {dk} {mk} {limits[0]} {limits[1]} {limits[2]} "
+                f"{r.reason}"
+            )
+        nums = [int(x) for x in self._consume(keys=keys, args=argv).split()]
         return [
-            self._result(raw[i : i + 5], r.windows)
-            for i, r in zip(range(0, len(raw), 5), requests, strict=True)
+            self._result(nums[i : i + 5], r.windows)
+            for i, r in zip(range(0, len(nums), 5), requests, strict=True)
         ]
-
-    def _run_batch(
-        self, requests: Sequence[LimitRequest], *, check_lock: bool, force: bool
-    ) -> list[LimitResult]:
-        keys, argv = self._batch_args(requests, check_lock=check_lock, force=force)
-        return self._results(self._consume(keys=keys, args=argv), requests)
 
     @staticmethod
     def _result(raw: Sequence[int], windows: Sequence[Window]) -> LimitResult:
-        status, exc, hour, day, month = (int(x) for x in raw)
+        status, exc, hour, day, month = raw
         exceeded = None
         if exc:
             name = WINDOW_NAMES[exc - 1]

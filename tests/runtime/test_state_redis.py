@@ -68,3 +68,19 @@ def test_open_store(redis_url: str, tmp_path: Path) -> None:
         open_store("mysql://x")
     with pytest.raises(StoreError, match="no file path"):
         open_store("sqlite://")
+
+
+def test_odd_account_names_and_reasons_survive_packing(redis_url: str) -> None:
+    s = RedisStore(redis_url, host="mx1")
+    s.r.flushdb()
+    odd = "o d\td=1@x.org"
+    reqs = [LimitRequest(odd, 1, [Window("day", 1)], T0, lock=True, reason="over: 1 of 1\tday")]
+    res = s.consume_limits(reqs * 3)
+    assert [(r.allowed, r.newly_locked, r.locked) for r in res] == [
+        (True, False, False),
+        (False, True, False),
+        (False, False, True),
+    ]
+    assert res[1].exceeded == "day" and res[1].counts["day"] == 1
+    assert s.locks() == {odd: "over: 1 of 1\tday"}
+    s.close()
