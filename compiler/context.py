@@ -8,13 +8,14 @@ resolved paths the files were rendered with.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.agentconfig import dump_agent_config, host_port, make_agent_config, probe_address
+from compiler.agentconfig import host_port, probe_address, render_agent_config
 from compiler.resolve import HostConfig
 from compiler.sieve import invert_redirects, make_vacation_script, reaching_addresses
-from compiler.tables import make_tables
+from compiler.tables import TableTexts, make_table_texts
+from schemas.domain import Account
 from schemas.inventory import Role
 from schemas.policy import FailAction, Listener
 
@@ -85,7 +86,58 @@ def make_autoresponders(cfg: HostConfig) -> list[SieveScript]:
     return scripts
 
 
-def make_context(cfg: HostConfig) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class DomainSetData:
+    """What a host's files derive from its served domains alone (and its postmaster)."""
+
+    mailboxes: tuple[tuple[str, Account], ...]
+    redirects: tuple[tuple[str, tuple[str, ...]], ...]
+    domain_names: tuple[str, ...]
+    postmaster: str
+    tables: TableTexts
+    autoresponders: tuple[SieveScript, ...]
+
+
+@dataclass(slots=True)
+class DomainSetCache:
+    """Domain-derived data (tables, autoresponder scripts) computed once per distinct set of
+    served domains, for several hosts rendered in one run: hosts usually serve the same
+    domains under different policies, and these are the costly parts of a render.
+    An entry is reused only for a host with equal accounts, redirects (in the same order),
+    domain names and postmaster, so a hit renders exactly what a miss would."""
+
+    entries: list[DomainSetData] = field(default_factory=list)
+
+    def get(self, cfg: HostConfig) -> DomainSetData:
+        mailboxes = tuple(cfg.mailboxes.items())
+        redirects = tuple(cfg.redirects.items())
+        for entry in self.entries:
+            if (
+                entry.postmaster == cfg.postmaster
+                and entry.domain_names == cfg.domain_names
+                and entry.mailboxes == mailboxes
+                and entry.redirects == redirects
+            ):
+                return entry
+        entry = make_domain_set_data(cfg)
+        self.entries.append(entry)
+        return entry
+
+
+def make_domain_set_data(cfg: HostConfig) -> DomainSetData:
+    return DomainSetData(
+        mailboxes=tuple(cfg.mailboxes.items()),
+        redirects=tuple(cfg.redirects.items()),
+        domain_names=cfg.domain_names,
+        postmaster=cfg.postmaster,
+        tables=make_table_texts(cfg),
+        autoresponders=tuple(make_autoresponders(cfg)),
+    )
+
+
+def make_base_context(cfg: HostConfig) -> dict[str, Any]:
+    """The context without the account-sized parts (tables, agent config, autoresponders):
+    enough for role.yml paths and activation commands, cheap for any inventory size."""
     policy = cfg.policy
     paths = policy.paths
     ls = policy.listeners
@@ -111,7 +163,6 @@ def make_context(cfg: HostConfig) -> dict[str, Any]:
         "policy": policy,
         "paths": paths,
         "ls": ls,
-        "tables": make_tables(cfg),
         "maps": POSTFIX_MAPS,
         "has_agent": has_agent,
         "inbound_policy": make_policy_hook(paths.agent_socket, policy.policy_fail_action_inbound),
@@ -121,13 +172,21 @@ def make_context(cfg: HostConfig) -> dict[str, Any]:
         "smtp_probe": _first_enabled(ls.smtp, ls.submission, ls.submission_alt),
         "imap_probe": _first_enabled(ls.imap, ls.pop3),
         "agent_config_path": posixpath.join(paths.agent_config_dir, AGENT_CONFIG_NAME),
-        "agent_json": dump_agent_config(make_agent_config(cfg)) if has_agent else "",
         "runtime_directory": runtime_directory,
         "state_directory": state_directory,
         "agent_rw_paths": rw_paths,
-        "autoresponders": make_autoresponders(cfg),
         "smtp_submit": host_port(*(_first_enabled(ls.smtp) or ("127.0.0.1", 25))),
         "inet": postfix_inet,
         "address": dovecot_address,
         "port": dovecot_port,
     }
+
+
+def make_context(cfg: HostConfig, cache: DomainSetCache | None = None) -> dict[str, Any]:
+    """The full template context of `cfg`; `cache` shares domain-derived data between hosts."""
+    derived = cache.get(cfg) if cache is not None else make_domain_set_data(cfg)
+    context = make_base_context(cfg)
+    context["tables"] = derived.tables
+    context["autoresponders"] = derived.autoresponders
+    context["agent_json"] = render_agent_config(cfg) if context["has_agent"] else ""
+    return context

@@ -12,7 +12,7 @@ from typing import Any
 
 import jinja2
 
-from compiler.context import make_context
+from compiler.context import DomainSetCache, make_context
 from compiler.resolve import HostConfig
 from compiler.roles import Role, RoleError, RoleFile, Roles, render_snippet
 from compiler.types import FileTree, RenderedFile
@@ -77,9 +77,10 @@ def render_role(
     return files
 
 
-def render_host(cfg: HostConfig, roles: Roles) -> FileTree:
-    """Every file the host needs, from the roles listed in its spec."""
-    context = make_context(cfg)
+def render_host(cfg: HostConfig, roles: Roles, cache: DomainSetCache | None = None) -> FileTree:
+    """Every file the host needs, from the roles listed in its spec. Hosts rendered with one
+    `cache` share the work that depends on their domains only."""
+    context = make_context(cfg, cache)
     files: dict[str, RenderedFile] = {}
     for name in sorted(set(cfg.spec.roles)):
         if name not in roles.roles:

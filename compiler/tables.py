@@ -1,14 +1,20 @@
 """Lookup tables derived from a `HostConfig`: Postfix maps and Dovecot passwd-files.
 
-Every table is computed here from the model, never written by hand, as sorted `(key, value)`
-rows so renders are deterministic (`HostConfig.mailboxes` and `.redirects` are already sorted
-by address, so they are iterated as they are). Keys and values are already restricted by
-`schemas.common` (no whitespace, ':' or ',' in addresses; hashes checked by
-`schemas.password`), so nothing here needs escaping. Templates only lay the rows out.
+Every table is computed here from the model, never written by hand, in a deterministic order
+(`HostConfig.mailboxes` and `.redirects` are already sorted by address, so they are iterated as
+they are). Keys and values are already restricted by `schemas.common` (no whitespace, ':' or
+',' in addresses; hashes checked by `schemas.password`), so nothing here needs escaping.
+
+Two views of the same rows: `make_table_texts` gives each table as the file body the roles
+write (one line per row, built with one `join`: a template loop over 50,000 rows costs more
+than the rest of a render), `make_tables` gives `(key, value)` rows for code that inspects
+them. Both use the same row rules below (`maildir_of`, `quota_rule`, `passwd_line`,
+`make_virtual_alias_maps`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from compiler.resolve import HostConfig
@@ -16,19 +22,24 @@ from compiler.resolve import HostConfig
 Rows = tuple[tuple[str, str], ...]
 
 
+def passwd_line(user: str, password: str, extra: str) -> str:
+    """One line of Dovecot's passwd-file: `user:password:uid:gid:gecos:home:shell:extra`.
+    uid/gid/home come from the userdb's `default_fields`, so they stay empty here. All 8
+    fields even when the extras are empty: a 2-field line is a passdb-only entry ("User ...
+    is missing userdb info")."""
+    return f"{user}:{password}::::::{extra}"
+
+
 @dataclass(frozen=True, slots=True)
 class PasswdEntry:
-    """One line of Dovecot's passwd-file: `user:password:uid:gid:gecos:home:shell:extra`.
-    uid/gid/home come from the userdb's `default_fields`, so they stay empty here."""
+    """One row of Dovecot's passwd-file (see `passwd_line`)."""
 
     user: str
     password: str
     extra: tuple[str, ...] = ()
 
     def line(self) -> str:
-        # All 8 fields even when the extras are empty: a 2-field line is a passdb-only entry
-        # ("User ... is missing userdb info").
-        return f"{self.user}:{self.password}::::::{' '.join(self.extra)}"
+        return passwd_line(self.user, self.password, " ".join(self.extra))
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +53,26 @@ class Tables:
     deny_pop3: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class TableTexts:
+    """Each table as its file body: one row per line, every line ending in a newline (a
+    Postfix map row is `key value`)."""
+
+    virtual_mailbox_domains: str
+    virtual_mailbox_maps: str
+    virtual_alias_maps: str
+    sender_login_maps: str
+    passwd: str
+    deny_imap: str
+    deny_pop3: str
+
+
+def maildir_of(address: str) -> str:
+    """An account's maildir relative to the mail root: `domain/local/`."""
+    local, _, domain = address.partition("@")
+    return f"{domain}/{local}/"
+
+
 def make_virtual_mailbox_domains(cfg: HostConfig) -> Rows:
     return tuple((name, "OK") for name in sorted(cfg.domain_names))
 
@@ -49,9 +80,7 @@ def make_virtual_mailbox_domains(cfg: HostConfig) -> Rows:
 def make_virtual_mailbox_maps(cfg: HostConfig) -> Rows:
     """Enabled accounts → their maildir path relative to the mail root (informational for
     Postfix: delivery goes over LMTP, the map only says which recipients exist)."""
-    return tuple(
-        (address, f"{address.split('@')[1]}/{address.split('@')[0]}/") for address in cfg.mailboxes
-    )
+    return tuple((address, maildir_of(address)) for address in cfg.mailboxes)
 
 
 def make_virtual_alias_maps(cfg: HostConfig) -> Rows:
@@ -102,4 +131,36 @@ def make_tables(cfg: HostConfig) -> Tables:
         passwd=make_passwd(cfg),
         deny_imap=make_deny(cfg, "imap"),
         deny_pop3=make_deny(cfg, "pop3"),
+    )
+
+
+def format_lines(lines: Iterable[str]) -> str:
+    """Lines joined into a file body: each one newline-terminated, "" for none."""
+    text = "\n".join(lines)
+    return text + "\n" if text else ""
+
+
+def format_map(rows: Iterable[tuple[str, str]]) -> str:
+    return format_lines([f"{key} {value}" for key, value in rows])
+
+
+def make_table_texts(cfg: HostConfig) -> TableTexts:
+    """Every table's file body, straight from the model (no row tuples in between)."""
+    mailboxes = cfg.mailboxes
+    items = mailboxes.items()
+    quota_extra: dict[int, str] = {}  # a handful of distinct quotas among all accounts
+    passwd = []
+    for address, account in items:
+        extra = quota_extra.get(account.quota)
+        if extra is None:
+            extra = quota_extra[account.quota] = " ".join(quota_rule(account.quota))
+        passwd.append(passwd_line(address, account.password, extra))
+    return TableTexts(
+        virtual_mailbox_domains=format_map(make_virtual_mailbox_domains(cfg)),
+        virtual_mailbox_maps=format_lines([f"{a} {maildir_of(a)}" for a in mailboxes]),
+        virtual_alias_maps=format_map(make_virtual_alias_maps(cfg)),
+        sender_login_maps=format_lines([f"{a} {a}" for a in mailboxes]),
+        passwd=format_lines(passwd),
+        deny_imap=format_lines([a for a, acc in items if not acc.imap]),
+        deny_pop3=format_lines([a for a, acc in items if not acc.pop3]),
     )

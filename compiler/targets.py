@@ -10,6 +10,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from compiler.context import DomainSetCache
 from compiler.fleet import Target
 from compiler.render import render_host
 from compiler.resolve import HostConfig, resolve_host
@@ -23,9 +24,11 @@ class CompileFailure:
     message: str
 
 
-def compile_host(inventory: Inventory, roles: Roles, host: str) -> tuple[HostConfig, Target]:
+def compile_host(
+    inventory: Inventory, roles: Roles, host: str, cache: DomainSetCache | None = None
+) -> tuple[HostConfig, Target]:
     cfg = resolve_host(inventory, host, role_defaults(roles))
-    tree = render_host(cfg, roles)
+    tree = render_host(cfg, roles, cache)
     activations_for = functools.partial(make_activations, cfg, roles)
     return cfg, Target(host, inventory.hosts[host], tree, activations_for)
 
@@ -36,9 +39,10 @@ def compile_targets(
     """Targets for `hosts`, and the hosts that could not be compiled (with the reason)."""
     targets: list[Target] = []
     failures: list[CompileFailure] = []
+    cache = DomainSetCache()
     for host in hosts:
         try:
-            targets.append(compile_host(inventory, roles, host)[1])
+            targets.append(compile_host(inventory, roles, host, cache)[1])
         except Exception as exc:  # a template bug on one host must not hide the others' plans
             failures.append(CompileFailure(host, f"render: {type(exc).__name__}: {exc}"))
     return targets, failures
