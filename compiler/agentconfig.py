@@ -7,19 +7,20 @@ rendered by the agent role as `agent.json`.
 `render_agent_config` writes the same text as `dump_agent_config(make_agent_config(cfg))`
 without building and serialising one `AgentAccount` per account: an account's line is put
 together from the JSON of its lists and limits, each serialised once per distinct object
-(most accounts share the default lists and limits).
+(most accounts share the default lists and limits), and what does not depend on the host's
+policy (`SharedAgentText`) is made once for all hosts serving the same domains.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
-from compiler.resolve import HostConfig
+from compiler.resolve import HostConfig, mailboxes_by_domain
 from schemas.agent import AgentAccount, AgentConfig
+from schemas.domain import Account, SenderList
 from schemas.policy import Listener
 
 # Compact values keep json's C encoder (indent= falls back to pure Python).
@@ -85,23 +86,21 @@ def make_agent_config(cfg: HostConfig) -> AgentConfig:
     return _make_config(cfg, accounts)
 
 
-def _format_config(data: Mapping[str, Any], entries: Mapping[str, Sequence[str]]) -> str:
+def _format_config(data: Mapping[str, Any], blocks: Mapping[str, str]) -> str:
     """Sorted keys, one line per top-level key and one line per entry of a non-empty
-    top-level mapping (`entries` gives some of those lines ready-made), so a plan's diff
-    shows which account changed."""
+    top-level mapping (`blocks` gives some of those mappings' entry lines ready-made, joined
+    by ",\n"), so a plan's diff shows which account changed."""
     lines = []
-    for key in sorted(data.keys() | entries.keys()):
-        value = data.get(key)
-        if key in entries:
-            rows: Sequence[str] = entries[key]
-        elif isinstance(value, dict):
-            rows = [f"    {_string(k)}: {_compact(value[k])}" for k in sorted(value)]
+    for key in sorted(data.keys() | blocks.keys()):
+        if key in blocks:
+            block = blocks[key]
         else:
-            rows = ()
-        if rows:
-            lines.append(f"  {_string(key)}: {{\n" + ",\n".join(rows) + "\n  }")
-        else:
-            lines.append(f"  {_string(key)}: {_compact({} if key in entries else value)}")
+            value = data[key]
+            if not isinstance(value, dict):
+                lines.append(f"  {_string(key)}: {_compact(value)}")
+                continue
+            block = ",\n".join(f"    {_string(k)}: {_compact(value[k])}" for k in sorted(value))
+        lines.append(f"  {_string(key)}: {{\n{block}\n  }}" if block else f"  {_string(key)}: {{}}")
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
@@ -110,41 +109,83 @@ def dump_agent_config(config: AgentConfig) -> str:
     return _format_config(config.model_dump(mode="json"), {})
 
 
-def _account_entries(cfg: HostConfig) -> list[str]:
-    texts: dict[int, str] = {}  # id → JSON of a list or limits object alive in `cfg`
-
-    def text_of(model: BaseModel) -> str:
-        text = texts.get(id(model))
-        if text is None:
-            text = texts[id(model)] = _compact(model.model_dump(mode="json"))
-        return text
-
-    limits = cfg.limits
-    mailboxes = cfg.mailboxes
-    entries = []
-    for address in sorted(mailboxes):
-        account = mailboxes[address]
-        entries.append(
-            f"    {_string(address)}: {{"
-            f'"blacklist": {text_of(account.blacklist)}, '
-            f'"enabled": {"true" if account.enabled else "false"}, '
-            f'"limits": {text_of(limits[address])}, '
-            f'"whitelist": {text_of(account.whitelist)}}}'
-        )
-    return entries
+def _sender_list_json(senders: SenderList) -> str:
+    """`_compact(senders.model_dump(mode="json"))`, 3x faster (10,000 accounts may have a
+    list each): the fields of a SenderList are JSON values already (a bool, a str list)."""
+    return _compact(senders.__dict__)
 
 
-def _redirect_entries(cfg: HostConfig) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class SharedAgentText:
+    """The parts of agent.json that depend on the served domains only, so hosts serving the
+    same domains share them: the `accounts` entries without their limits (which follow the
+    host's policy) and the `redirects` entries. `account_glue[i]` is the text before the i-th
+    account's limits (after the previous account's), the last item the text after the last;
+    `addresses` gives the accounts in order."""
+
+    addresses: tuple[str, ...]
+    account_glue: tuple[str, ...]
+    redirects: str
+
+
+def make_shared_agent_text(
+    cfg: HostConfig, accounts: Sequence[tuple[str, Account]] | None = None
+) -> SharedAgentText:
+    """`accounts` is `mailboxes_by_domain(cfg)` if the caller has it already (fields are read
+    in that order); the JSON of each distinct list object is made once."""
+    heads: dict[tuple[int, bool], str] = {}  # (id(blacklist), enabled) → text
+    tails: dict[int, str] = {}  # id(whitelist) → text
+    head_of: dict[str, str] = {}
+    tail_of: dict[str, str] = {}
+    for address, account in mailboxes_by_domain(cfg) if accounts is None else accounts:
+        blacklist, whitelist, enabled = account.blacklist, account.whitelist, account.enabled
+        head = heads.get((id(blacklist), enabled))
+        if head is None:
+            black = _sender_list_json(blacklist)
+            flag = "true" if enabled else "false"
+            head = heads[id(blacklist), enabled] = (
+                f'{{"blacklist": {black}, "enabled": {flag}, "limits": '
+            )
+        tail = tails.get(id(whitelist))
+        if tail is None:
+            white = _sender_list_json(whitelist)
+            tail = tails[id(whitelist)] = f', "whitelist": {white}}}'
+        head_of[address] = head
+        tail_of[address] = tail
+    addresses = sorted(cfg.mailboxes)
+    glue = []
+    previous = ""
+    for address in addresses:
+        entry = f"    {_string(address)}: {head_of[address]}"
+        glue.append(f"{previous},\n{entry}" if previous else entry)
+        previous = tail_of[address]
+    glue.append(previous)
     redirects = cfg.redirects
-    return [
-        f"    {_string(source)}: [{', '.join(map(_string, redirects[source]))}]"
-        for source in sorted(redirects)
-    ]
+    return SharedAgentText(
+        addresses=tuple(addresses),
+        account_glue=tuple(glue),
+        redirects=",\n".join(
+            f"    {_string(source)}: [{', '.join(map(_string, redirects[source]))}]"
+            for source in sorted(redirects)
+        ),
+    )
 
 
-def render_agent_config(cfg: HostConfig) -> str:
-    """`dump_agent_config(make_agent_config(cfg))`, fast (see the module docstring)."""
+def _accounts_block(cfg: HostConfig, shared: SharedAgentText) -> str:
+    limits = cfg.limits
+    distinct = {id(value): value for value in limits.values()}
+    texts = {key: _compact(value.model_dump(mode="json")) for key, value in distinct.items()}
+    pieces = [""] * (2 * len(shared.addresses) + 1)
+    pieces[0::2] = shared.account_glue
+    pieces[1::2] = [texts[id(limits[address])] for address in shared.addresses]
+    return "".join(pieces)
+
+
+def render_agent_config(cfg: HostConfig, shared: SharedAgentText | None = None) -> str:
+    """`dump_agent_config(make_agent_config(cfg))`, fast (see the module docstring). `shared`
+    is `make_shared_agent_text(cfg)`, possibly made for another host of the same domains."""
+    shared = shared if shared is not None else make_shared_agent_text(cfg)
     data = _make_config(cfg, {}).model_dump(mode="json", exclude={"accounts", "redirects"})
     return _format_config(
-        data, {"accounts": _account_entries(cfg), "redirects": _redirect_entries(cfg)}
+        data, {"accounts": _accounts_block(cfg, shared), "redirects": shared.redirects}
     )

@@ -8,14 +8,21 @@ resolved paths the files were rendered with.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.agentconfig import host_port, probe_address, render_agent_config
-from compiler.resolve import HostConfig
+from compiler.agentconfig import (
+    SharedAgentText,
+    host_port,
+    make_shared_agent_text,
+    probe_address,
+    render_agent_config,
+)
+from compiler.resolve import HostConfig, mailboxes_by_domain
 from compiler.sieve import invert_redirects, make_vacation_script, reaching_addresses
 from compiler.tables import TableTexts, make_table_texts
-from schemas.domain import Account
+from schemas.domain import Account, Autoresponder
 from schemas.inventory import Role
 from schemas.policy import FailAction, Listener
 
@@ -68,56 +75,71 @@ class SieveScript:
     script: str
 
 
-def make_autoresponders(cfg: HostConfig) -> list[SieveScript]:
-    """Sieve scripts of enabled accounts whose autoresponder is enabled, by address."""
-    scripts = []
-    reverse = invert_redirects(cfg.redirects)
-    for address, account in cfg.mailboxes.items():
+def make_autoresponders(
+    cfg: HostConfig, accounts: Sequence[tuple[str, Account]] | None = None
+) -> list[SieveScript]:
+    """Sieve scripts of enabled accounts whose autoresponder is enabled, by address.
+    `accounts` is `mailboxes_by_domain(cfg)` if the caller has it already."""
+    responders: list[tuple[str, Account, Autoresponder]] = []
+    for address, account in mailboxes_by_domain(cfg) if accounts is None else accounts:
         responder = account.autoresponder
-        if responder is None or not responder.enabled:
-            continue
-        script = make_vacation_script(
+        if responder is not None and responder.enabled:
+            responders.append((address, account, responder))
+    responders.sort(key=lambda item: item[0])
+    reverse = invert_redirects(cfg.redirects)
+    return [
+        SieveScript(
             address,
-            responder,
-            aliases=reaching_addresses(address, reverse),
-            whitelist=account.whitelist,
+            make_vacation_script(
+                address,
+                responder,
+                aliases=reaching_addresses(address, reverse),
+                whitelist=account.whitelist,
+            ),
         )
-        scripts.append(SieveScript(address, script))
-    return scripts
+        for address, account, responder in responders
+    ]
 
 
 @dataclass(frozen=True, slots=True)
 class DomainSetData:
     """What a host's files derive from its served domains alone (and its postmaster)."""
 
-    mailboxes: tuple[tuple[str, Account], ...]
-    redirects: tuple[tuple[str, tuple[str, ...]], ...]
+    mailboxes: dict[str, Account]
+    redirects: dict[str, tuple[str, ...]]
     domain_names: tuple[str, ...]
     postmaster: str
     tables: TableTexts
     autoresponders: tuple[SieveScript, ...]
+    agent_text: SharedAgentText
+
+    def serves(self, cfg: HostConfig) -> bool:
+        """Whether this data is `make_domain_set_data(cfg)`: equal accounts and redirects in
+        the same order, names and postmaster (hosts resolved together share the dicts)."""
+        return (
+            self.postmaster == cfg.postmaster
+            and self.domain_names == cfg.domain_names
+            and _same_items(self.mailboxes, cfg.mailboxes)
+            and _same_items(self.redirects, cfg.redirects)
+        )
+
+
+def _same_items(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a is b or (a == b and list(a) == list(b))
 
 
 @dataclass(slots=True)
 class DomainSetCache:
-    """Domain-derived data (tables, autoresponder scripts) computed once per distinct set of
-    served domains, for several hosts rendered in one run: hosts usually serve the same
-    domains under different policies, and these are the costly parts of a render.
-    An entry is reused only for a host with equal accounts, redirects (in the same order),
-    domain names and postmaster, so a hit renders exactly what a miss would."""
+    """Domain-derived data (tables, autoresponder scripts, agent.json account lines) made
+    once per distinct set of served domains, for several hosts rendered in one run: hosts
+    usually serve the same domains under different policies, and these are the costly parts
+    of a render. A hit renders exactly what a miss would (`DomainSetData.serves`)."""
 
     entries: list[DomainSetData] = field(default_factory=list)
 
     def get(self, cfg: HostConfig) -> DomainSetData:
-        mailboxes = tuple(cfg.mailboxes.items())
-        redirects = tuple(cfg.redirects.items())
         for entry in self.entries:
-            if (
-                entry.postmaster == cfg.postmaster
-                and entry.domain_names == cfg.domain_names
-                and entry.mailboxes == mailboxes
-                and entry.redirects == redirects
-            ):
+            if entry.serves(cfg):
                 return entry
         entry = make_domain_set_data(cfg)
         self.entries.append(entry)
@@ -125,13 +147,15 @@ class DomainSetCache:
 
 
 def make_domain_set_data(cfg: HostConfig) -> DomainSetData:
+    accounts = mailboxes_by_domain(cfg)
     return DomainSetData(
-        mailboxes=tuple(cfg.mailboxes.items()),
-        redirects=tuple(cfg.redirects.items()),
+        mailboxes=cfg.mailboxes,
+        redirects=cfg.redirects,
         domain_names=cfg.domain_names,
         postmaster=cfg.postmaster,
-        tables=make_table_texts(cfg),
-        autoresponders=tuple(make_autoresponders(cfg)),
+        tables=make_table_texts(cfg, accounts),
+        autoresponders=tuple(make_autoresponders(cfg, accounts)),
+        agent_text=make_shared_agent_text(cfg, accounts),
     )
 
 
@@ -188,5 +212,7 @@ def make_context(cfg: HostConfig, cache: DomainSetCache | None = None) -> dict[s
     context = make_base_context(cfg)
     context["tables"] = derived.tables
     context["autoresponders"] = derived.autoresponders
-    context["agent_json"] = render_agent_config(cfg) if context["has_agent"] else ""
+    context["agent_json"] = (
+        render_agent_config(cfg, derived.agent_text) if context["has_agent"] else ""
+    )
     return context

@@ -14,7 +14,7 @@ import jinja2
 
 from compiler.context import DomainSetCache, make_context
 from compiler.resolve import HostConfig
-from compiler.roles import Role, RoleError, RoleFile, Roles, render_snippet
+from compiler.roles import Role, RoleError, RoleFile, Roles, compile_snippet, render_prepared
 from compiler.types import FileTree, RenderedFile
 
 _PARAM_RE = re.compile(r"^([A-Za-z0-9_]+)\s*=", re.M)
@@ -36,17 +36,11 @@ def check_main_cf(host: str, text: str) -> None:
         )
 
 
-def _render_file(
-    roles: Roles, role: Role, spec: RoleFile, context: dict[str, Any], where: str
-) -> tuple[str, str]:
-    path = render_snippet(roles, spec.path, context, f"{where}.path").strip()
-    if not path.startswith("/"):
-        raise RoleError(f"{where}: path {path!r} is not absolute")
+def _template(roles: Roles, role: Role, spec: RoleFile) -> jinja2.Template:
     try:
-        text = roles.env.get_template(f"{role.name}/{spec.template}").render(context)
+        return roles.env.get_template(f"{role.name}/{spec.template}")
     except jinja2.TemplateError as exc:
         raise RoleError(f"roles/{role.name}/templates/{spec.template}: {exc}") from exc
-    return path, text
 
 
 def render_role(
@@ -55,12 +49,26 @@ def render_role(
     files = []
     for i, spec in enumerate(role.files):
         where = f"roles/{role.name}/role.yml: files[{i}]"
-        local = dict(context)
+        template = _template(roles, role, spec)
+        path_template = compile_snippet(roles, spec.path, f"{where}.path")
+        # One variables dict per file spec, globals included, for all its items.
+        variables = dict(template.globals, **context)
+        variables.update(path_template.globals)
         if spec.rows:
-            local["rows"] = getattr(context["tables"], spec.rows)
+            variables["rows"] = getattr(context["tables"], spec.rows)
         items = context[spec.each] if spec.each else [None]
         for item in items:
-            path, text = _render_file(roles, role, spec, {**local, "item": item}, where)
+            variables["item"] = item
+            try:
+                path = render_prepared(path_template, variables).strip()
+            except jinja2.TemplateError as exc:
+                raise RoleError(f"{where}.path: {exc}") from exc
+            if not path.startswith("/"):
+                raise RoleError(f"{where}: path {path!r} is not absolute")
+            try:
+                text = render_prepared(template, variables)
+            except jinja2.TemplateError as exc:
+                raise RoleError(f"roles/{role.name}/templates/{spec.template}: {exc}") from exc
             if spec.template == "main.cf.j2":
                 check_main_cf(cfg.name, text)
             files.append(

@@ -14,10 +14,11 @@ them. Both use the same row rules below (`maildir_of`, `quota_rule`, `passwd_lin
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from compiler.resolve import HostConfig
+from compiler.resolve import HostConfig, mailboxes_by_domain
+from schemas.domain import Account
 
 Rows = tuple[tuple[str, str], ...]
 
@@ -144,23 +145,33 @@ def format_map(rows: Iterable[tuple[str, str]]) -> str:
     return format_lines([f"{key} {value}" for key, value in rows])
 
 
-def make_table_texts(cfg: HostConfig) -> TableTexts:
-    """Every table's file body, straight from the model (no row tuples in between)."""
+def make_table_texts(
+    cfg: HostConfig, accounts: Sequence[tuple[str, Account]] | None = None
+) -> TableTexts:
+    """Every table's file body, straight from the model (no row tuples in between).
+    `accounts` is `mailboxes_by_domain(cfg)` if the caller has it already: the account
+    fields are read in that order, the lines are laid out in address order."""
     mailboxes = cfg.mailboxes
-    items = mailboxes.items()
     quota_extra: dict[int, str] = {}  # a handful of distinct quotas among all accounts
-    passwd = []
-    for address, account in items:
-        extra = quota_extra.get(account.quota)
+    passwd: dict[str, str] = {}
+    no_imap: set[str] = set()
+    no_pop3: set[str] = set()
+    for address, account in mailboxes_by_domain(cfg) if accounts is None else accounts:
+        quota = account.quota
+        extra = quota_extra.get(quota)
         if extra is None:
-            extra = quota_extra[account.quota] = " ".join(quota_rule(account.quota))
-        passwd.append(passwd_line(address, account.password, extra))
+            extra = quota_extra[quota] = " ".join(quota_rule(quota))
+        passwd[address] = passwd_line(address, account.password, extra)
+        if not account.imap:
+            no_imap.add(address)
+        if not account.pop3:
+            no_pop3.add(address)
     return TableTexts(
         virtual_mailbox_domains=format_map(make_virtual_mailbox_domains(cfg)),
         virtual_mailbox_maps=format_lines([f"{a} {maildir_of(a)}" for a in mailboxes]),
         virtual_alias_maps=format_map(make_virtual_alias_maps(cfg)),
         sender_login_maps=format_lines([f"{a} {a}" for a in mailboxes]),
-        passwd=format_lines(passwd),
-        deny_imap=format_lines([a for a, acc in items if not acc.imap]),
-        deny_pop3=format_lines([a for a, acc in items if not acc.pop3]),
+        passwd=format_lines([passwd[a] for a in mailboxes]),
+        deny_imap=format_lines([a for a in mailboxes if a in no_imap]),
+        deny_pop3=format_lines([a for a in mailboxes if a in no_pop3]),
     )

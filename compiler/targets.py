@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from compiler.context import DomainSetCache
 from compiler.fleet import Target
+from compiler.gcpause import gc_paused
 from compiler.render import render_host
-from compiler.resolve import HostConfig, resolve_host
+from compiler.resolve import HostConfig, ServedAccountsCache, resolve_host
 from compiler.roles import Roles, make_activations, role_defaults
 from schemas.inventory import Inventory
 
@@ -24,11 +25,20 @@ class CompileFailure:
     message: str
 
 
+@dataclass(slots=True)
+class CompileCache:
+    """What hosts of one run share: their served domains' accounts and derived tables."""
+
+    accounts: ServedAccountsCache = field(default_factory=ServedAccountsCache)
+    domain_sets: DomainSetCache = field(default_factory=DomainSetCache)
+
+
 def compile_host(
-    inventory: Inventory, roles: Roles, host: str, cache: DomainSetCache | None = None
+    inventory: Inventory, roles: Roles, host: str, cache: CompileCache | None = None
 ) -> tuple[HostConfig, Target]:
-    cfg = resolve_host(inventory, host, role_defaults(roles))
-    tree = render_host(cfg, roles, cache)
+    cache = cache if cache is not None else CompileCache()
+    cfg = resolve_host(inventory, host, role_defaults(roles), cache.accounts)
+    tree = render_host(cfg, roles, cache.domain_sets)
     activations_for = functools.partial(make_activations, cfg, roles)
     return cfg, Target(host, inventory.hosts[host], tree, activations_for)
 
@@ -39,10 +49,11 @@ def compile_targets(
     """Targets for `hosts`, and the hosts that could not be compiled (with the reason)."""
     targets: list[Target] = []
     failures: list[CompileFailure] = []
-    cache = DomainSetCache()
-    for host in hosts:
-        try:
-            targets.append(compile_host(inventory, roles, host, cache)[1])
-        except Exception as exc:  # a template bug on one host must not hide the others' plans
-            failures.append(CompileFailure(host, f"render: {type(exc).__name__}: {exc}"))
+    cache = CompileCache()
+    with gc_paused():
+        for host in hosts:
+            try:
+                targets.append(compile_host(inventory, roles, host, cache)[1])
+            except Exception as exc:  # a template bug on one host must not hide the others
+                failures.append(CompileFailure(host, f"render: {type(exc).__name__}: {exc}"))
     return targets, failures
