@@ -14,7 +14,7 @@ policy (`SharedAgentText`) is made once for all hosts serving the same domains.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,19 +89,26 @@ def make_agent_config(cfg: HostConfig) -> AgentConfig:
 def _format_config(data: Mapping[str, Any], blocks: Mapping[str, str]) -> str:
     """Sorted keys, one line per top-level key and one line per entry of a non-empty
     top-level mapping (`blocks` gives some of those mappings' entry lines ready-made, joined
-    by ",\n"), so a plan's diff shows which account changed."""
-    lines = []
+    by ",\n"), so a plan's diff shows which account changed. One final join: the accounts
+    block of a large inventory is megabytes, each concatenation would copy it."""
+    pieces = ["{\n"]
     for key in sorted(data.keys() | blocks.keys()):
+        if len(pieces) > 1:
+            pieces.append(",\n")
         if key in blocks:
             block = blocks[key]
         else:
             value = data[key]
             if not isinstance(value, dict):
-                lines.append(f"  {_string(key)}: {_compact(value)}")
+                pieces += ("  ", _string(key), ": ", _compact(value))
                 continue
             block = ",\n".join(f"    {_string(k)}: {_compact(value[k])}" for k in sorted(value))
-        lines.append(f"  {_string(key)}: {{\n{block}\n  }}" if block else f"  {_string(key)}: {{}}")
-    return "{\n" + ",\n".join(lines) + "\n}\n"
+        if block:
+            pieces += ("  ", _string(key), ": {\n", block, "\n  }")
+        else:
+            pieces += ("  ", _string(key), ": {}")
+    pieces.append("\n}\n")
+    return "".join(pieces)
 
 
 def dump_agent_config(config: AgentConfig) -> str:
@@ -128,16 +135,17 @@ class SharedAgentText:
     redirects: str
 
 
-def make_shared_agent_text(
-    cfg: HostConfig, accounts: Sequence[tuple[str, Account]] | None = None
-) -> SharedAgentText:
-    """`accounts` is `mailboxes_by_domain(cfg)` if the caller has it already (fields are read
-    in that order); the JSON of each distinct list object is made once."""
+def make_account_entries(
+    accounts: Iterable[tuple[str, Account]],
+) -> tuple[list[str], list[str]]:
+    """The agent.json `accounts` entry of each `(address, account)` without its limits, in
+    the given order: the text before the limits and the text after. Independent of the
+    host's policy; the JSON of each distinct list object is made once."""
     heads: dict[tuple[int, bool], str] = {}  # (id(blacklist), enabled) → text
     tails: dict[int, str] = {}  # id(whitelist) → text
-    head_of: dict[str, str] = {}
-    tail_of: dict[str, str] = {}
-    for address, account in mailboxes_by_domain(cfg) if accounts is None else accounts:
+    before = []
+    after = []
+    for address, account in accounts:
         blacklist, whitelist, enabled = account.blacklist, account.whitelist, account.enabled
         head = heads.get((id(blacklist), enabled))
         if head is None:
@@ -150,15 +158,30 @@ def make_shared_agent_text(
         if tail is None:
             white = _sender_list_json(whitelist)
             tail = tails[id(whitelist)] = f', "whitelist": {white}}}'
-        head_of[address] = head
-        tail_of[address] = tail
+        before.append(f"    {_string(address)}: {head}")
+        after.append(tail)
+    return before, after
+
+
+def make_shared_agent_text(
+    cfg: HostConfig,
+    before: Mapping[str, str] | None = None,
+    after: Mapping[str, str] | None = None,
+) -> SharedAgentText:
+    """The domain-only parts of `cfg`'s agent.json. The account entries (by address, see
+    `make_account_entries`) may come ready-made (`compiler.fragments`)."""
+    if before is None or after is None:
+        accounts = mailboxes_by_domain(cfg)
+        heads, tails = make_account_entries(accounts)
+        before = dict(zip([a for a, _ in accounts], heads, strict=True))
+        after = dict(zip([a for a, _ in accounts], tails, strict=True))
     addresses = sorted(cfg.mailboxes)
     glue = []
     previous = ""
     for address in addresses:
-        entry = f"    {_string(address)}: {head_of[address]}"
+        entry = before[address]
         glue.append(f"{previous},\n{entry}" if previous else entry)
-        previous = tail_of[address]
+        previous = after[address]
     glue.append(previous)
     redirects = cfg.redirects
     return SharedAgentText(

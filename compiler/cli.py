@@ -187,13 +187,18 @@ def _compile(
     hosts: Sequence[str] | None = None,
     loaded: LoadedInventory | None = None,
 ) -> tuple[list[Target], list[HostResult]]:
+    from compiler.fragments import SUBDIRECTORY, FragmentCache
     from compiler.gcpause import gc_paused
     from compiler.targets import compile_targets
 
     with gc_paused():
         loaded = loaded or _load(args, err)
         selected = _hosts(loaded, args.host if hosts is None else hosts)
-        targets, failures = compile_targets(loaded.inventory, _roles(args), selected)
+        inventory = loaded.inventory
+        fragments = FragmentCache.open(
+            args.cache / SUBDIRECTORY, inventory.domains, loaded.domain_keys
+        )
+        targets, failures = compile_targets(inventory, _roles(args), selected, fragments=fragments)
         # The inventory and targets live until the process exits: keep their ~10^5 objects
         # out of every later collection (plan and apply go on allocating).
         gc.freeze()

@@ -8,7 +8,7 @@ resolved paths the files were rendered with.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +19,11 @@ from compiler.agentconfig import (
     probe_address,
     render_agent_config,
 )
+from compiler.fragments import DomainFragment, FragmentCache, make_fragment
 from compiler.resolve import HostConfig, mailboxes_by_domain
 from compiler.sieve import invert_redirects, make_vacation_script, reaching_addresses
 from compiler.tables import TableTexts, make_table_texts
-from schemas.domain import Account, Autoresponder
+from schemas.domain import Account
 from schemas.inventory import Role
 from schemas.policy import FailAction, Listener
 
@@ -76,29 +77,32 @@ class SieveScript:
 
 
 def make_autoresponders(
-    cfg: HostConfig, accounts: Sequence[tuple[str, Account]] | None = None
+    cfg: HostConfig, addresses: Iterable[str] | None = None
 ) -> list[SieveScript]:
     """Sieve scripts of enabled accounts whose autoresponder is enabled, by address.
-    `accounts` is `mailboxes_by_domain(cfg)` if the caller has it already."""
-    responders: list[tuple[str, Account, Autoresponder]] = []
-    for address, account in mailboxes_by_domain(cfg) if accounts is None else accounts:
-        responder = account.autoresponder
-        if responder is not None and responder.enabled:
-            responders.append((address, account, responder))
-    responders.sort(key=lambda item: item[0])
+    `addresses` are those accounts if the caller knows them already (any order)."""
+    mailboxes = cfg.mailboxes
+    if addresses is None:
+        addresses = [
+            address
+            for address, account in mailboxes_by_domain(cfg)
+            if account.autoresponder is not None and account.autoresponder.enabled
+        ]
     reverse = invert_redirects(cfg.redirects)
-    return [
-        SieveScript(
+    scripts = []
+    for address in sorted(addresses):
+        account = mailboxes[address]
+        responder = account.autoresponder
+        if responder is None or not responder.enabled:
+            continue
+        script = make_vacation_script(
             address,
-            make_vacation_script(
-                address,
-                responder,
-                aliases=reaching_addresses(address, reverse),
-                whitelist=account.whitelist,
-            ),
+            responder,
+            aliases=reaching_addresses(address, reverse),
+            whitelist=account.whitelist,
         )
-        for address, account, responder in responders
-    ]
+        scripts.append(SieveScript(address, script))
+    return scripts
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,29 +137,56 @@ class DomainSetCache:
     """Domain-derived data (tables, autoresponder scripts, agent.json account lines) made
     once per distinct set of served domains, for several hosts rendered in one run: hosts
     usually serve the same domains under different policies, and these are the costly parts
-    of a render. A hit renders exactly what a miss would (`DomainSetData.serves`)."""
+    of a render. A hit renders exactly what a miss would (`DomainSetData.serves`).
+    `fragments` gives each domain's rows (from disk when cached)."""
 
+    fragments: FragmentCache | None = None
     entries: list[DomainSetData] = field(default_factory=list)
 
     def get(self, cfg: HostConfig) -> DomainSetData:
         for entry in self.entries:
             if entry.serves(cfg):
                 return entry
-        entry = make_domain_set_data(cfg)
+        entry = make_domain_set_data(cfg, self.fragments)
         self.entries.append(entry)
         return entry
 
 
-def make_domain_set_data(cfg: HostConfig) -> DomainSetData:
-    accounts = mailboxes_by_domain(cfg)
+def _fragments_of(cfg: HostConfig, cache: FragmentCache | None) -> list[DomainFragment]:
+    """The rows of `cfg`'s mailboxes as fragments: one per served domain from `cache`, or
+    one for all mailboxes read in declaration order. The cached ones are used only if they
+    name exactly the host's mailboxes (always so for a host of the cache's inventory)."""
+    mailboxes = cfg.mailboxes
+    if cache is not None:
+        fragments = [cache.get(domain) for domain in cfg.domains]
+        names = [a for f in fragments for a in f.addresses]
+        if len(names) == len(mailboxes) and all(a in mailboxes for a in names):
+            return fragments
+    return [make_fragment(mailboxes_by_domain(cfg))]
+
+
+def make_domain_set_data(cfg: HostConfig, cache: FragmentCache | None = None) -> DomainSetData:
+    passwd: dict[str, str] = {}
+    before: dict[str, str] = {}
+    after: dict[str, str] = {}
+    no_imap: set[str] = set()
+    no_pop3: set[str] = set()
+    responders: list[str] = []
+    for fragment in _fragments_of(cfg, cache):
+        passwd.update(zip(fragment.addresses, fragment.passwd, strict=True))
+        before.update(zip(fragment.addresses, fragment.agent_before, strict=True))
+        after.update(zip(fragment.addresses, fragment.agent_after, strict=True))
+        no_imap.update(fragment.no_imap)
+        no_pop3.update(fragment.no_pop3)
+        responders.extend(fragment.responders)
     return DomainSetData(
         mailboxes=cfg.mailboxes,
         redirects=cfg.redirects,
         domain_names=cfg.domain_names,
         postmaster=cfg.postmaster,
-        tables=make_table_texts(cfg, accounts),
-        autoresponders=tuple(make_autoresponders(cfg, accounts)),
-        agent_text=make_shared_agent_text(cfg, accounts),
+        tables=make_table_texts(cfg, passwd, no_imap, no_pop3),
+        autoresponders=tuple(make_autoresponders(cfg, responders)),
+        agent_text=make_shared_agent_text(cfg, before, after),
     )
 
 

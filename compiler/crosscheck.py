@@ -39,10 +39,21 @@ class DomainSource:
         return self.redirect_index[i] if self.redirect_index is not None else i
 
 
+def _account_ref(src: DomainSource, i: int) -> Ref:
+    return Ref(src.file, ("accounts", src.account_at(i), "name"))
+
+
+def _redirect_ref(src: DomainSource, i: int) -> Ref:
+    return Ref(src.file, ("redirects", src.redirect_at(i), "name"))
+
+
 def check_domains(sources: Sequence[DomainSource]) -> list[Finding]:
     findings: list[Finding] = []
-    accounts: dict[str, Ref] = {}
-    redirects: dict[str, tuple[Ref, tuple[str, ...]]] = {}
+    # address → where it is first declared; `Ref`s are made only for findings (this loop
+    # sees every account and redirect of the inventory, tens of thousands).
+    accounts: dict[str, tuple[DomainSource, int]] = {}
+    redirect_at: dict[str, tuple[DomainSource, int]] = {}
+    redirect_to: dict[str, tuple[str, ...]] = {}
     for src in sources:
         dom = src.domain
         if src.stem != dom.domain:
@@ -54,40 +65,50 @@ def check_domains(sources: Sequence[DomainSource]) -> list[Finding]:
                     f"a domain file must be named after its domain ({dom.domain}.yml)",
                 )
             )
+        suffix = "@" + dom.domain
         for i, acc in enumerate(dom.accounts):
-            path: DataPath = ("accounts", src.account_at(i), "name")
-            findings.extend(_foreign(src, path, acc.name))
-            address = dom.address_of(acc.name)
-            if address in accounts:
-                findings.append(
-                    Finding(
-                        src.file,
-                        path,
-                        f"account {address} is declared twice (first at {{0}}); "
-                        "an address may have one account",
-                        refs=(accounts[address],),
-                    )
-                )
+            name = acc.name
+            if "@" in name:
+                findings.extend(_foreign(src, _account_ref(src, i).path, name))
+                address = name
             else:
-                accounts[address] = Ref(src.file, path)
+                address = name + suffix
+            first = accounts.get(address)
+            if first is None:
+                accounts[address] = (src, i)
+                continue
+            findings.append(
+                Finding(
+                    src.file,
+                    _account_ref(src, i).path,
+                    f"account {address} is declared twice (first at {{0}}); "
+                    "an address may have one account",
+                    refs=(_account_ref(*first),),
+                )
+            )
         for i, red in enumerate(dom.redirects):
-            path = ("redirects", src.redirect_at(i), "name")
-            findings.extend(_foreign(src, path, red.name))
-            address = dom.address_of(red.name)
-            if address in redirects:
-                findings.append(
-                    Finding(
-                        src.file,
-                        path,
-                        f"redirect {address} is declared twice (first at {{0}}); "
-                        "list every target in one redirect's `to`",
-                        refs=(redirects[address][0],),
-                    )
-                )
+            name = red.name
+            if "@" in name:
+                findings.extend(_foreign(src, _redirect_ref(src, i).path, name))
+                address = name
             else:
-                redirects[address] = (Ref(src.file, path), tuple(red.to))
-    findings.extend(_redirect_loops(redirects))
-    findings.extend(_dangling_targets(sources, accounts, redirects))
+                address = name + suffix
+            first = redirect_at.get(address)
+            if first is None:
+                redirect_at[address] = (src, i)
+                redirect_to[address] = tuple(red.to)
+                continue
+            findings.append(
+                Finding(
+                    src.file,
+                    _redirect_ref(src, i).path,
+                    f"redirect {address} is declared twice (first at {{0}}); "
+                    "list every target in one redirect's `to`",
+                    refs=(_redirect_ref(*first),),
+                )
+            )
+    findings.extend(_redirect_loops(redirect_at, redirect_to))
+    findings.extend(_dangling_targets(sources, accounts, redirect_to))
     return findings
 
 
@@ -107,10 +128,13 @@ def _foreign(src: DomainSource, path: DataPath, name: str) -> list[Finding]:
     ]
 
 
-def _redirect_loops(redirects: Mapping[str, tuple[Ref, tuple[str, ...]]]) -> list[Finding]:
+def _redirect_loops(
+    redirect_at: Mapping[str, tuple[DomainSource, int]],
+    redirects: Mapping[str, tuple[str, ...]],
+) -> list[Finding]:
     # Only redirects that point at other redirects can be part of a loop.
     graph: dict[str, list[str]] = {}
-    for src, (_, to) in redirects.items():
+    for src, to in redirects.items():
         onward = [t for t in to if t in redirects]
         if onward:
             graph[src] = onward
@@ -121,10 +145,10 @@ def _redirect_loops(redirects: Mapping[str, tuple[Ref, tuple[str, ...]]]) -> lis
             continue
         cycle = _cycle_through(start, graph, set(component))
         hops = " → ".join([*cycle, cycle[0]])
-        refs = tuple(redirects[a][0] for a in cycle)
+        refs = tuple(_redirect_ref(*redirect_at[a]) for a in cycle)
         where = ", ".join(f"{a} at {{{i}}}" for i, a in enumerate(cycle))
-        first = redirects[start][0]
-        to_index = redirects[start][1].index(cycle[1] if len(cycle) > 1 else start)
+        first = refs[0]
+        to_index = redirects[start].index(cycle[1] if len(cycle) > 1 else start)
         findings.append(
             Finding(
                 first.file,
@@ -200,8 +224,8 @@ def _cycle_through(start: str, graph: Mapping[str, Sequence[str]], allowed: set[
 
 def _dangling_targets(
     sources: Sequence[DomainSource],
-    accounts: Mapping[str, Ref],
-    redirects: Mapping[str, tuple[Ref, tuple[str, ...]]],
+    accounts: Mapping[str, object],
+    redirects: Mapping[str, object],
 ) -> list[Finding]:
     local = {src.domain.domain for src in sources}
     findings = []

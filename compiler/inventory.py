@@ -46,6 +46,9 @@ class LoadedInventory:
     inventory: Inventory
     warnings: tuple[Diagnostic, ...]
     files: tuple[str, ...]  # every file read, as named in diagnostics
+    # Domain name → the parse cache's content key of its file (when loaded with a cache):
+    # what `compiler.fragments` keys a domain's render rows by.
+    domain_keys: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -99,17 +102,21 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
         run.findings.extend(findings)
         run.findings.extend(check_postfix_main(raw_main, file=main_name))
 
-    sources, used = _load_domains(run, root / DOMAINS_DIR, cache, stats)
+    sources, keys = _load_domains(run, root / DOMAINS_DIR, cache, stats)
+    used = set(keys.values())
     if cache is not None:
         cache.prune(used)
 
     run.findings.extend(check_domains([*sources, *run.partial]))
     domains: dict[str, Domain] = {}
     domain_files: dict[str, str] = {}
+    domain_keys: dict[str, str] = {}
     for src in sources:
         if src.domain.domain not in domains or src.stem == src.domain.domain:
             domains[src.domain.domain] = src.domain
             domain_files[src.domain.domain] = src.file
+            if cache is not None:
+                domain_keys[src.domain.domain] = keys[src.file]
     # Hosts may name a domain whose file is invalid: the file's errors are reported already.
     for src in run.partial:
         domain_files.setdefault(src.domain.domain, src.file)
@@ -144,6 +151,7 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
         inventory=inventory,
         warnings=tuple(diagnostics),
         files=tuple(run.contents),
+        domain_keys=domain_keys,
     )
 
 
@@ -195,9 +203,10 @@ def _domain_files(directory: Path) -> list[Path]:
 
 def _load_domains(
     run: _Run, directory: Path, cache: DomainCache | None, stats: LoadStats
-) -> tuple[list[DomainSource], set[str]]:
+) -> tuple[list[DomainSource], dict[str, str]]:
+    """The valid domain files, and each one's cache key by file name."""
     sources: list[DomainSource] = []
-    used: set[str] = set()
+    keys: dict[str, str] = {}
     for file in _domain_files(directory):
         name = str(file)
         data = file.read_bytes()
@@ -212,10 +221,10 @@ def _load_domains(
                 continue
             if cache is not None:
                 cache.put(key, entry)
-        used.add(key)
+        keys[name] = key
         run.located.extend(replace(w, file=name) for w in entry.warnings)
         sources.append(DomainSource(file=name, stem=file.stem, domain=entry.domain))
-    return sources, used
+    return sources, keys
 
 
 def _validate_domain(

@@ -28,8 +28,12 @@ def _unchanged(dest: str, file: RenderedFile) -> bool:
         or st.st_size != len(file.content)
     ):
         return False
-    with open(dest, "rb") as f:
-        return f.read() == file.content
+    # os-level calls: a Python file object costs more than the read for a small file.
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        return os.read(fd, st.st_size + 1) == file.content
+    finally:
+        os.close(fd)
 
 
 def write_tree(tree: FileTree, directory: Path) -> int:

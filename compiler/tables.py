@@ -14,7 +14,7 @@ them. Both use the same row rules below (`maildir_of`, `quota_rule`, `passwd_lin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 from compiler.resolve import HostConfig, mailboxes_by_domain
@@ -145,27 +145,34 @@ def format_map(rows: Iterable[tuple[str, str]]) -> str:
     return format_lines([f"{key} {value}" for key, value in rows])
 
 
-def make_table_texts(
-    cfg: HostConfig, accounts: Sequence[tuple[str, Account]] | None = None
-) -> TableTexts:
-    """Every table's file body, straight from the model (no row tuples in between).
-    `accounts` is `mailboxes_by_domain(cfg)` if the caller has it already: the account
-    fields are read in that order, the lines are laid out in address order."""
-    mailboxes = cfg.mailboxes
+def make_passwd_lines(accounts: Iterable[tuple[str, Account]]) -> list[str]:
+    """The passwd-file line of each `(address, account)`, in the given order."""
     quota_extra: dict[int, str] = {}  # a handful of distinct quotas among all accounts
-    passwd: dict[str, str] = {}
-    no_imap: set[str] = set()
-    no_pop3: set[str] = set()
-    for address, account in mailboxes_by_domain(cfg) if accounts is None else accounts:
+    lines = []
+    for address, account in accounts:
         quota = account.quota
         extra = quota_extra.get(quota)
         if extra is None:
             extra = quota_extra[quota] = " ".join(quota_rule(quota))
-        passwd[address] = passwd_line(address, account.password, extra)
-        if not account.imap:
-            no_imap.add(address)
-        if not account.pop3:
-            no_pop3.add(address)
+        lines.append(passwd_line(address, account.password, extra))
+    return lines
+
+
+def make_table_texts(
+    cfg: HostConfig,
+    passwd: Mapping[str, str] | None = None,
+    no_imap: Container[str] | None = None,
+    no_pop3: Container[str] | None = None,
+) -> TableTexts:
+    """Every table's file body, straight from the model (no row tuples in between), lines in
+    address order. The per-account rows (passwd line by address, accounts refused IMAP or
+    POP3) may come ready-made (`compiler.fragments`); they are made here otherwise."""
+    mailboxes = cfg.mailboxes
+    if passwd is None or no_imap is None or no_pop3 is None:
+        accounts = mailboxes_by_domain(cfg)
+        passwd = dict(zip([a for a, _ in accounts], make_passwd_lines(accounts), strict=True))
+        no_imap = {a for a, acc in accounts if not acc.imap}
+        no_pop3 = {a for a, acc in accounts if not acc.pop3}
     return TableTexts(
         virtual_mailbox_domains=format_map(make_virtual_mailbox_domains(cfg)),
         virtual_mailbox_maps=format_lines([f"{a} {maildir_of(a)}" for a in mailboxes]),

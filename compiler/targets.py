@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from compiler.context import DomainSetCache
 from compiler.fleet import Target
+from compiler.fragments import FragmentCache
 from compiler.gcpause import gc_paused
 from compiler.render import render_host
 from compiler.resolve import HostConfig, ServedAccountsCache, resolve_host
@@ -44,16 +45,23 @@ def compile_host(
 
 
 def compile_targets(
-    inventory: Inventory, roles: Roles, hosts: Sequence[str]
+    inventory: Inventory,
+    roles: Roles,
+    hosts: Sequence[str],
+    *,
+    fragments: FragmentCache | None = None,
 ) -> tuple[list[Target], list[CompileFailure]]:
-    """Targets for `hosts`, and the hosts that could not be compiled (with the reason)."""
+    """Targets for `hosts`, and the hosts that could not be compiled (with the reason).
+    `fragments` (for this inventory) reuses per-domain rows made by an earlier run."""
     targets: list[Target] = []
     failures: list[CompileFailure] = []
-    cache = CompileCache()
+    cache = CompileCache(domain_sets=DomainSetCache(fragments))
     with gc_paused():
         for host in hosts:
             try:
                 targets.append(compile_host(inventory, roles, host, cache)[1])
             except Exception as exc:  # a template bug on one host must not hide the others
                 failures.append(CompileFailure(host, f"render: {type(exc).__name__}: {exc}"))
+    if fragments is not None:
+        fragments.prune()
     return targets, failures
