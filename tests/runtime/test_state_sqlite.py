@@ -38,12 +38,14 @@ def _hammer(path: str, n: int) -> None:
 def test_concurrent_processes_never_exceed_limit(tmp_path: Path) -> None:
     path = str(tmp_path / "state.db")
     SqliteStore(path).close()
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: a fork while another test's store thread holds SQLite's allocator
+    # mutex leaves the child deadlocked on it.
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_hammer, args=(path, 100)) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join()
+        p.join(120)
         assert p.exitcode == 0
     store = SqliteStore(path)
     res = store.consume("a@x.org", 0, [Window("day", 150)], 1_700_000_000.0)
