@@ -33,6 +33,16 @@ class RequestParser:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[dict[str, str]]:
+        if (
+            not self._buf
+            and len(data) > 2
+            and data.find(b"\n\n") == len(data) - 2
+            and data[:1] != b"\n"
+        ):
+            # One whole request in one read: what a client waiting for each answer sends.
+            if len(data) - 2 > self.max_request:
+                raise ProtocolError(f"request larger than {self.max_request} bytes")
+            return [parse_request(data[:-1])]
         buf = self._buf + data if self._buf else data
         out: list[dict[str, str]] = []
         start = 0

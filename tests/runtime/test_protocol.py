@@ -125,3 +125,18 @@ def test_fuzz_garbage_only_protocol_errors(data: bytes, cut: int) -> None:
             assert all(isinstance(k, str) and k for k in r)
     except ProtocolError:
         pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(req=st.dictionaries(_names, _values, min_size=1, max_size=8), junk=st.binary(max_size=40))
+def test_fuzz_whole_request_per_read_same_as_split(req: dict[str, str], junk: bytes) -> None:
+    # The one-request-per-read fast path and the general path agree, errors included.
+    for data in (b"".join(f"{k}={v}\n".encode() for k, v in req.items()) + b"\n", junk + b"\n\n"):
+        outcomes = []
+        for chunks in ([data], [data[:1], data[1:]]):
+            p = RequestParser(max_request=64)
+            try:
+                outcomes.append([r for c in chunks for r in p.feed(c)])
+            except ProtocolError as exc:
+                outcomes.append([{"error": str(exc)}])
+        assert outcomes[0] == outcomes[1]
