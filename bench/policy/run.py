@@ -17,9 +17,11 @@ A server that fails to start or to answer is reported as failed; the others stil
 
 The result is a Markdown table on stdout (progress lines go to stderr). `server CPU` is the
 user+system CPU time of the server's process tree per decision (not Redis'): on a shared
-machine it is steadier than the throughput. Ports: 22500-22599 on 127.0.0.1.
+machine it is steadier than the throughput; `--repeat N` shows the median of N runs. Ports:
+22500-22599 on 127.0.0.1.
 
-    python bench/policy/run.py [--conns 1,8,32] [--servers agent-sqlite,agent-redis,postfwd,policyd]
+    python bench/policy/run.py [--conns 1,8,32] [--repeat 3]
+        [--servers agent-sqlite,agent-redis,postfwd,policyd]
 """
 
 from __future__ import annotations
@@ -517,9 +519,10 @@ SERVERS = {
 class Row:
     server: str
     conns: int
-    result: LoadResult | None = None
-    wrong: int = 0
+    result: LoadResult | None = None  # the median run by decisions/s
+    wrong: int = 0  # senders with wrong counts, worst run
     error: str = ""
+    rates: list[float] = field(default_factory=list)  # decisions/s of every run
 
 
 @contextlib.contextmanager
@@ -534,24 +537,32 @@ def temp_dir(parent: Path | None = None) -> Iterator[Path]:
 def bench_server(
     srv: Server, msgs: list[str], conns: list[int], args: argparse.Namespace, shared: Path
 ) -> list[Row]:
-    """One fresh server (own temp dir under `shared`) per connection count."""
+    """A fresh server (own temp dir under `shared`) per connection count and repeat."""
     rows = []
     for n in conns:
         row = Row(srv.name, n)
-        with temp_dir(shared) as tmp:
-            run: Running | None = None
-            try:
-                run = srv.start(tmp, args.limit)
-                cpu = functools.partial(tree_cpu, run.pid)
-                res = run_load(run.addr, msgs, n, args.procs, srv.state, cpu)
-                row.result = res
-                row.wrong = check_exact(msgs, res.accepts, args.limit)
-            except Exception as exc:
-                row.error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-            finally:
-                if run is not None:
-                    for stop in run.stops:
-                        stop()
+        results: list[LoadResult] = []
+        for _ in range(args.repeat):
+            with temp_dir(shared) as tmp:
+                run: Running | None = None
+                try:
+                    run = srv.start(tmp, args.limit)
+                    cpu = functools.partial(tree_cpu, run.pid)
+                    res = run_load(run.addr, msgs, n, args.procs, srv.state, cpu)
+                    results.append(res)
+                    row.wrong = max(row.wrong, check_exact(msgs, res.accepts, args.limit))
+                except Exception as exc:
+                    row.error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+                finally:
+                    if run is not None:
+                        for stop in run.stops:
+                            stop()
+            if row.error:
+                break
+        if results and not row.error:
+            results.sort(key=lambda r: r.per_s)
+            row.result = results[len(results) // 2]
+            row.rates = [r.per_s for r in results]
         rows.append(row)
         log(format_line(row))
         if row.error and row.result is None and "not found" in row.error:
@@ -588,8 +599,11 @@ def format_table(rows: list[Row], sizes: dict[str, int]) -> str:
         r = row.result
         cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else "?"
         exact = "yes" if row.wrong == 0 else f"**no** ({row.wrong} senders wrong)"
+        rate = f"{r.per_s:,.0f}"
+        if len(row.rates) > 1:
+            rate += f" ({min(row.rates):,.0f} to {max(row.rates):,.0f})"
         out.append(
-            f"| {row.server} | {row.conns} | {r.decisions} | {r.per_s:,.0f} | {r.p50_ms:.2f} "
+            f"| {row.server} | {row.conns} | {r.decisions} | {rate} | {r.p50_ms:.2f} "
             f"| {r.p99_ms:.2f} | {cpu} | {exact} |"
         )
     return "\n".join(out)
@@ -604,6 +618,13 @@ def main() -> int:
     ap.add_argument("--hot-sends", type=int, default=1000)
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--procs", type=int, default=2, help="load generator processes")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per server and connection count; the table shows the median run by "
+        "decisions/s (and the range)",
+    )
     ap.add_argument(
         "--peer-senders",
         type=int,
