@@ -6,9 +6,9 @@ accounts refused IMAP or POP3, and those with an autoresponder. `compiler.contex
 every host's tables from the fragments of the domains it serves, in address order.
 
 `FragmentCache` keeps fragments on disk, keyed by the domain file's content key from the parse
-cache (file bytes + schema and loader code) and a fingerprint of the code that makes them, so
-after editing one domain file only that domain's rows are made again. The directory must be
-private to the user (it holds pickles, which are code when loaded).
+cache (file bytes + schema and loader code) under a fingerprint of the code that makes them,
+so after editing one domain file only that domain's rows are made again. The directory must
+be private to the user (it holds pickles, which are code when loaded).
 """
 
 from __future__ import annotations
@@ -80,64 +80,88 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+def _read(path: Path) -> dict[str, DomainFragment]:
+    """The fragments stored in `path` ({} if missing or damaged: they are made again)."""
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, DomainFragment)}
+
+
+def _write(directory: Path, path: Path, data: dict[str, DomainFragment]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 @dataclass(slots=True)
 class FragmentCache:
     """Fragments of the domains of one loaded inventory, from disk when their key is known.
     `keys` maps each `Domain` object of that inventory (by identity; `domains` keeps them
-    alive) to its content key; a domain without a key is simply made."""
+    alive) to its content key; a domain without a key is simply made.
+
+    On disk: one pack file with the fragments of a run, plus one small file per fragment
+    made since (creating a file costs about as much as reading a thousand fragments, so a
+    cold run writes one file and a run after an edit writes one small file). `save` packs
+    again once there are `MAX_LOOSE` loose files, keeping only the fragments in use."""
 
     directory: Path
     domains: Mapping[str, Domain]
     keys: dict[int, str]
     fingerprint: str
-    used: set[str] = field(default_factory=set)
+    stored: dict[str, DomainFragment]
+    loose: int
+    used: dict[str, DomainFragment] = field(default_factory=dict)
+    made: dict[str, DomainFragment] = field(default_factory=dict)
+
+    MAX_LOOSE = 64
 
     @classmethod
     def open(
         cls, directory: Path, domains: Mapping[str, Domain], domain_keys: Mapping[str, str]
     ) -> FragmentCache:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fingerprint = code_fingerprint()
+        stored = _read(directory / f"pack-{fingerprint}.pickle")
+        loose = sorted(directory.glob(f"loose-{fingerprint}-*.pickle"))
+        for path in loose:
+            stored.update(_read(path))
         keys = {id(d): domain_keys[name] for name, d in domains.items() if name in domain_keys}
-        return cls(directory, domains, keys, code_fingerprint())
+        return cls(directory, domains, keys, fingerprint, stored, len(loose))
 
     def get(self, domain: Domain) -> DomainFragment:
         key = self.keys.get(id(domain))
         if key is None or self.domains.get(domain.domain) is not domain:
             return make_domain_fragment(domain)
-        name = f"{key}-{self.fingerprint}"
-        self.used.add(name)
-        path = self.directory / f"{name}.pickle"
-        try:
-            with open(path, "rb") as f:
-                entry = pickle.load(f)
-            if isinstance(entry, DomainFragment):
-                return entry
-        except FileNotFoundError:
-            pass
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
-            pass  # damaged: made again and overwritten
-        entry = make_domain_fragment(domain)
-        self._put(path, entry)
-        return entry
+        fragment = self.stored.get(key)
+        if fragment is None:
+            fragment = self.made[key] = make_domain_fragment(domain)
+        self.used[key] = fragment
+        return fragment
 
-    def _put(self, path: Path, entry: DomainFragment) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(entry, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-    def prune(self) -> int:
-        """Remove fragments not used by this run once they outnumber the used ones twice
-        over (as `parsecache.DomainCache.prune`). Returns how many were removed."""
-        entries = [p for p in self.directory.glob("*.pickle") if p.stem not in self.used]
-        if len(entries) <= 2 * len(self.used) + 16:
-            return 0
-        for p in entries:
-            with contextlib.suppress(OSError):
-                p.unlink()
-        return len(entries)
+    def save(self) -> None:
+        """Store the fragments made by this run (see the class docstring)."""
+        if not self.made:
+            return
+        if self.loose + len(self.made) <= self.MAX_LOOSE and self.stored:
+            for key, fragment in self.made.items():
+                path = self.directory / f"loose-{self.fingerprint}-{key}.pickle"
+                _write(self.directory, path, {key: fragment})
+            return
+        _write(self.directory, self.directory / f"pack-{self.fingerprint}.pickle", self.used)
+        for path in self.directory.glob("*.pickle"):
+            if not path.name.startswith(f"pack-{self.fingerprint}"):
+                with contextlib.suppress(OSError):
+                    path.unlink()

@@ -63,5 +63,5 @@ def compile_targets(
             except Exception as exc:  # a template bug on one host must not hide the others
                 failures.append(CompileFailure(host, f"render: {type(exc).__name__}: {exc}"))
     if fragments is not None:
-        fragments.prune()
+        fragments.save()
     return targets, failures

@@ -91,7 +91,7 @@ def test_warm_render_after_an_edit_equals_a_cold_render(
     cache = tmp_path / "cache"
     _render(inv, tmp_path / "first", cache, capsys)
     fragments = set((cache / "fragments").iterdir())
-    assert len(fragments) == 12
+    assert [p.name.split("-")[0] for p in fragments] == ["pack"]
     _edit(inv)
     _render(inv, tmp_path / "warm", cache, capsys)
     _render(inv, tmp_path / "cold", tmp_path / "fresh-cache", capsys)
@@ -100,7 +100,8 @@ def test_warm_render_after_an_edit_equals_a_cold_render(
     assert warm != _tree_of(tmp_path / "first")
     assert "mx1/etc/dovecot/autoreply/newcomer@d0003.bench.test.sieve" in warm
     # The warm run made a fragment for the edited domain only and reused the other eleven.
-    assert len(set((cache / "fragments").iterdir()) - fragments) == 1
+    made = set((cache / "fragments").iterdir()) - fragments
+    assert [p.name.split("-")[0] for p in made] == ["loose"]
 
 
 def test_warm_load_reuses_unchanged_domain_files(tmp_path: Path) -> None:
@@ -167,11 +168,32 @@ def test_cached_fragments_render_like_fresh_ones(tmp_path: Path) -> None:
     loaded = load_inventory(inv, cache_dir=tmp_path / "cache")
     domains = loaded.inventory.domains
     cfg = resolve_host(loaded.inventory, "mx1", role_defaults(ROLES))
-    for _ in range(2):  # made and stored, then read back
+    for made in (4, 0, 0):  # made and packed, then read back (twice: nothing to write)
         fragments = FragmentCache.open(tmp_path / "fragments", domains, loaded.domain_keys)
         for domain in domains.values():
             assert fragments.get(domain) == make_domain_fragment(domain)
         assert make_domain_set_data(cfg, fragments) == make_domain_set_data(cfg)
+        assert len(fragments.made) == made
+        fragments.save()
+    assert len(list((tmp_path / "fragments").iterdir())) == 1
+
+
+def test_fragment_files_are_packed_again_after_many_edits(tmp_path: Path) -> None:
+    inv = GENERATE(tmp_path / "gen", domains=3, accounts=2, redirects=1)
+    directory = tmp_path / "fragments"
+    domain_file = inv / "domains" / "d0001.bench.test.yml"
+    original = domain_file.read_text()
+    for quota in range(1, FragmentCache.MAX_LOOSE + 3):
+        domain_file.write_text(original.replace("quota: 2G", f"quota: {quota}M", 1))
+        loaded = load_inventory(inv, cache_dir=tmp_path / "cache")
+        fragments = FragmentCache.open(directory, loaded.inventory.domains, loaded.domain_keys)
+        for domain in loaded.inventory.domains.values():
+            assert fragments.get(domain) == make_domain_fragment(domain)
+        fragments.save()
+        files = len(list(directory.iterdir()))
+        assert files == min(quota, FragmentCache.MAX_LOOSE + 1) or quota > FragmentCache.MAX_LOOSE
+    # The 66th run found 64 loose files: one pack again, of the fragments in use.
+    assert [p.name.split("-")[0] for p in directory.iterdir()] == ["pack"]
 
 
 def test_hosts_share_derived_data_only_for_the_same_domains(tmp_path: Path) -> None:
