@@ -126,12 +126,12 @@ def _sender_list_json(senders: SenderList) -> str:
 class SharedAgentText:
     """The parts of agent.json that depend on the served domains only, so hosts serving the
     same domains share them: the `accounts` entries without their limits (which follow the
-    host's policy) and the `redirects` entries. `account_glue[i]` is the text before the i-th
-    account's limits (after the previous account's), the last item the text after the last;
-    `addresses` gives the accounts in order."""
+    host's policy) and the `redirects` entries: for the i-th account of `addresses`, the text
+    before its limits and the text after."""
 
     addresses: tuple[str, ...]
-    account_glue: tuple[str, ...]
+    before: tuple[str, ...]
+    after: tuple[str, ...]
     redirects: str
 
 
@@ -176,17 +176,11 @@ def make_shared_agent_text(
         before = dict(zip([a for a, _ in accounts], heads, strict=True))
         after = dict(zip([a for a, _ in accounts], tails, strict=True))
     addresses = sorted(cfg.mailboxes)
-    glue = []
-    previous = ""
-    for address in addresses:
-        entry = before[address]
-        glue.append(f"{previous},\n{entry}" if previous else entry)
-        previous = after[address]
-    glue.append(previous)
     redirects = cfg.redirects
     return SharedAgentText(
         addresses=tuple(addresses),
-        account_glue=tuple(glue),
+        before=tuple([before[a] for a in addresses]),
+        after=tuple([after[a] for a in addresses]),
         redirects=",\n".join(
             f"    {_string(source)}: [{', '.join(map(_string, redirects[source]))}]"
             for source in sorted(redirects)
@@ -198,9 +192,15 @@ def _accounts_block(cfg: HostConfig, shared: SharedAgentText) -> str:
     limits = cfg.limits
     distinct = {id(value): value for value in limits.values()}
     texts = {key: _compact(value.model_dump(mode="json")) for key, value in distinct.items()}
-    pieces = [""] * (2 * len(shared.addresses) + 1)
-    pieces[0::2] = shared.account_glue
-    pieces[1::2] = [texts[id(limits[address])] for address in shared.addresses]
+    count = len(shared.addresses)
+    if not count:
+        return ""
+    # before, limits, after, separator for each account, laid out by slice assignment.
+    pieces = [",\n"] * (4 * count)
+    pieces[0::4] = shared.before
+    pieces[1::4] = [texts[id(limits[address])] for address in shared.addresses]
+    pieces[2::4] = shared.after
+    pieces[-1] = ""
     return "".join(pieces)
 
 

@@ -3,8 +3,9 @@
 Generates (in a temp dir) 1,000 domains / 50,000 accounts / 20,000 redirects, then measures in
 one run and prints a Markdown table:
 
-- `mailcfg render` (the real CLI, a fresh process each time): cold (empty cache) and warm
-  after editing one domain file; targets ≤ 3 s and ≤ 1 s; best and median wall time of
+- `mailcfg render` (the real CLI, a fresh process each time): cold (empty cache; the output
+  directory holds the previous render, as when re-rendering a checkout) and warm after editing
+  one domain file; targets ≤ 3 s and ≤ 1 s; best and median wall time of
   `--repeat` runs, and the median CPU time (user + sys) of the process, which varies less
   than wall time on a shared machine;
 - `load_inventory` alone, cold and warm, in-process;
@@ -19,6 +20,7 @@ Timings are wall-clock and depend on the machine's load: run it on a quiet machi
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import statistics
@@ -72,10 +74,19 @@ def cli_runs(
     return min(walls), statistics.median(walls), statistics.median(cpus)
 
 
-def mailcfg_render(inv: Path, out: Path, cache: Path) -> None:
+def cli_environment(base: Path) -> dict[str, str]:
+    """The CLI's environment: bytecode cached (under the bench directory, not the source
+    tree), as an installed mailcfg has it, even when the caller sets
+    PYTHONDONTWRITEBYTECODE (compiling mailcfg's own modules would add ~40 ms per run)."""
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(base / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def mailcfg_render(inv: Path, out: Path, cache: Path, env: dict[str, str]) -> None:
     cmd = [sys.executable, "-m", "compiler.cli", "render", str(inv), "--out", str(out)]
     cmd += ["--cache", str(cache)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"mailcfg render failed:\n{done.stderr[-3000:]}")
 
@@ -110,24 +121,28 @@ def main() -> None:
     out = base / "out"
     edits = iter(range(10**6))
 
+    env = cli_environment(base)
+
     def fresh_cache() -> None:
         shutil.rmtree(cache, ignore_errors=True)
+
+    mailcfg_render(inv, out, cache, env)  # writes the output tree and the bytecode once
 
     cli_rows: list[tuple[str, tuple[float, float, float], str]] = []
     cli_rows.append(
         (
             "`mailcfg render`, cold (empty cache, new process)",
-            cli_runs(r, lambda: mailcfg_render(inv, out, cache), fresh_cache),
+            cli_runs(r, lambda: mailcfg_render(inv, out, cache, env), fresh_cache),
             "≤ 3 s",
         )
     )
-    mailcfg_render(inv, out, cache)
+    mailcfg_render(inv, out, cache, env)
     cli_rows.append(
         (
             "`mailcfg render`, warm, one domain file edited",
             cli_runs(
                 r,
-                lambda: mailcfg_render(inv, out, cache),
+                lambda: mailcfg_render(inv, out, cache, env),
                 lambda: touch_one_domain(inv, next(edits)),
             ),
             "≤ 1 s",
