@@ -198,7 +198,10 @@ def _accounts_block(cfg: HostConfig, shared: SharedAgentText) -> str:
     # before, limits, after, separator for each account, laid out by slice assignment.
     pieces = [",\n"] * (4 * count)
     pieces[0::4] = shared.before
-    pieces[1::4] = [texts[id(limits[address])] for address in shared.addresses]
+    if tuple(limits) == shared.addresses:  # resolve_host's order: no lookup by address
+        pieces[1::4] = list(map(texts.__getitem__, map(id, limits.values())))
+    else:
+        pieces[1::4] = [texts[id(limits[address])] for address in shared.addresses]
     pieces[2::4] = shared.after
     pieces[-1] = ""
     return "".join(pieces)

@@ -160,7 +160,7 @@ def _fragments_of(cfg: HostConfig, cache: FragmentCache | None) -> list[DomainFr
     if cache is not None:
         fragments = [cache.get(domain) for domain in cfg.domains]
         names = [a for f in fragments for a in f.addresses]
-        if len(names) == len(mailboxes) and all(a in mailboxes for a in names):
+        if len(names) == len(mailboxes) and all(map(mailboxes.__contains__, names)):
             return fragments
     return [make_fragment(mailboxes_by_domain(cfg))]
 

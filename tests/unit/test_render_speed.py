@@ -221,6 +221,8 @@ def test_a_hand_built_config_renders_its_own_mailboxes() -> None:
     users = render_host(other, ROLES)["/etc/dovecot/users"].content.decode()
     assert [line.split(":")[0] for line in users.splitlines()] == list(kept)
     assert render_agent_config(other) == dump_agent_config(make_agent_config(other))
+    reordered = cfg.model_copy(update={"limits": dict(reversed(cfg.limits.items()))})
+    assert render_agent_config(reordered) == dump_agent_config(make_agent_config(cfg))
 
 
 def _file(content: bytes, mode: int = 0o644) -> RenderedFile:
