@@ -92,12 +92,13 @@ def mailcfg_render(inv: Path, out: Path, cache: Path, env: dict[str, str]) -> No
 
 
 def touch_one_domain(inv: Path, n: int) -> None:
-    """Edit one domain file (a new account), as an admin's commit would."""
+    """Edit one domain file (a new account), as an admin's commit would. The account name
+    also counts earlier edits, so a kept inventory (--keep) can be measured again."""
     f = inv / "domains" / "d0500.bench.test.yml"
     text = f.read_text()
     marker = "accounts:\n"
     account = (
-        f"  - name: bench{n}\n"
+        f"  - name: bench{n}-{text.count('  - name: bench')}\n"
         '    password: "{BLF-CRYPT}$2b$12$1.bvD2JGivMxXj64XddFyOe2th8Ti5BNJWgAYM4gEHsd1m4j0GoYm"\n'
     )
     f.write_text(text.replace(marker, marker + account, 1))
