@@ -95,7 +95,9 @@ class SqliteStore:
         self._mutex = threading.Lock()
         # account → (locked, hour_key, hour_n, day_key, day_n, month_key, month_n) as stored
         # (keys -1 when there is no usage row); valid while `_version` is the data_version
-        # seen at this connection's last commit (see the module docstring). Tuples of ints,
+        # seen at this connection's last commit (see the module docstring). This connection's
+        # own commits don't change data_version: any other method writing `usage` or `locks`
+        # must drop the account from the cache (as consume, lock and unlock do). Tuples of ints,
         # not lists: the garbage collector stops tracking them, so a cache of many accounts
         # does not lengthen its full collections.
         self._cache: dict[str, tuple[int, ...]] = {}
