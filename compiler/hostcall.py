@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from compiler import onhost
 from compiler.transport import Transport
 from compiler.types import Activation
 
@@ -38,7 +37,8 @@ class HostError(Exception):
 
 def onhost_script() -> tuple[str, bytes]:
     """The script's host path and content."""
-    content = Path(onhost.__file__).read_bytes()
+    # Read as data, not imported: the script runs on the host, the controller only ships it.
+    content = Path(__file__).with_name("onhost.py").read_bytes()
     digest = hashlib.sha256(content).hexdigest()[:12]
     return f"{STATE_DIR}/onhost-{digest}.py", content
 
