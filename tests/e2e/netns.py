@@ -9,9 +9,10 @@ generates). The lab's known_hosts file holds every host key, so strict checking 
 Hosts share this machine's filesystem: each gets a private directory (`host.root`) for the
 config roots its inventory points at, and sees its own /var/lib/mailcfg (mailcfg's release
 state, not movable by the inventory) through a bind mount in the private mount namespace its
-sshd runs in; `enter`/`run_in_host`/`start_service` join both namespaces with nsenter. Host numbers are allocated under a lock and each namespace
-records its owner PID, so parallel sessions never collide, and namespaces left by a crashed
-session (owner dead) are removed by the next one. Everything is stopped by PID, never by name.
+sshd runs in; `enter`/`run_in_host`/`start_service` join both namespaces with nsenter. Host
+numbers are allocated under a lock and each namespace records its owner PID, so parallel
+sessions never collide, and namespaces left by a crashed session (owner dead) are removed by
+the next one. Everything is stopped by PID, never by name.
 """
 
 from __future__ import annotations
