@@ -93,14 +93,17 @@ return 1
 _INDEX = {"hour": 0, "day": 1, "month": 2}
 
 
+def _text(value: bytes | str) -> str:
+    """Replies are bytes (no decode_responses); redis-py types them as bytes | str."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RedisStore:
     """`StateStore` + `LimitStore` on a Redis server."""
 
     def __init__(self, url: str, *, host: str = "", prefix: str = "mailcfg:") -> None:
         self.url = url
-        self.r: redis.Redis[bytes] = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5
-        )
+        self.r: redis.Redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.prefix = prefix
         self.host = host or "default"
         self._consume = self.r.register_script(_CONSUME_BATCH)
@@ -178,8 +181,8 @@ class RedisStore:
         return bool(self.r.hexists(self._locks, account))
 
     def locks(self) -> Mapping[str, str]:
-        raw: dict[bytes, bytes] = self.r.hgetall(self._locks)
-        return {k.decode(): v.decode() for k, v in sorted(raw.items())}
+        raw = self.r.hgetall(self._locks)
+        return {_text(k): _text(v) for k, v in sorted(raw.items())}
 
     def once(self, key: str, ttl: float, now: float) -> bool:
         # The value is the expiry by the caller's clock (like SQLite); PX only reclaims memory.
@@ -204,13 +207,12 @@ class RedisStore:
         if day is not None:
             days = [day]
         else:
-            raw_days: set[bytes] = self.r.smembers(self.prefix + "stats:days")
-            days = sorted(d.decode() for d in raw_days)
+            days = sorted(_text(d) for d in self.r.smembers(self.prefix + "stats:days"))
         rows: list[tuple[str, str, str, int]] = []
         for d in days:
-            raw: dict[bytes, bytes] = self.r.hgetall(self.prefix + "stats:" + d)
+            raw = self.r.hgetall(self.prefix + "stats:" + d)
             for field, value in raw.items():
-                acct, _, name = field.decode().partition("\t")
+                acct, _, name = _text(field).partition("\t")
                 if account is None or acct == account:
                     rows.append((d, acct, name, int(value)))
         rows.sort(key=lambda r: (r[0], r[1]))
@@ -220,7 +222,7 @@ class RedisStore:
         raw = self.r.hget(f"{self.prefix}{self.host}:positions", name)
         if raw is None:
             return None
-        identity, _, offset = raw.decode().rpartition("\t")
+        identity, _, offset = _text(raw).rpartition("\t")
         return identity, int(offset)
 
     def set_position(self, name: str, identity: str, offset: int) -> None:
