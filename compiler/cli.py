@@ -233,12 +233,12 @@ def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_render(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from compiler.outdir import write_tree
+    from compiler.outdir import manifest_path, write_tree
 
     targets, failures = _compile(args, err)
     for target in targets:
         host_dir = args.out / target.name
-        count = write_tree(target.tree, host_dir)
+        count = write_tree(target.tree, host_dir, manifest_path(args.cache, host_dir))
         print(f"{target.name}: {count} file(s) in {host_dir}", file=out)
     for failure in failures:
         print(f"{failure.host}: error: {failure.message}", file=err)

@@ -103,9 +103,8 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
         run.findings.extend(check_postfix_main(raw_main, file=main_name))
 
     sources, keys = _load_domains(run, root / DOMAINS_DIR, cache, stats)
-    used = set(keys.values())
     if cache is not None:
-        cache.prune(used)
+        cache.save()
 
     run.findings.extend(check_domains([*sources, *run.partial]))
     domains: dict[str, Domain] = {}

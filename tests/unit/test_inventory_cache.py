@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from compiler import parsecache
 from compiler.diagnostics import InventoryError
 from compiler.inventory import LoadStats, load_inventory
 from compiler.parsecache import DomainCache
@@ -45,7 +46,8 @@ def test_second_run_takes_every_domain_from_the_cache(inv: Path, tmp_path: Path)
     cache = tmp_path / "cache"
     first = run(inv, cache)
     assert len(first.parsed) == 5 and first.cached == []
-    assert len(list(cache.glob("*.pickle"))) == 5
+    # A cold load writes one pack of the five entries, not a file per entry.
+    assert [p.name.split("-")[0] for p in cache.glob("*.pickle")] == ["pack"]
     second = run(inv, cache)
     assert second.parsed == [] and len(second.cached) == 5
 
@@ -134,4 +136,45 @@ def test_unused_entries_are_pruned_when_they_pile_up(inv: Path, tmp_path: Path) 
     for n in range(40):
         (inv / "domains" / "d0.test.yml").write_text(domain("d0.test", f"u{n}"))
         run(inv, cache)
-    assert len(list(cache.glob("*.pickle"))) <= 3 * 5 + 16
+        assert len(list(cache.glob("*.pickle"))) <= DomainCache.MAX_LOOSE + 1
+    # Runs 1-33 left a pack and 32 loose files; run 34 packed the entries in use again.
+    kinds = sorted(p.name.split("-")[0] for p in cache.glob("*.pickle"))
+    assert kinds == ["loose"] * (40 - 34) + ["pack"]
+    assert len(run(inv, cache).cached) == 5
+
+
+def test_an_edit_writes_one_small_file_and_reads_only_the_pack(inv: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    run(inv, cache)
+    pack = next(cache.glob("pack-*.pickle"))
+    packed = pack.stat().st_mtime_ns, pack.stat().st_ino
+    (inv / "domains" / "d3.test.yml").write_text(domain("d3.test", "a", "b", "c"))
+    stats = run(inv, cache)
+    assert names(stats.parsed) == ["d3.test.yml"]
+    loose = sorted(cache.glob("loose-*.pickle"))
+    assert len(loose) == 1
+    assert (pack.stat().st_mtime_ns, pack.stat().st_ino) == packed  # not written again
+    # The old entry of d3 stays in the pack (unused) and the new one is read from its file.
+    again = LoadStats()
+    loaded = load_inventory(inv, cache_dir=cache, stats=again)
+    assert again.parsed == [] and len(again.cached) == 5
+    assert [a.name for a in loaded.inventory.domains["d3.test"].accounts] == ["a", "b", "c"]
+    # A damaged loose file is a miss too: d3 is parsed again, the others still come packed.
+    loose[0].write_bytes(b"junk")
+    third = run(inv, cache)
+    assert names(third.parsed) == ["d3.test.yml"] and len(third.cached) == 4
+
+
+def test_a_changed_code_fingerprint_starts_a_new_pack(
+    inv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    run(inv, cache)
+    (old_pack,) = cache.glob("pack-*.pickle")
+    # As after an edit of a schema or loader module (both are in the fingerprint).
+    monkeypatch.setattr(parsecache, "code_fingerprint", lambda: b"other code")
+    stats = run(inv, cache)
+    assert len(stats.parsed) == 5 and stats.cached == []
+    (new_pack,) = cache.glob("pack-*.pickle")
+    assert new_pack != old_pack
+    assert len(run(inv, cache).cached) == 5
