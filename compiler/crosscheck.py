@@ -10,7 +10,8 @@ overrides are plain `name = value` lines. Everything here returns unlocated `Fin
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from itertools import chain
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,61 @@ def _redirect_ref(src: DomainSource, i: int) -> Ref:
 
 
 def check_domains(sources: Sequence[DomainSource]) -> list[Finding]:
+    """Every finding of the domain rules (see the module docstring) over `sources`."""
+    quick = _check_domains_quickly(sources)
+    return quick if quick is not None else _check_domains_fully(sources)
+
+
+def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | None:
+    """The findings when the domains break no rule (dangling targets, a warning, may be
+    found), or None: then `_check_domains_fully` finds the errors and where they are.
+    Whole-inventory set operations instead of a step per account and redirect: a warm
+    load after one edit checks every domain again, cached or not."""
+    accounts: list[str] = []
+    redirects: list[str] = []
+    targets: list[list[str]] = []  # each redirect's `to`, parallel to `redirects`
+    for src in sources:
+        dom = src.domain
+        name = dom.domain
+        if src.stem != name:
+            return None
+        suffix = "@" + name
+        names = [a.name for a in dom.accounts]
+        names += [r.name for r in dom.redirects]
+        if any("@" in n and n.rpartition("@")[2] != name for n in names):
+            return None  # an object of another domain
+        addresses = [n if "@" in n else n + suffix for n in names]
+        count = len(dom.accounts)
+        accounts += addresses[:count]
+        redirects += addresses[count:]
+        targets += [r.to for r in dom.redirects]
+    account_set = set(accounts)
+    redirect_set = set(redirects)
+    if len(account_set) != len(accounts) or len(redirect_set) != len(redirects):
+        return None  # declared twice
+    every_target = set(chain.from_iterable(targets))
+    if not every_target.isdisjoint(redirect_set):
+        graph: dict[str, list[str]] = {}
+        for source, to in zip(redirects, targets, strict=True):
+            onward = [t for t in to if t in redirect_set]
+            if onward:
+                graph[source] = onward
+        if any(len(c) > 1 or c[0] in graph.get(c[0], ()) for c in _strongly_connected(graph)):
+            return None  # a redirect loop
+    local = {src.domain.domain for src in sources}
+    dangling = {
+        t for t in every_target - account_set - redirect_set if t.rpartition("@")[2] in local
+    }
+    if not dangling:
+        return []
+    # Only the files that hold a dangling target (in file order, as the full check).
+    holders = [
+        src for src in sources if any(not dangling.isdisjoint(r.to) for r in src.domain.redirects)
+    ]
+    return _dangling_targets(holders, account_set, redirect_set, local)
+
+
+def _check_domains_fully(sources: Sequence[DomainSource]) -> list[Finding]:
     findings: list[Finding] = []
     # address → where it is first declared; `Ref`s are made only for findings (this loop
     # sees every account and redirect of the inventory, tens of thousands).
@@ -108,7 +164,8 @@ def check_domains(sources: Sequence[DomainSource]) -> list[Finding]:
                 )
             )
     findings.extend(_redirect_loops(redirect_at, redirect_to))
-    findings.extend(_dangling_targets(sources, accounts, redirect_to))
+    local = {src.domain.domain for src in sources}
+    findings.extend(_dangling_targets(sources, accounts, redirect_to, local))
     return findings
 
 
@@ -224,10 +281,12 @@ def _cycle_through(start: str, graph: Mapping[str, Sequence[str]], allowed: set[
 
 def _dangling_targets(
     sources: Sequence[DomainSource],
-    accounts: Mapping[str, object],
-    redirects: Mapping[str, object],
+    accounts: Container[str],
+    redirects: Container[str],
+    local: Container[str],
 ) -> list[Finding]:
-    local = {src.domain.domain for src in sources}
+    """Redirect targets in a local domain (`local`: every checked domain) that are neither
+    an account nor a redirect."""
     findings = []
     for src in sources:
         for i, red in enumerate(src.domain.redirects):
