@@ -10,9 +10,9 @@ overrides are plain `name = value` lines. Everything here returns unlocated `Fin
 from __future__ import annotations
 
 import re
-from itertools import chain
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from compiler.diagnostics import DataPath, Finding, Ref
@@ -70,9 +70,12 @@ def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | N
         suffix = "@" + name
         names = [a.name for a in dom.accounts]
         names += [r.name for r in dom.redirects]
-        if any("@" in n and n.rpartition("@")[2] != name for n in names):
-            return None  # an object of another domain
-        addresses = [n if "@" in n else n + suffix for n in names]
+        if "@" in "".join(names):  # some names are full addresses
+            if any("@" in n and n.rpartition("@")[2] != name for n in names):
+                return None  # an object of another domain
+            addresses = [n if "@" in n else n + suffix for n in names]
+        else:
+            addresses = (f"{suffix}\n".join(names) + suffix).split("\n") if names else []
         count = len(dom.accounts)
         accounts += addresses[:count]
         redirects += addresses[count:]
