@@ -14,7 +14,7 @@ policy (`SharedAgentText`) is made once for all hosts serving the same domains.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,15 +86,17 @@ def make_agent_config(cfg: HostConfig) -> AgentConfig:
     return _make_config(cfg, accounts)
 
 
-def _format_config(data: Mapping[str, Any], blocks: Mapping[str, str]) -> str:
+def _format_config(data: Mapping[str, Any], blocks: Mapping[str, str | list[str]]) -> str:
     """Sorted keys, one line per top-level key and one line per entry of a non-empty
     top-level mapping (`blocks` gives some of those mappings' entry lines ready-made, joined
-    by ",\n"), so a plan's diff shows which account changed. One final join: the accounts
-    block of a large inventory is megabytes, each concatenation would copy it."""
+    by ",\n", as one text or as pieces of it), so a plan's diff shows which account changed.
+    One final join: the accounts block of a large inventory is megabytes, each
+    concatenation would copy it."""
     pieces = ["{\n"]
     for key in sorted(data.keys() | blocks.keys()):
         if len(pieces) > 1:
             pieces.append(",\n")
+        block: str | list[str]
         if key in blocks:
             block = blocks[key]
         else:
@@ -104,7 +106,12 @@ def _format_config(data: Mapping[str, Any], blocks: Mapping[str, str]) -> str:
                 continue
             block = ",\n".join(f"    {_string(k)}: {_compact(value[k])}" for k in sorted(value))
         if block:
-            pieces += ("  ", _string(key), ": {\n", block, "\n  }")
+            pieces += ("  ", _string(key), ": {\n")
+            if isinstance(block, str):
+                pieces.append(block)
+            else:
+                pieces += block
+            pieces.append("\n  }")
         else:
             pieces += ("  ", _string(key), ": {}")
     pieces.append("\n}\n")
@@ -135,6 +142,14 @@ class SharedAgentText:
     redirects: str
 
 
+def make_redirect_entries(redirects: Iterable[tuple[str, Sequence[str]]]) -> list[str]:
+    """The agent.json `redirects` entry of each `(source, targets)`, in the given order."""
+    return [
+        f"    {_string(source)}: [{', '.join(map(_string, targets))}]"
+        for source, targets in redirects
+    ]
+
+
 def make_account_entries(
     accounts: Iterable[tuple[str, Account]],
 ) -> tuple[list[str], list[str]]:
@@ -163,48 +178,45 @@ def make_account_entries(
     return before, after
 
 
-def make_shared_agent_text(
-    cfg: HostConfig,
-    before: Mapping[str, str] | None = None,
-    after: Mapping[str, str] | None = None,
-) -> SharedAgentText:
-    """The domain-only parts of `cfg`'s agent.json. The account entries (by address, see
-    `make_account_entries`) may come ready-made (`compiler.fragments`)."""
-    if before is None or after is None:
-        accounts = mailboxes_by_domain(cfg)
-        heads, tails = make_account_entries(accounts)
-        before = dict(zip([a for a, _ in accounts], heads, strict=True))
-        after = dict(zip([a for a, _ in accounts], tails, strict=True))
+def make_shared_agent_text(cfg: HostConfig) -> SharedAgentText:
+    """The domain-only parts of `cfg`'s agent.json (`compiler.context` may assemble the
+    same from per-domain fragments instead)."""
+    accounts = mailboxes_by_domain(cfg)
+    heads, tails = make_account_entries(accounts)
+    before = dict(zip([a for a, _ in accounts], heads, strict=True))
+    after = dict(zip([a for a, _ in accounts], tails, strict=True))
     addresses = sorted(cfg.mailboxes)
     redirects = cfg.redirects
     return SharedAgentText(
         addresses=tuple(addresses),
         before=tuple([before[a] for a in addresses]),
         after=tuple([after[a] for a in addresses]),
-        redirects=",\n".join(
-            f"    {_string(source)}: [{', '.join(map(_string, redirects[source]))}]"
-            for source in sorted(redirects)
-        ),
+        redirects=",\n".join(make_redirect_entries((s, redirects[s]) for s in sorted(redirects))),
     )
 
 
-def _accounts_block(cfg: HostConfig, shared: SharedAgentText) -> str:
-    limits = cfg.limits
-    distinct = {id(value): value for value in limits.values()}
-    texts = {key: _compact(value.model_dump(mode="json")) for key, value in distinct.items()}
+def _accounts_block(cfg: HostConfig, shared: SharedAgentText) -> list[str]:
+    """The `accounts` entries as pieces of text (joined once, with the rest of the file):
+    each account's shared text around its limits, laid out by slice assignment."""
     count = len(shared.addresses)
     if not count:
-        return ""
-    # before, limits, after, separator for each account, laid out by slice assignment.
+        return []
+    limits = cfg.limits
+    if tuple(limits) == shared.addresses:  # resolve_host's order: no lookup by address
+        values = list(limits.values())
+    else:
+        values = [limits[address] for address in shared.addresses]
+    ids = list(map(id, values))
+    # Each distinct limits object (most accounts share the host's default) encoded once.
+    distinct = dict(zip(ids, values, strict=True))
+    texts = {key: _compact(value.model_dump(mode="json")) for key, value in distinct.items()}
+    # before, limits, after, separator for each account.
     pieces = [",\n"] * (4 * count)
     pieces[0::4] = shared.before
-    if tuple(limits) == shared.addresses:  # resolve_host's order: no lookup by address
-        pieces[1::4] = list(map(texts.__getitem__, map(id, limits.values())))
-    else:
-        pieces[1::4] = [texts[id(limits[address])] for address in shared.addresses]
+    pieces[1::4] = list(map(texts.__getitem__, ids))
     pieces[2::4] = shared.after
     pieces[-1] = ""
-    return "".join(pieces)
+    return pieces
 
 
 def render_agent_config(cfg: HostConfig, shared: SharedAgentText | None = None) -> str:

@@ -8,9 +8,11 @@ resolved paths the files were rendered with.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import chain
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from compiler.agentconfig import (
     SharedAgentText,
@@ -19,14 +21,22 @@ from compiler.agentconfig import (
     probe_address,
     render_agent_config,
 )
-from compiler.fragments import DomainFragment, FragmentCache, make_fragment
+from compiler.fragments import DomainFragment, FragmentCache
 from compiler.resolve import HostConfig, mailboxes_by_domain
 from compiler.sieve import invert_redirects, make_vacation_script, reaching_addresses
-from compiler.tables import TableTexts, make_table_texts
+from compiler.tables import (
+    TableTexts,
+    format_lines,
+    format_map,
+    make_postmaster_aliases,
+    make_table_texts,
+    make_virtual_mailbox_domains,
+)
 from schemas.domain import Account
 from schemas.inventory import Role
 from schemas.policy import FailAction, Listener
 
+T = TypeVar("T")
 POSTFIX_MAPS = ("virtual_mailbox_domains", "virtual_mailbox_maps", "virtual_alias_maps",
                 "sender_login_maps")  # fmt: skip
 AGENT_CONFIG_NAME = "agent.json"
@@ -152,42 +162,138 @@ class DomainSetCache:
         return entry
 
 
-def _fragments_of(cfg: HostConfig, cache: FragmentCache | None) -> list[DomainFragment]:
-    """The rows of `cfg`'s mailboxes as fragments: one per served domain from `cache`, or
-    one for all mailboxes read in declaration order. The cached ones are used only if they
-    name exactly the host's mailboxes (always so for a host of the cache's inventory)."""
-    mailboxes = cfg.mailboxes
-    if cache is not None:
-        fragments = [cache.get(domain) for domain in cfg.domains]
-        names = [a for f in fragments for a in f.addresses]
-        if len(names) == len(mailboxes) and all(map(mailboxes.__contains__, names)):
-            return fragments
-    return [make_fragment(mailboxes_by_domain(cfg))]
-
-
 def make_domain_set_data(cfg: HostConfig, cache: FragmentCache | None = None) -> DomainSetData:
-    passwd: dict[str, str] = {}
-    before: dict[str, str] = {}
-    after: dict[str, str] = {}
-    no_imap: set[str] = set()
-    no_pop3: set[str] = set()
-    responders: list[str] = []
-    for fragment in _fragments_of(cfg, cache):
-        passwd.update(zip(fragment.addresses, fragment.passwd, strict=True))
-        before.update(zip(fragment.addresses, fragment.agent_before, strict=True))
-        after.update(zip(fragment.addresses, fragment.agent_after, strict=True))
-        no_imap.update(fragment.no_imap)
-        no_pop3.update(fragment.no_pop3)
-        responders.extend(fragment.responders)
+    """The domain-derived data of `cfg`: put together from `cache`'s per-domain fragments
+    when they cover exactly the host's mailboxes and redirects (always so for a host of the
+    cache's inventory), else made from the model."""
+    if cache is not None:
+        joined = _join_fragments(cfg, [cache.get(domain) for domain in cfg.domains])
+        if joined is not None:
+            return joined
     return DomainSetData(
         mailboxes=cfg.mailboxes,
         redirects=cfg.redirects,
         domain_names=cfg.domain_names,
         postmaster=cfg.postmaster,
-        tables=make_table_texts(cfg, passwd, no_imap, no_pop3),
-        autoresponders=tuple(make_autoresponders(cfg, responders)),
-        agent_text=make_shared_agent_text(cfg, before, after),
+        tables=make_table_texts(cfg),
+        autoresponders=tuple(make_autoresponders(cfg)),
+        agent_text=make_shared_agent_text(cfg),
     )
+
+
+def _positions(names: Iterable[str], wanted: Iterable[str], count: int) -> list[int] | None:
+    """Where each of `wanted` (`count` names) is in `names`, or None unless both hold the
+    same distinct names."""
+    index = {name: i for i, name in enumerate(names)}
+    if len(index) != count:
+        return None
+    try:
+        return list(map(index.__getitem__, wanted))
+    except KeyError:
+        return None
+
+
+def _column(fragments: Sequence[DomainFragment], name: str) -> list[str]:
+    return list(chain.from_iterable(getattr(f, name) for f in fragments))
+
+
+def _pick(column: Sequence[T], order: Sequence[int]) -> list[T]:
+    return list(map(column.__getitem__, order))
+
+
+def _join_fragments(cfg: HostConfig, fragments: Sequence[DomainFragment]) -> DomainSetData | None:
+    """`make_domain_set_data` from fragments: each row list laid out in address order by
+    one permutation (no per-account work but a lookup), or None if the fragments do not
+    name exactly `cfg`'s mailboxes and redirects."""
+    mailboxes, redirects = cfg.mailboxes, cfg.redirects
+    addresses = _column(fragments, "addresses")
+    order = _positions(addresses, mailboxes, len(mailboxes))
+    by_source = _positions(_column(fragments, "sources"), redirects, len(redirects))
+    if order is None or by_source is None or len(addresses) != len(mailboxes):
+        return None
+    sorted_addresses = sorted(mailboxes)
+    if sorted_addresses == list(mailboxes):
+        agent_order = order
+    else:  # a hand-built config: tables follow its order, agent.json is sorted
+        agent_order = _pick(order, _positions(mailboxes, sorted_addresses, len(mailboxes)) or [])
+    sorted_sources = sorted(redirects)
+    if sorted_sources == list(redirects):
+        agent_by_source = by_source
+    else:
+        positions = _positions(redirects, sorted_sources, len(redirects)) or []
+        agent_by_source = _pick(by_source, positions)
+    no_imap = set(_column(fragments, "no_imap"))
+    no_pop3 = set(_column(fragments, "no_pop3"))
+    tables = TableTexts(
+        virtual_mailbox_domains=format_map(make_virtual_mailbox_domains(cfg)),
+        virtual_mailbox_maps=format_lines(_pick(_column(fragments, "mailbox_rows"), order)),
+        virtual_alias_maps=_alias_map_text(cfg, _pick(_column(fragments, "alias_rows"), by_source)),
+        sender_login_maps=format_lines(_pick(_column(fragments, "sender_rows"), order)),
+        passwd=format_lines(_pick(_column(fragments, "passwd"), order)),
+        deny_imap=format_lines([a for a in mailboxes if a in no_imap] if no_imap else []),
+        deny_pop3=format_lines([a for a in mailboxes if a in no_pop3] if no_pop3 else []),
+    )
+    agent_redirects = _pick(_column(fragments, "agent_redirects"), agent_by_source)
+    agent_text = SharedAgentText(
+        addresses=tuple(sorted_addresses),
+        before=tuple(_pick(_column(fragments, "agent_before"), agent_order)),
+        after=tuple(_pick(_column(fragments, "agent_after"), agent_order)),
+        redirects=",\n".join(agent_redirects),
+    )
+    return DomainSetData(
+        mailboxes=mailboxes,
+        redirects=redirects,
+        domain_names=cfg.domain_names,
+        postmaster=cfg.postmaster,
+        tables=tables,
+        autoresponders=tuple(_join_autoresponders(cfg, fragments)),
+        agent_text=agent_text,
+    )
+
+
+def _alias_map_text(cfg: HostConfig, redirect_rows: list[str]) -> str:
+    """`make_virtual_alias_maps` as text, from the redirect rows in `cfg.redirects` order."""
+    keys = list(cfg.redirects)
+    rows = list(redirect_rows)
+    for key, value in make_postmaster_aliases(cfg):
+        keys.append(key)
+        rows.append(f"{key} {value}")
+    if keys != sorted(keys):
+        rows = _pick(rows, sorted(range(len(keys)), key=keys.__getitem__))
+    return format_lines(rows)
+
+
+def _join_autoresponders(cfg: HostConfig, fragments: Sequence[DomainFragment]) -> list[SieveScript]:
+    """`make_autoresponders(cfg)` from the fragments' scripts. A script's aliases come from
+    its own domain's redirects unless a redirect of another served domain leads into that
+    domain: only then are they worked out over all redirects, and the script made again if
+    they differ (every path into a domain from outside passes such a redirect)."""
+    entered = {
+        t.rpartition("@")[2] for f in fragments if f.outside_targets for t in f.outside_targets
+    }
+    mailboxes = cfg.mailboxes
+    reverse: dict[str, list[str]] | None = None
+    scripts = []
+    for domain, fragment in zip(cfg.domains, fragments, strict=True):
+        reached = domain.domain in entered
+        for responder in fragment.responders:
+            script = responder.script
+            if reached:
+                if reverse is None:
+                    reverse = invert_redirects(cfg.redirects)
+                aliases = reaching_addresses(responder.address, reverse)
+                if tuple(aliases) != responder.aliases:
+                    account = mailboxes[responder.address]
+                    assert account.autoresponder is not None
+                    script = make_vacation_script(
+                        responder.address,
+                        account.autoresponder,
+                        aliases=aliases,
+                        whitelist=account.whitelist,
+                    )
+            scripts.append(SieveScript(responder.address, script))
+    scripts.sort(key=attrgetter("address"))
+    return scripts
 
 
 def make_base_context(cfg: HostConfig) -> dict[str, Any]:

@@ -1,9 +1,13 @@
-"""Per-domain render fragments: what a host's account-sized files take from one domain alone.
+"""Per-domain render fragments: what a host's domain-sized files take from one domain alone.
 
-A fragment lists a domain's enabled accounts in declaration order with their ready-made rows:
-the Dovecot passwd line, the agent.json entry without its limits (split around them), the
-accounts refused IMAP or POP3, and those with an autoresponder. `compiler.context` assembles
-every host's tables from the fragments of the domains it serves, in address order.
+A fragment holds a domain's ready-made rows: for its enabled accounts (declaration order) the
+Dovecot passwd line, the virtual_mailbox_maps and sender_login_maps lines, the agent.json entry
+without its limits (split around them), the accounts refused IMAP or POP3; for its redirects
+(declaration order) the virtual_alias_maps line and the agent.json entry; and the Sieve script
+of each enabled autoresponder, made with the aliases that reach it through the domain's own
+redirects (`compiler.context` uses it when no other domain's redirect leads into the domain).
+`compiler.context` puts every host's files together from the fragments of the domains it
+serves, in address order.
 
 `FragmentCache` keeps fragments on disk, keyed by the domain file's content key from the parse
 cache (file bytes + schema and loader code) under a fingerprint of the code that makes them,
@@ -19,54 +23,85 @@ import os
 import pickle
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import compiler
-from compiler.agentconfig import make_account_entries
-from compiler.tables import make_passwd_lines
-from schemas.domain import Account, Domain
+from compiler.agentconfig import make_account_entries, make_redirect_entries
+from compiler.sieve import invert_redirects, make_vacation_script, reaching_addresses
+from compiler.tables import maildir_of, make_passwd_lines
+from schemas.domain import Domain
 
-_FORMAT = b"mailcfg-fragment-1"
-_CODE = ("fragments.py", "tables.py", "agentconfig.py")
+_FORMAT = b"mailcfg-fragment-2"
+_CODE = ("fragments.py", "tables.py", "agentconfig.py", "sieve.py")
 SUBDIRECTORY = "fragments"
 
 
 @dataclass(frozen=True, slots=True)
+class ResponderScript:
+    """An enabled autoresponder's Sieve script, made with `aliases` (the addresses that
+    reach the account through its own domain's redirects)."""
+
+    address: str
+    aliases: tuple[str, ...]
+    script: str
+
+
+@dataclass(frozen=True, slots=True)
 class DomainFragment:
-    """Rows of one domain's enabled accounts; the tuples run parallel to `addresses`, the
-    address lists are subsets of it."""
+    """Rows of one domain. The account tuples run parallel to `addresses` (its enabled
+    accounts), the redirect tuples parallel to `sources` (its redirects, each source once
+    with its last declaration, as `resolve.index_domains` keeps them)."""
 
     addresses: tuple[str, ...]
     passwd: tuple[str, ...]
+    mailbox_rows: tuple[str, ...]  # `address maildir`
+    sender_rows: tuple[str, ...]  # `address address`
     agent_before: tuple[str, ...]  # `    "address": {"blacklist": ..., "limits": `
     agent_after: tuple[str, ...]  # `, "whitelist": ...}`
     no_imap: tuple[str, ...]
     no_pop3: tuple[str, ...]
-    responders: tuple[str, ...]  # accounts with an enabled autoresponder
-
-
-def make_fragment(accounts: Iterable[tuple[str, Account]]) -> DomainFragment:
-    items = list(accounts)
-    before, after = make_account_entries(items)
-    return DomainFragment(
-        addresses=tuple(a for a, _ in items),
-        passwd=tuple(make_passwd_lines(items)),
-        agent_before=tuple(before),
-        agent_after=tuple(after),
-        no_imap=tuple(a for a, acc in items if not acc.imap),
-        no_pop3=tuple(a for a, acc in items if not acc.pop3),
-        responders=tuple(
-            a for a, acc in items if acc.autoresponder is not None and acc.autoresponder.enabled
-        ),
-    )
+    sources: tuple[str, ...]
+    alias_rows: tuple[str, ...]  # `source target, target`
+    agent_redirects: tuple[str, ...]  # `    "source": ["target", "target"]`
+    outside_targets: tuple[str, ...]  # redirect targets in other domains
+    responders: tuple[ResponderScript, ...]
 
 
 def make_domain_fragment(domain: Domain) -> DomainFragment:
-    """The fragment of `domain`: its enabled accounts, as `resolve.index_domains` names them."""
-    return make_fragment(
-        (domain.address_of(acc.name), acc) for acc in domain.accounts if acc.enabled
+    """The fragment of `domain`, its addresses as `resolve.index_domains` names them."""
+    accounts = [(domain.address_of(acc.name), acc) for acc in domain.accounts if acc.enabled]
+    before, after = make_account_entries(accounts)
+    redirects: dict[str, tuple[str, ...]] = {}
+    for red in domain.redirects:
+        redirects[domain.address_of(red.name)] = tuple(red.to)
+    reverse = invert_redirects(redirects)
+    responders = []
+    for address, acc in accounts:
+        responder = acc.autoresponder
+        if responder is None or not responder.enabled:
+            continue
+        aliases = reaching_addresses(address, reverse)
+        script = make_vacation_script(address, responder, aliases=aliases, whitelist=acc.whitelist)
+        responders.append(ResponderScript(address, tuple(aliases), script))
+    suffix = "@" + domain.domain
+    return DomainFragment(
+        addresses=tuple(a for a, _ in accounts),
+        passwd=tuple(make_passwd_lines(accounts)),
+        mailbox_rows=tuple(f"{a} {maildir_of(a)}" for a, _ in accounts),
+        sender_rows=tuple(f"{a} {a}" for a, _ in accounts),
+        agent_before=tuple(before),
+        agent_after=tuple(after),
+        no_imap=tuple(a for a, acc in accounts if not acc.imap),
+        no_pop3=tuple(a for a, acc in accounts if not acc.pop3),
+        sources=tuple(redirects),
+        alias_rows=tuple(f"{s} {', '.join(to)}" for s, to in redirects.items()),
+        agent_redirects=tuple(make_redirect_entries(redirects.items())),
+        outside_targets=tuple(
+            sorted({t for to in redirects.values() for t in to if not t.endswith(suffix)})
+        ),
+        responders=tuple(responders),
     )
 
 

@@ -89,12 +89,20 @@ def make_virtual_alias_maps(cfg: HostConfig) -> Rows:
     `postmaster@<domain>` → the host's postmaster for each served domain that declares neither
     an account nor a redirect of that name (RFC 5321 requires postmaster to exist)."""
     rows: dict[str, str] = {src: ", ".join(targets) for src, targets in cfg.redirects.items()}
+    rows.update(make_postmaster_aliases(cfg))
+    return tuple(sorted(rows.items()))
+
+
+def make_postmaster_aliases(cfg: HostConfig) -> list[tuple[str, str]]:
+    """`postmaster@<domain>` → the host's postmaster, for each served domain that declares
+    neither an account nor a redirect of that name, in domain order."""
+    rows = []
     for domain in cfg.domain_names:
         address = f"postmaster@{domain}"
-        if address in rows or address in cfg.mailboxes or address == cfg.postmaster:
+        if address in cfg.redirects or address in cfg.mailboxes or address == cfg.postmaster:
             continue
-        rows[address] = cfg.postmaster
-    return tuple(sorted(rows.items()))
+        rows.append((address, cfg.postmaster))
+    return rows
 
 
 def make_sender_login_maps(cfg: HostConfig) -> Rows:
