@@ -181,11 +181,11 @@ def make_domain_set_data(cfg: HostConfig, cache: FragmentCache | None = None) ->
     )
 
 
-def _positions(names: Iterable[str], wanted: Iterable[str], count: int) -> list[int] | None:
+def _positions(names: Sequence[str], wanted: Iterable[str], count: int) -> list[int] | None:
     """Where each of `wanted` (`count` names) is in `names`, or None unless both hold the
     same distinct names."""
-    index = {name: i for i, name in enumerate(names)}
-    if len(index) != count:
+    index = dict(zip(names, range(len(names)), strict=True))
+    if not len(index) == len(names) == count:
         return None
     try:
         return list(map(index.__getitem__, wanted))
@@ -209,18 +209,20 @@ def _join_fragments(cfg: HostConfig, fragments: Sequence[DomainFragment]) -> Dom
     addresses = _column(fragments, "addresses")
     order = _positions(addresses, mailboxes, len(mailboxes))
     by_source = _positions(_column(fragments, "sources"), redirects, len(redirects))
-    if order is None or by_source is None or len(addresses) != len(mailboxes):
+    if order is None or by_source is None:
         return None
     sorted_addresses = sorted(mailboxes)
     if sorted_addresses == list(mailboxes):
         agent_order = order
     else:  # a hand-built config: tables follow its order, agent.json is sorted
-        agent_order = _pick(order, _positions(mailboxes, sorted_addresses, len(mailboxes)) or [])
+        agent_order = _pick(
+            order, _positions(list(mailboxes), sorted_addresses, len(mailboxes)) or []
+        )
     sorted_sources = sorted(redirects)
     if sorted_sources == list(redirects):
         agent_by_source = by_source
     else:
-        positions = _positions(redirects, sorted_sources, len(redirects)) or []
+        positions = _positions(list(redirects), sorted_sources, len(redirects)) or []
         agent_by_source = _pick(by_source, positions)
     no_imap = set(_column(fragments, "no_imap"))
     no_pop3 = set(_column(fragments, "no_pop3"))
