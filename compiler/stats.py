@@ -18,21 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compiler.transport import Transport
+from schemas.stats import STAT_COUNTERS as COUNTERS
 
-COUNTERS: tuple[str, ...] = (
-    "pop3_logins",
-    "imap_logins",
-    "sent",
-    "bounced",
-    "deferred",
-    "queued",
-    "rejected",
-    "blacklist_blocked",
-    "spf_blocked",
-    "lost_connections",
-    "login_failures",
-    "received",
-)
 AGENT_CONFIG = "/etc/mailcfg/agent.json"
 
 

@@ -11,21 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-# Statistics counter names (the original panel's columns plus what spots a stolen password).
-STAT_COUNTERS: tuple[str, ...] = (
-    "pop3_logins",
-    "imap_logins",
-    "sent",
-    "bounced",
-    "deferred",
-    "queued",
-    "rejected",
-    "blacklist_blocked",
-    "spf_blocked",
-    "lost_connections",
-    "login_failures",
-    "received",
-)
+from schemas.stats import STAT_COUNTERS
+
+__all__ = ["STAT_COUNTERS", "Consumption", "StatRow", "StateStore", "Window"]
 
 
 @dataclass(frozen=True, slots=True)

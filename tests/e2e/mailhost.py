@@ -186,25 +186,30 @@ class Layout:
                 name: {"port": port, "address": self.address} for name, port in self.ports().items()
             },
             "tls": {"cert": str(cert), "key": str(key)},
-            "paths": {
-                "postfix_config_dir": str(b / "etc/postfix"),
-                "postfix_queue_dir": str(b / "spool/postfix"),
-                "postfix_data_dir": str(b / "lib/postfix"),
-                "dovecot_config_dir": str(b / "etc/dovecot"),
-                "dovecot_base_dir": str(b / "run/dovecot"),
-                "mail_root": str(b / "vmail"),
-                "vmail_uid": uid,
-                "vmail_gid": gid,
-                "agent_config_dir": str(b / "etc/mailcfg"),
-                "agent_state_dir": str(b / "lib/agent"),
-                "agent_socket": str(b / "run/mailcfg/policy.sock"),
-                "maillog_file": str(b / "log/mail.log"),
-                "mail_log": str(b / "log/mail.log"),
-                "dovecot_log": str(b / "log/dovecot.log"),
-                "systemd_unit_dir": str(b / "etc/systemd/system"),
-            },
+            "paths": host_paths(b, uid, gid),
             "policy_state": f"sqlite://{b / 'lib/agent/state.db'}",
         }
+
+
+def host_paths(base: Path, uid: int, gid: int) -> dict[str, Any]:
+    """Every `Paths` entry of a test host under its own `base` (policy.paths override)."""
+    return {
+        "postfix_config_dir": str(base / "etc/postfix"),
+        "postfix_queue_dir": str(base / "spool/postfix"),
+        "postfix_data_dir": str(base / "lib/postfix"),
+        "dovecot_config_dir": str(base / "etc/dovecot"),
+        "dovecot_base_dir": str(base / "run/dovecot"),
+        "mail_root": str(base / "vmail"),
+        "vmail_uid": uid,
+        "vmail_gid": gid,
+        "agent_config_dir": str(base / "etc/mailcfg"),
+        "agent_state_dir": str(base / "lib/agent"),
+        "agent_socket": str(base / "run/mailcfg/policy.sock"),
+        "maillog_file": str(base / "log/mail.log"),
+        "mail_log": str(base / "log/mail.log"),
+        "dovecot_log": str(base / "log/dovecot.log"),
+        "systemd_unit_dir": str(base / "etc/systemd/system"),
+    }
 
 
 def prepare_inventory(

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mailhost import ensure_vmail_user, make_self_signed_cert, make_traversable
+from mailhost import ensure_vmail_user, host_paths, make_self_signed_cert, make_traversable
 from netns import NetnsHost, NetnsLab, listening_ports, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -133,23 +133,7 @@ class Fleet:
             "trusted_networks": ["127.0.0.1/32"],
             "reject_unknown_sender_domain": False,
             "tls": {"cert": str(b / "tls/cert.pem"), "key": str(b / "tls/key.pem")},
-            "paths": {
-                "postfix_config_dir": str(b / "etc/postfix"),
-                "postfix_queue_dir": str(b / "spool/postfix"),
-                "postfix_data_dir": str(b / "lib/postfix"),
-                "dovecot_config_dir": str(b / "etc/dovecot"),
-                "dovecot_base_dir": str(b / "run/dovecot"),
-                "mail_root": str(b / "vmail"),
-                "vmail_uid": self.uid,
-                "vmail_gid": self.gid,
-                "agent_config_dir": str(b / "etc/mailcfg"),
-                "agent_state_dir": str(b / "lib/agent"),
-                "agent_socket": str(b / "run/mailcfg/policy.sock"),
-                "maillog_file": str(b / "log/mail.log"),
-                "mail_log": str(b / "log/mail.log"),
-                "dovecot_log": str(b / "log/dovecot.log"),
-                "systemd_unit_dir": str(b / "etc/systemd/system"),
-            },
+            "paths": host_paths(b, self.uid, self.gid),
             "postfix_main": {"transport_maps": f"inline:{{ {routes} }}"},
         }
         return merge(policy, self.host_policy[host.name])
