@@ -9,33 +9,31 @@ redirects (`compiler.context` uses it when no other domain's redirect leads into
 `compiler.context` puts every host's files together from the fragments of the domains it
 serves, in address order.
 
-`FragmentCache` keeps fragments on disk, keyed by the domain file's content key from the parse
-cache (file bytes + schema and loader code) under a fingerprint of the code that makes them,
-so after editing one domain file only that domain's rows are made again. The directory must
-be private to the user (it holds pickles, which are code when loaded).
+`FragmentCache` keeps fragments on disk (a `compiler.packstore` store), keyed by the domain
+file's content key from the parse cache (file bytes + schema and loader code) under a
+fingerprint of the code that makes them, so after editing one domain file only that domain's
+rows are made again. The directory must be private to the user (it holds pickles, which are
+code when loaded).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import pickle
 import sys
-import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import compiler
 from compiler.agentconfig import make_account_entries, make_redirect_entries
+from compiler.packstore import Codec, PackStore, open_pack_store
 from compiler.sieve import invert_redirects, make_vacation_script, reaching_addresses
 from compiler.tables import maildir_of, make_passwd_lines
 from schemas.domain import Domain
 
 _FORMAT = b"mailcfg-fragment-3"
-_CODE = ("fragments.py", "tables.py", "agentconfig.py", "sieve.py")
+_CODE = ("fragments.py", "tables.py", "agentconfig.py", "sieve.py", "packstore.py")
 SUBDIRECTORY = "fragments"
 
 
@@ -116,23 +114,6 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def _read(path: Path) -> dict[str, DomainFragment]:
-    """The fragments stored in `path` ({} if missing or damaged: they are made again)."""
-    try:
-        with open(path, "rb") as f:
-            data = pickle.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    try:
-        return {key: _from_row(row) for key, row in data.items()}
-    except (TypeError, ValueError):
-        return {}
-
-
 # On disk a fragment is a plain tuple of its fields (its scripts tuples too): pickle restores
 # tuples and strings without a Python call per object, a dataclass with one (a fifth slower).
 def _to_row(fragment: DomainFragment) -> tuple[object, ...]:
@@ -147,38 +128,23 @@ def _from_row(row: Any) -> DomainFragment:
     return DomainFragment(*fields)
 
 
-def _write(directory: Path, path: Path, data: dict[str, DomainFragment]) -> None:
-    rows = {key: _to_row(fragment) for key, fragment in data.items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(rows, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+_CODEC: Codec[DomainFragment] = Codec(decode=_from_row, encode=_to_row)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class FragmentCache:
     """Fragments of the domains of one loaded inventory, from disk when their key is known.
     `keys` maps each `Domain` object of that inventory (by identity; `domains` keeps them
     alive) to its content key; a domain without a key is simply made.
 
-    On disk: one pack file with the fragments of a run, plus one small file per fragment
-    made since (creating a file costs about as much as reading a thousand fragments, so a
-    cold run writes one file and a run after an edit writes one small file). `save` packs
-    again once there are `MAX_LOOSE` loose files, keeping only the fragments in use."""
+    A cold run writes one file, a run after an edit one small file per fragment made (see
+    `compiler.packstore`). Should the pack be written again, it keeps the fragments of every
+    domain of the inventory that are at hand, not only those of the hosts rendered, so that
+    rendering some hosts does not drop the others' fragments."""
 
-    directory: Path
     domains: Mapping[str, Domain]
     keys: dict[int, str]
-    fingerprint: str
-    stored: dict[str, DomainFragment]
-    loose: int
-    used: dict[str, DomainFragment] = field(default_factory=dict)
-    made: dict[str, DomainFragment] = field(default_factory=dict)
+    store: PackStore[DomainFragment]
 
     MAX_LOOSE = 64
 
@@ -186,36 +152,20 @@ class FragmentCache:
     def open(
         cls, directory: Path, domains: Mapping[str, Domain], domain_keys: Mapping[str, str]
     ) -> FragmentCache:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fingerprint = code_fingerprint()
-        stored = _read(directory / f"pack-{fingerprint}.pickle")
-        loose = sorted(directory.glob(f"loose-{fingerprint}-*.pickle"))
-        for path in loose:
-            stored.update(_read(path))
+        store = open_pack_store(directory, code_fingerprint(), _CODEC, max_loose=cls.MAX_LOOSE)
         keys = {id(d): domain_keys[name] for name, d in domains.items() if name in domain_keys}
-        return cls(directory, domains, keys, fingerprint, stored, len(loose))
+        return cls(domains, keys, store)
 
     def get(self, domain: Domain) -> DomainFragment:
         key = self.keys.get(id(domain))
         if key is None or self.domains.get(domain.domain) is not domain:
             return make_domain_fragment(domain)
-        fragment = self.stored.get(key)
+        fragment = self.store.get(key)
         if fragment is None:
-            fragment = self.made[key] = make_domain_fragment(domain)
-        self.used[key] = fragment
+            fragment = make_domain_fragment(domain)
+            self.store.put(key, fragment)
         return fragment
 
     def save(self) -> None:
-        """Store the fragments made by this run (see the class docstring)."""
-        if not self.made:
-            return
-        if self.loose + len(self.made) <= self.MAX_LOOSE and self.stored:
-            for key, fragment in self.made.items():
-                path = self.directory / f"loose-{self.fingerprint}-{key}.pickle"
-                _write(self.directory, path, {key: fragment})
-            return
-        _write(self.directory, self.directory / f"pack-{self.fingerprint}.pickle", self.used)
-        for path in self.directory.glob("*.pickle"):
-            if not path.name.startswith(f"pack-{self.fingerprint}"):
-                with contextlib.suppress(OSError):
-                    path.unlink()
+        """Store the fragments made by this run."""
+        self.store.save(keep=self.keys.values())

@@ -116,12 +116,16 @@ def test_damaged_cache_entry_is_a_miss(inv: Path, tmp_path: Path) -> None:
     assert len(run(inv, cache).cached) == 5
 
 
-def test_key_depends_on_content_and_code_fingerprint(tmp_path: Path) -> None:
-    a = DomainCache(tmp_path, b"code-1")
-    b = DomainCache(tmp_path, b"code-2")
+def test_key_depends_on_content_and_code_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert DomainCache.open(tmp_path).fingerprint == DomainCache.open(tmp_path).fingerprint
+    monkeypatch.setattr(parsecache, "code_fingerprint", lambda: b"code-1")
+    a = DomainCache.open(tmp_path)
+    monkeypatch.setattr(parsecache, "code_fingerprint", lambda: b"code-2")
+    b = DomainCache.open(tmp_path)
     assert a.key(b"x") != a.key(b"y")
     assert a.key(b"x") != b.key(b"x")
-    assert DomainCache.open(tmp_path).fingerprint == DomainCache.open(tmp_path).fingerprint
 
 
 def test_without_cache_dir_nothing_is_cached(inv: Path) -> None:

@@ -173,7 +173,7 @@ def test_cached_fragments_render_like_fresh_ones(tmp_path: Path) -> None:
         for domain in domains.values():
             assert fragments.get(domain) == make_domain_fragment(domain)
         assert make_domain_set_data(cfg, fragments) == make_domain_set_data(cfg)
-        assert len(fragments.made) == made
+        assert len(fragments.store.made) == made
         fragments.save()
     assert len(list((tmp_path / "fragments").iterdir())) == 1
 

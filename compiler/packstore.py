@@ -1,0 +1,166 @@
+"""On-disk store of pickled entries by key: one pack file plus one small "loose" file per entry.
+
+Both caches of the compiler keep their entries here: the parse cache (`compiler.parsecache`,
+validated domain files) and the render fragments (`compiler.fragments`, per-domain rows).
+
+On disk, in one directory private to the user, under a tag (a digest of the code that made
+the entries, so changed code starts a new pack and never reads an old one):
+
+- `pack-<tag>.pickle`: a dict of the entries in use when it was written;
+- `loose-<tag>-<key>.pickle`: a dict of one entry, made after the pack was written.
+
+Opening and unpickling a thousand small files costs more than one pack holding them all, and
+writing the pack again after every edit would cost more still: so a cold run writes one pack,
+a run after one edit writes one loose file, and a warm run reads the pack and only the loose
+files of the keys it asks for. Once there are more than `max_loose` loose files, or as many
+unused entries in the pack (left by edits and removed files), `save` writes a new pack of the
+entries in use and removes every other file of the directory.
+
+Writes are atomic (a temporary file renamed into place), so a reader sees a whole file or
+none. A missing, damaged or foreign file or entry is a miss (made again), never an error.
+
+The directory must be private to the user: it holds pickles, which are code when loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+_SUFFIX = ".pickle"
+
+
+def _same(value: object) -> object:
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Codec(Generic[V]):
+    """How a store's values go to disk and come back.
+
+    `encode` turns a value into what is pickled (e.g. a plain tuple, which pickle restores
+    without a Python call), `pickler` pickles a file's dict of encoded values at once, and
+    `decode` turns what was read back into a value, or None (or raises) if it is not one."""
+
+    decode: Callable[[object], V | None]
+    encode: Callable[[V], object] = _same
+    pickler: type[pickle.Pickler] = pickle.Pickler
+
+
+@dataclass(slots=True)
+class PackStore(Generic[V]):
+    """The entries of one store directory, for one run: `get` and `put` during the run, then
+    `save` once at its end (see the module docstring). Keys must be file-name safe (they name
+    the loose files): hex digests."""
+
+    directory: Path
+    tag: str
+    codec: Codec[V]
+    max_loose: int
+    packed: dict[object, object]  # the pack's entries, as read (decoded on first `get`)
+    loose: set[str]  # keys of the loose files
+    used: dict[str, V] = field(default_factory=dict)  # got or put by this run
+    made: dict[str, V] = field(default_factory=dict)  # put by this run
+
+    def get(self, key: str) -> V | None:
+        """The entry for `key`, or None (also for a damaged entry: it is made again)."""
+        value = self.used.get(key)
+        if value is None:
+            value = self._find(key)
+            if value is not None:
+                self.used[key] = value
+        return value
+
+    def put(self, key: str, value: V) -> None:
+        """Store `value` under `key` (on disk at `save`)."""
+        self.made[key] = value
+        self.used[key] = value
+
+    def save(self, keep: Iterable[str] = ()) -> None:
+        """Write the entries put by this run. The entries in use, should the pack be written
+        again, are those got or put by this run and those of `keep` that are stored."""
+        kept = set(keep)
+        unused = len(self.packed.keys() - self.used.keys() - kept)
+        if unused <= self.max_loose:
+            if not self.made:
+                return
+            # A made key may already have a loose file: a damaged one, written again.
+            if self.packed and len(self.loose | self.made.keys()) <= self.max_loose:
+                for key, value in self.made.items():
+                    self._write(self._loose_path(key), {key: self.codec.encode(value)})
+                return
+        entries = dict(self.used)
+        for key in kept - entries.keys():
+            found = self._find(key)
+            if found is not None:
+                entries[key] = found
+        pack = self._pack_path()
+        self._write(pack, {key: self.codec.encode(value) for key, value in entries.items()})
+        for path in self.directory.glob(f"*{_SUFFIX}"):
+            if path != pack:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    def _find(self, key: str) -> V | None:
+        value = self._decode(self.packed.get(key))
+        if value is None and key in self.loose:
+            value = self._decode(_read(self._loose_path(key)).get(key))
+        return value
+
+    def _decode(self, stored: object) -> V | None:
+        if stored is None:
+            return None
+        try:
+            return self.codec.decode(stored)
+        except Exception:  # a foreign or damaged entry can fail in any way: it is a miss
+            return None
+
+    def _pack_path(self) -> Path:
+        return self.directory / f"pack-{self.tag}{_SUFFIX}"
+
+    def _loose_path(self, key: str) -> Path:
+        return self.directory / f"loose-{self.tag}-{key}{_SUFFIX}"
+
+    def _write(self, path: Path, data: dict[str, object]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                self.codec.pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def open_pack_store(directory: Path, tag: str, codec: Codec[V], *, max_loose: int) -> PackStore[V]:
+    """The store in `directory` (made private to the user if new) for entries tagged `tag`:
+    its pack read, its loose files listed."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    prefix = f"loose-{tag}-"
+    with os.scandir(directory) as entries:
+        loose = {
+            e.name[len(prefix) : -len(_SUFFIX)]
+            for e in entries
+            if e.name.startswith(prefix) and e.name.endswith(_SUFFIX)
+        }
+    packed = _read(directory / f"pack-{tag}{_SUFFIX}")
+    return PackStore(directory, tag, codec, max_loose, packed, loose)
+
+
+def _read(path: Path) -> dict[object, object]:
+    """The dict pickled in `path` ({} if missing or damaged: its entries are made again)."""
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+    except Exception:  # unpickling damaged bytes can raise nearly any exception type
+        return {}
+    return data if isinstance(data, dict) else {}
