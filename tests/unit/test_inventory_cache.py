@@ -147,6 +147,24 @@ def test_unused_entries_are_pruned_when_they_pile_up(inv: Path, tmp_path: Path) 
     assert len(run(inv, cache).cached) == 5
 
 
+def test_entries_of_removed_files_are_pruned_when_they_pile_up(inv: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    for i in range(5, 5 + DomainCache.MAX_LOOSE + 1):
+        (inv / "domains" / f"d{i}.test.yml").write_text(domain(f"d{i}.test", "a"))
+    run(inv, cache)
+    (pack,) = cache.glob("pack-*.pickle")
+    size = pack.stat().st_size
+    for i in range(5, 5 + DomainCache.MAX_LOOSE):
+        (inv / "domains" / f"d{i}.test.yml").unlink()
+    run(inv, cache)  # as many unused entries as the limit: the pack stays
+    assert pack.stat().st_size == size
+    (inv / "domains" / f"d{5 + DomainCache.MAX_LOOSE}.test.yml").unlink()
+    run(inv, cache)  # one more: packed again with the five files left
+    assert [p.name.split("-")[0] for p in cache.glob("*.pickle")] == ["pack"]
+    assert pack.stat().st_size < size
+    assert len(run(inv, cache).cached) == 5
+
+
 def test_an_edit_writes_one_small_file_and_reads_only_the_pack(inv: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     run(inv, cache)
@@ -167,6 +185,8 @@ def test_an_edit_writes_one_small_file_and_reads_only_the_pack(inv: Path, tmp_pa
     loose[0].write_bytes(b"junk")
     third = run(inv, cache)
     assert names(third.parsed) == ["d3.test.yml"] and len(third.cached) == 4
+    # ... and its file is written again.
+    assert run(inv, cache).parsed == []
 
 
 def test_a_changed_code_fingerprint_starts_a_new_pack(

@@ -196,6 +196,31 @@ def test_fragment_files_are_packed_again_after_many_edits(tmp_path: Path) -> Non
     assert [p.name.split("-")[0] for p in directory.iterdir()] == ["pack"]
 
 
+def test_fragments_of_domains_not_rendered_survive_packing_again(tmp_path: Path) -> None:
+    inv = GENERATE(tmp_path / "gen", domains=4, accounts=2, redirects=1)
+    directory = tmp_path / "fragments"
+    loaded = load_inventory(inv, cache_dir=tmp_path / "cache")
+    fragments = FragmentCache.open(directory, loaded.inventory.domains, loaded.domain_keys)
+    for domain in loaded.inventory.domains.values():
+        fragments.get(domain)
+    fragments.save()
+    domain_file = inv / "domains" / "d0001.bench.test.yml"
+    original = domain_file.read_text()
+    # Runs that render only the edited domain (as `--host` does), until the pack is new.
+    for quota in range(1, FragmentCache.MAX_LOOSE + 2):
+        domain_file.write_text(original.replace("quota: 2G", f"quota: {quota}M", 1))
+        loaded = load_inventory(inv, cache_dir=tmp_path / "cache")
+        domains = loaded.inventory.domains
+        fragments = FragmentCache.open(directory, domains, loaded.domain_keys)
+        fragments.get(domains["d0001.bench.test"])
+        fragments.save()
+    assert [p.name.split("-")[0] for p in directory.iterdir()] == ["pack"]
+    fragments = FragmentCache.open(directory, domains, loaded.domain_keys)
+    for domain in domains.values():
+        assert fragments.get(domain) == make_domain_fragment(domain)
+    assert fragments.store.made == {}
+
+
 def test_hosts_share_derived_data_only_for_the_same_domains(tmp_path: Path) -> None:
     inv = GENERATE(tmp_path / "gen", domains=3, accounts=6, redirects=2)
     text = (inv / "mailcfg.yml").read_text()
