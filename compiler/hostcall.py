@@ -48,7 +48,9 @@ def _shell_command(script: str, command: str, arg_option: str) -> str:
     return (
         'R="${MAILCFG_ROOT:-/}"; S="${MAILCFG_ROOT:-}' + script + '"; '
         f'[ -f "$S" ] || {{ echo {_MISSING} >&2; exit 3; }}; '
-        f'exec python3 "$S" {command} --root "$R" {arg_option}'
+        # -I -S: the script is stdlib-only, so ignore PYTHON* variables, the user's site and
+        # site-packages: nothing on the host can shadow a module, and it starts ~30 ms sooner.
+        f'exec python3 -I -S "$S" {command} --root "$R" {arg_option}'
     )
 
 
