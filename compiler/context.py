@@ -332,7 +332,13 @@ def make_base_context(cfg: HostConfig) -> dict[str, Any]:
         "outbound_policy": make_policy_hook(paths.agent_socket, policy.policy_fail_action_outbound),
         "extra_main": sorted(policy.postfix_main.items()),
         "dovecot_protocols": protocols,
-        "smtp_probe": _first_enabled(ls.smtp, ls.submission, ls.submission_alt),
+        # Every plain SMTP listener: each smtpd reads its own -o overrides only when a client
+        # connects, so a bad submission-only setting shows only on 587/2525.
+        "smtp_probes": [
+            (probe_address(listener), listener.port)
+            for listener in (ls.smtp, ls.submission, ls.submission_alt)
+            if listener.enabled
+        ],
         "imap_probe": _first_enabled(ls.imap, ls.pop3),
         "agent_config_path": posixpath.join(paths.agent_config_dir, AGENT_CONFIG_NAME),
         "runtime_directory": runtime_directory,

@@ -1,7 +1,7 @@
 """`mailcfg-agent`: thin command line over the runtime (argument parsing and output only).
 
-Subcommands: `serve` (policy service + log follower), `unlock ADDRESS`, `locks`; the log
-follower's commands (`stats`, `ingest`, `follow`) come from `runtime.logs.commands`. Another
+Subcommands: `serve` (policy service + log follower), `unlock ADDRESS`, `locks`, `ping`; the
+log follower's commands (`stats`, `ingest`, `follow`) come from `runtime.logs.commands`. Another
 module adds commands the same way: a function registering subparsers with
 `set_defaults(func=...)` where `func(args) -> int` is the exit status.
 """
@@ -14,7 +14,9 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from runtime.config import ConfigError, ConfigWatcher, load_agent_config
@@ -101,6 +103,49 @@ def _locks(args: argparse.Namespace) -> int:
     return 0
 
 
+# A question any policy service can answer without side effects: not a local recipient.
+_PING = (
+    b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
+    b"client_address=127.0.0.1\nsender=\nrecipient=ping@mailcfg.invalid\n\n"
+)
+
+
+def _open_policy_socket(listen: str, timeout: float) -> socket.socket:
+    kind, _, where = listen.partition(":")
+    if kind == "unix" and where:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(timeout)
+        sock.connect(where)
+        return sock
+    if kind == "tcp" and where:
+        host, _, port = where.rpartition(":")
+        return socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    raise ValueError(f"listen address {listen!r}: expected unix:/PATH or tcp:HOST:PORT")
+
+
+def _ping(args: argparse.Namespace) -> int:
+    """Ask the running policy service one question (the apply engine's verify step)."""
+    config = load_agent_config(args.config)
+    listen = args.listen or config.listen
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            with _open_policy_socket(listen, timeout=10) as sock:
+                sock.sendall(_PING)
+                answer = sock.recv(4096)
+            break
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                print(f"mailcfg-agent: no policy service on {listen}: {exc}", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+    if not answer.startswith(b"action="):
+        print(f"mailcfg-agent: {listen} answered {answer[:200]!r}", file=sys.stderr)
+        return 1
+    print(f"{listen}: {answer.decode(errors='replace').strip()}")
+    return 0
+
+
 def add_policy_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", required=True, help="agent config (agent.json)")
@@ -117,6 +162,11 @@ def add_policy_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("address")
     common(p)
     p.set_defaults(func=_unlock)
+    p = sub.add_parser("ping", help="ask the running policy service one question")
+    common(p)
+    p.add_argument("--listen", help="unix:PATH or tcp:HOST:PORT (default: the config's)")
+    p.add_argument("--wait", type=float, default=0.0, help="retry for up to S seconds")
+    p.set_defaults(func=_ping)
     p = sub.add_parser("locks", help="list locked accounts and why")
     common(p)
     p.set_defaults(func=_locks)

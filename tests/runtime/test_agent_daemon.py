@@ -83,8 +83,26 @@ def test_serve_answers_policy_and_follows_logs(tmp_path: Path) -> None:
         assert rows and rows[0]["imap_logins"] == 1 and rows[0]["day"].endswith("-11-21")  # type: ignore[union-attr]
         blocked = [r for r in stats(config) if r["account"] == "bob@example.com"]
         assert blocked[0]["blacklist_blocked"] == 1
+        # The apply engine's verify step: the running service answers a harmless question.
+        ping = subprocess.run(
+            [sys.executable, "-m", "runtime", "ping", "--config", str(config)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert ping.returncode == 0 and "action=DUNNO" in ping.stdout, ping.stderr
     finally:
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=30) == 0, (tmp_path / "agent.err").read_text()
     assert not sock.exists()
     assert os.path.exists(tmp_path / "state.db")
+
+
+def test_ping_fails_clearly_without_a_service(tmp_path: Path) -> None:
+    config = tmp_path / "agent.json"
+    config.write_text(json.dumps({**BASE, "listen": f"unix:{tmp_path}/none.sock"}))
+    ping = subprocess.run(
+        [sys.executable, "-m", "runtime", "ping", "--config", str(config), "--wait", "0.5"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert ping.returncode == 1
+    assert f"no policy service on unix:{tmp_path}/none.sock" in ping.stderr
+    assert "Traceback" not in ping.stderr

@@ -163,6 +163,17 @@ def test_activations_are_formatted_from_resolved_paths() -> None:
     )
 
 
+def test_verify_probes_every_smtp_listener_and_asks_the_agent() -> None:
+    cfg = make_cfg(listeners={"submission_alt": {"enabled": False, "port": 2525}})
+    acts = {a.role: a for a in make_activations(cfg, ROLES, ["postfix", "agent"])}
+    (probe,) = acts["postfix"].verify
+    # 25 and 587 (2525 is off): a submission-only smtpd setting is read only on its port.
+    assert probe.endswith("127.0.0.1 25 127.0.0.1 587 ; fi")
+    (ping,) = acts["agent"].verify
+    assert "mailcfg-agent ping --config /etc/mailcfg/agent.json --wait 10" in ping
+    assert "[ -S /run/mailcfg/policy.sock ]" in ping
+
+
 def test_unknown_role_is_a_clear_error() -> None:
     with pytest.raises(RoleError, match="role 'nope' not found"):
         make_activations(make_cfg(), ROLES, ["nope"])
