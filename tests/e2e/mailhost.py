@@ -359,7 +359,8 @@ def _stop_postfix(config_dir: Path, queue_dir: Path) -> None:
         _wait(lambda: not _pid_alive(pid), f"postfix master {pid} to exit", [], 30)
 
 
-def _stop_child(proc: subprocess.Popen[bytes] | None) -> None:
+def stop_child(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop a child we started, by its PID: SIGTERM, then SIGKILL after 15 s."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -486,7 +487,7 @@ def boot_mailhost(
         _wait(lambda: wanted <= listening_ports(address), f"listeners {sorted(wanted)}", mh.logs)
         yield mh
     finally:
-        _stop_child(mh.dovecot_proc)
+        stop_child(mh.dovecot_proc)
         if postfix_started:
             _stop_postfix(config_dir, Path(paths.postfix_queue_dir))
-        _stop_child(mh.agent_proc)
+        stop_child(mh.agent_proc)

@@ -23,6 +23,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -448,7 +449,18 @@ class NetnsLab:
         run_cmd(["ip", "-n", host.name, "link", "set", "eth0", "down"])
 
     def start_host(self, host: NetnsHost) -> None:
+        """Bring the link back and return once the runner reaches the host's sshd again (the
+        bridge port and neighbour entry take a moment, longer on a loaded machine)."""
         run_cmd(["ip", "-n", host.name, "link", "set", "eth0", "up"])
+
+        def reachable() -> bool:
+            try:
+                socket.create_connection((host.address, host.ssh_port), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
+
+        wait_until(reachable, f"{host.name} reachable again")
 
     def add_user(self, host: NetnsHost, user: str) -> None:
         """Let the lab's key log in as `user` on this host (the user must exist)."""

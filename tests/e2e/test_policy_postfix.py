@@ -20,7 +20,6 @@ import email
 import email.policy
 import itertools
 import shutil
-import signal
 import smtplib
 import ssl
 import subprocess
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mailhost import MailHost, MailHostError, boot_mailhost
+from mailhost import MailHost, MailHostError, boot_mailhost, stop_child
 
 from schemas.inventory import Inventory
 from tests.runtime.dnsserver import Zone, dns_server
@@ -141,16 +140,6 @@ def agent_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "runtime"]
 
 
-def stop_by_pid(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextlib.contextmanager
 def run_agent(mh: MailHost, state: str, out: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(out, "ab") as log:
@@ -166,7 +155,7 @@ def run_agent(mh: MailHost, state: str, out: Path) -> Iterator[subprocess.Popen[
             time.sleep(0.05)
         yield proc
     finally:
-        stop_by_pid(proc)
+        stop_child(proc)
 
 
 @pytest.fixture(scope="module")
