@@ -10,7 +10,7 @@ overrides are plain `name = value` lines. Everything here returns unlocated `Fin
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -126,12 +126,7 @@ def _check_domains_fully(sources: Sequence[DomainSource]) -> list[Finding]:
             )
         suffix = "@" + dom.domain
         for i, acc in enumerate(dom.accounts):
-            name = acc.name
-            if "@" in name:
-                findings.extend(_foreign(src, _account_ref(src, i).path, name))
-                address = name
-            else:
-                address = name + suffix
+            address = _declared_address(src, i, acc.name, suffix, _account_ref, findings)
             first = accounts.get(address)
             if first is None:
                 accounts[address] = (src, i)
@@ -146,12 +141,7 @@ def _check_domains_fully(sources: Sequence[DomainSource]) -> list[Finding]:
                 )
             )
         for i, red in enumerate(dom.redirects):
-            name = red.name
-            if "@" in name:
-                findings.extend(_foreign(src, _redirect_ref(src, i).path, name))
-                address = name
-            else:
-                address = name + suffix
+            address = _declared_address(src, i, red.name, suffix, _redirect_ref, findings)
             first = redirect_at.get(address)
             if first is None:
                 redirect_at[address] = (src, i)
@@ -170,6 +160,22 @@ def _check_domains_fully(sources: Sequence[DomainSource]) -> list[Finding]:
     local = {src.domain.domain for src in sources}
     findings.extend(_dangling_targets(sources, accounts, redirect_to, local))
     return findings
+
+
+def _declared_address(
+    src: DomainSource,
+    index: int,
+    name: str,
+    suffix: str,
+    ref: Callable[[DomainSource, int], Ref],
+    findings: list[Finding],
+) -> str:
+    """The full address of a declared name; a full address of another domain is reported
+    (its path is built only then: most names are local parts)."""
+    if "@" not in name:
+        return name + suffix
+    findings.extend(_foreign(src, ref(src, index).path, name))
+    return name
 
 
 def _foreign(src: DomainSource, path: DataPath, name: str) -> list[Finding]:
