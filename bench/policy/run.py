@@ -354,17 +354,11 @@ def agent_config(tmp: Path, state: str, limit: int) -> Path:
     return path
 
 
-def start_agent(tmp: Path, limit: int, state: str) -> Running:
-    cfg = agent_config(tmp, state, limit)
-    addr = f"unix:{tmp}/agent.sock"
-    logfile = tmp / "agent.log"
-    with open(logfile, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "serve", "--config", str(cfg), "--listen", addr],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+def start_server(argv: list[str], addr: str, logfile: Path, cwd: Path | None = None) -> Running:
+    """Start a policy server in the foreground (output appended to `logfile`), wait until it
+    listens on `addr`, and stop it by PID if it never does."""
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     run = Running(addr, proc.pid, [lambda: stop_pid(proc.pid)])
     try:
         wait_listening(addr, popen_alive(proc, logfile))
@@ -372,6 +366,13 @@ def start_agent(tmp: Path, limit: int, state: str) -> Running:
         stop_pid(proc.pid)
         raise
     return run
+
+
+def start_agent(tmp: Path, limit: int, state: str) -> Running:
+    cfg = agent_config(tmp, state, limit)
+    addr = f"unix:{tmp}/agent.sock"
+    argv = [sys.executable, "-m", "runtime", "serve", "--config", str(cfg), "--listen", addr]
+    return start_server(argv, addr, tmp / "agent.log", cwd=ROOT)
 
 
 def start_agent_sqlite(tmp: Path, limit: int) -> Running:
@@ -488,19 +489,7 @@ def start_policyd(tmp: Path, limit: int) -> Running:
         'db_error_action: "dunno"\nreport: False\ndelay_to_close: 300\n'
     )
     addr = f"tcp:127.0.0.1:{PORT_POLICYD}"
-    with open(logfile, "ab") as out:
-        proc = subprocess.Popen(
-            [str(venv / "bin/policyd-rate-limit"), "--file", str(conf)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    run = Running(addr, proc.pid, [lambda: stop_pid(proc.pid)])
-    try:
-        wait_listening(addr, popen_alive(proc, logfile))
-    except Exception:
-        stop_pid(proc.pid)
-        raise
-    return run
+    return start_server([str(venv / "bin/policyd-rate-limit"), "--file", str(conf)], addr, logfile)
 
 
 SERVERS = {
