@@ -124,7 +124,8 @@ BAD_EXPECTED = [
     "mailcfg.yml:18:23: error: groups.edge.policy.postfix_main.smtpd_banner: 'hello\" world': "
     "quotes and backslashes have no meaning in main.cf and are not allowed",
     "mailcfg.yml:20:25: error: policy.global_filter[1]: invalid regular expression "
-    "'/unclosed[/': unterminated character set at position 8",
+    "'/unclosed[/': missing ]: [ (RE2 syntax: no backreferences or lookaround, so every "
+    "match runs in linear time)",
     "mailcfg.yml:22:5: error: policy.postfix_main.bad=name: 'bad=name' is not a main.cf "
     "parameter name (lower-case letters, digits and '_')",
     "mailcfg.yml:23:24: error: policy.postfix_main.smtpd_tls_ciphers: '{ high': unbalanced '{' "
