@@ -16,6 +16,7 @@ from itertools import chain
 from typing import Any
 
 from compiler.diagnostics import DataPath, Finding, Ref
+from schemas.common import check_domain
 from schemas.domain import Domain
 
 _MAIN_CF_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -413,3 +414,45 @@ def _main_cf_value_problem(value: str) -> str | None:
     if depth != 0:
         return "unbalanced '{' '}' (main.cf braces group a value; they must pair up)"
     return None
+
+
+def check_external_senders(
+    raw: Any, domain_files: Mapping[str, str], *, file: str
+) -> list[Finding]:
+    """`external_senders` at every layer of the raw inventory file name domains of the
+    inventory (`domain_files`: domain → its file): the switch lets outside clients use a
+    served domain's addresses, so a name that is no domain here is a mistake."""
+    if not isinstance(raw, Mapping):
+        return []
+    layers: list[tuple[DataPath, Any]] = [(("policy",), raw.get("policy"))]
+    for section in ("groups", "hosts"):
+        entries = raw.get(section)
+        if isinstance(entries, Mapping):
+            for name, spec in entries.items():
+                if isinstance(spec, Mapping):
+                    layers.append(((section, name, "policy"), spec.get("policy")))
+    findings = []
+    for prefix, policy in layers:
+        entries = policy.get("external_senders") if isinstance(policy, Mapping) else None
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            domain = entry.get("domain") if isinstance(entry, Mapping) else None
+            if not isinstance(domain, str) or _malformed_domain(domain):
+                continue  # the schema reports it
+            if check_domain(domain) not in domain_files:
+                findings.append(
+                    Finding(
+                        file,
+                        (*prefix, "external_senders", i, "domain"),
+                        f"unknown domain {domain!r}: there is no domains/{domain}.yml "
+                        "(external_senders lists client networks for a served domain)",
+                    )
+                )
+    return findings
+
+
+def _malformed_domain(value: str) -> bool:
+    try:
+        check_domain(value)
+    except ValueError:
+        return True
+    return False

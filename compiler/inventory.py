@@ -17,7 +17,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from compiler.crosscheck import DomainSource, check_domains, check_hosts, check_postfix_main
+from compiler.crosscheck import (
+    DomainSource,
+    check_domains,
+    check_external_senders,
+    check_hosts,
+    check_postfix_main,
+)
 from compiler.diagnostics import (
     DataPath,
     Diagnostic,
@@ -130,6 +136,7 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
         run.findings.extend(findings)
         run.findings.extend(_check_host_policies(raw_main, policy, main_name))
         run.findings.extend(check_hosts(raw_main, domain_files, file=main_name))
+        run.findings.extend(check_external_senders(raw_main, domain_files, file=main_name))
 
     inventory = None
     if inv_file is not None and policy is not None:

@@ -5,6 +5,7 @@ Set once in `mailcfg.yml` under `policy:`; groups and hosts override any part of
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
 from typing import Annotated, Any
@@ -169,6 +170,58 @@ class Paths(Frozen):
     systemd_unit_dir: Token = "/etc/systemd/system"
 
 
+# A network wider than this would let a large part of the internet use a domain's addresses.
+EXTERNAL_SENDER_MIN_PREFIX = {4: 8, 6: 16}
+EXTERNAL_SENDER_MAX_NETWORKS = 256
+
+
+def check_client_network(value: str) -> str:
+    """A client network of `external_senders`: `a.b.c.d/n`, `v6/n` or `[v6]/n` (a single
+    address without `/n` is one host), with no host bits set; returned in the form Postfix's
+    cidr tables read (`2001:db8::/32`, no brackets)."""
+    text = value[1:].replace("]", "", 1) if value.startswith("[") else value
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(
+            f"{value!r} is not a network (a.b.c.d/n, v6/n or [v6]/n, no host bits set): {exc}"
+        ) from None
+    if net.prefixlen < EXTERNAL_SENDER_MIN_PREFIX[net.version]:
+        raise ValueError(
+            f"{value!r} is too wide: an IPv{net.version} network here is a "
+            f"/{EXTERNAL_SENDER_MIN_PREFIX[net.version]} or narrower (a wider one lets much of "
+            "the internet send as the domain)"
+        )
+    return str(net)
+
+
+ClientNetwork = Annotated[str, AfterValidator(check_client_network)]
+
+
+class ExternalSenders(Frozen):
+    """Clients outside `trusted_networks` that may use `domain`'s addresses as envelope
+    sender on port 25 (a mailing-list service, a SaaS sending as the domain). Everyone else
+    outside is refused such a sender (a forged local sender). `domain` must be a domain of
+    the inventory; a host that does not serve it ignores the entry."""
+
+    domain: DomainName
+    networks: list[ClientNetwork] = Field(min_length=1, max_length=EXTERNAL_SENDER_MAX_NETWORKS)
+
+
+def check_external_senders(value: list[ExternalSenders]) -> list[ExternalSenders]:
+    seen: set[str] = set()
+    for entry in value:
+        if entry.domain in seen:
+            raise ValueError(
+                f"domain {entry.domain} is listed twice; list all its networks in one entry"
+            )
+        seen.add(entry.domain)
+    return value
+
+
+ExternalSendersList = Annotated[list[ExternalSenders], AfterValidator(check_external_senders)]
+
+
 class ServerPolicy(Frozen):
     trusted_networks: list[Token] = Field(default_factory=lambda: ["127.0.0.0/8", "[::1]/128"])
     listeners: Listeners = Listeners()
@@ -201,6 +254,8 @@ class ServerPolicy(Frozen):
     # Extra main.cf parameters (role defaults < group < host); values are single lines.
     postfix_main: dict[Token, SafeLine] = Field(default_factory=dict)
     dovecot_auth_failure_delay: Token = "2s"
+    # Per served domain, the outside client networks that may send with its addresses.
+    external_senders: ExternalSendersList = Field(default_factory=list)
     keep_releases: int = Field(default=5, ge=1)
 
     @field_validator("trusted_networks")
