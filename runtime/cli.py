@@ -13,33 +13,54 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from runtime.config import ConfigError, ConfigWatcher, load_agent_config
-from runtime.policy.engine import Policy
-from runtime.policy.server import PolicyService, new_event_loop, run_policy_service
+from runtime.config import ConfigError, ConfigWatcher, load_agent_config, prepare_policy
+from runtime.daemon import Daemon, connection_cap
+from runtime.policy.server import (
+    PolicyService,
+    new_event_loop,
+    parse_listen,
+    run_policy_service,
+)
 from runtime.state.limits import LimitStore
 from runtime.state.open import StoreError, open_store
+from schemas.agent import AgentConfig
 
 log = logging.getLogger("mailcfg-agent")
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
 async def serve_policy(
-    config_path: str, listen: str | None, store: LimitStore, stop: asyncio.Event
+    config_path: str,
+    listen: str | None,
+    store: LimitStore,
+    stop: asyncio.Event,
+    *,
+    on_listening: Callable[[], None] | None = None,
+    max_connections: int | None = None,
 ) -> None:
     """Run the policy service until `stop` is set, reloading `config_path` when it changes.
-    The caller owns `store` (so the log follower can share it in the same process)."""
+    The caller owns `store` (so the log follower can share it in the same process). A reload
+    passes the same checks as a start (`prepare_policy`) or the current config stays."""
     config = load_agent_config(config_path)
-    service = PolicyService(Policy(config), store)
-    loop = asyncio.get_running_loop()
-    watcher = ConfigWatcher(config_path, service.set_config, loop)
+    service = PolicyService(
+        prepare_policy(config), store, max_connections=max_connections or connection_cap()
+    )
+
+    def reload(new: AgentConfig) -> None:
+        policy = prepare_policy(new)
+        for name in ("listen", "state", "logs", "host", "state_dir"):
+            if getattr(new, name) != getattr(config, name):
+                log.warning("%s changed in %s: takes effect at the next restart", name, config_path)
+        service.set_policy(policy)
+
+    watcher = ConfigWatcher(config_path, reload, asyncio.get_running_loop())
     try:
-        await run_policy_service(listen or config.listen, service, stop)
+        await run_policy_service(listen or config.listen, service, stop, on_listening=on_listening)
     finally:
         watcher.close()
 
@@ -47,25 +68,26 @@ async def serve_policy(
 def _serve(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config)
     store = open_store(args.state or config.state, host=config.host)
+    daemon = Daemon.from_environ()
+    listen = args.listen or config.listen
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        jobs = [serve_policy(args.config, args.listen, store, stop)]
+        helpers: dict[str, Callable[[], Awaitable[None]]] = {}
         if config.logs and not args.no_follow:
             from runtime.logs.ingest import follow_logs
 
-            jobs.append(follow_logs(config, store, stop))
-        # One daemon, one store: the follower's log-driven limits and the policy service's
-        # limits count in the same state. If either part dies, stop the other and exit.
-        tasks = [asyncio.create_task(job) for job in jobs]
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            task.result()
+            # One daemon, one store: the follower's log-driven limits and the policy
+            # service's limits count in the same state. The follower is supervised: its
+            # failures are logged and it is restarted; the policy service keeps answering.
+            helpers["log follower"] = lambda: follow_logs(config, store, daemon.stop)
+        service = serve_policy(
+            args.config,
+            args.listen,
+            store,
+            daemon.stop,
+            on_listening=lambda: daemon.ready(f"answering on {listen}"),
+        )
+        await daemon.run(service, helpers)
 
     try:
         # What is loaded by now (modules, config) lives as long as the daemon: out of the
@@ -111,16 +133,13 @@ _PING = (
 
 
 def _open_policy_socket(listen: str, timeout: float) -> socket.socket:
-    kind, _, where = listen.partition(":")
-    if kind == "unix" and where:
+    address = parse_listen(listen)
+    if address.kind == "unix":
         sock = socket.socket(socket.AF_UNIX)
         sock.settimeout(timeout)
-        sock.connect(where)
+        sock.connect(address.where)
         return sock
-    if kind == "tcp" and where:
-        host, _, port = where.rpartition(":")
-        return socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
-    raise ValueError(f"listen address {listen!r}: expected unix:/PATH or tcp:HOST:PORT")
+    return socket.create_connection((address.where, address.port), timeout=timeout)
 
 
 def _ping(args: argparse.Namespace) -> int:

@@ -4,6 +4,12 @@ The compiler installs the file by atomic rename, so the watcher watches the dire
 IN_MOVED_TO / IN_CLOSE_WRITE of the file's name (a watch on the file itself would follow the
 replaced inode). SIGHUP triggers the same reload. A new config that does not load is logged and
 the old one stays in force.
+
+One validation for start and reload: `load_agent_config` (the `AgentConfig` schema, the same
+pydantic types `mailcfg validate` checks the inventory with) and then `prepare_policy` (what
+only the agent checks: the listen address it would bind at its next start, and the whole
+`Policy` built, filters compiled and resolvers made). A reload swaps in the prepared `Policy`
+only when both passed, so a config that reloads fine also starts.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from pathlib import Path
 import pyinotify
 from pydantic import ValidationError
 
+from runtime.policy.engine import Policy
+from runtime.policy.server import parse_listen
 from schemas.agent import AgentConfig
 
 log = logging.getLogger(__name__)
@@ -43,9 +51,24 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"{p}: invalid agent config:\n" + "\n".join(lines)) from exc
 
 
+def prepare_policy(config: AgentConfig) -> Policy:
+    """Everything the agent checks beyond the schema before it serves `config`, at start and
+    at reload alike; ConfigError if the agent can't run with it."""
+    try:
+        parse_listen(config.listen)
+    except ValueError as exc:
+        raise ConfigError(f"invalid agent config: {exc}") from exc
+    try:
+        return Policy(config)
+    except Exception as exc:  # whatever Policy() refuses, say what instead of a traceback
+        raise ConfigError(f"agent config not usable: {type(exc).__name__}: {exc}") from exc
+
+
 class ConfigWatcher:
     """Calls `on_config(AgentConfig)` on the event loop whenever `path` is replaced (or on
-    SIGHUP); changes in one burst are coalesced. `close()` stops watching."""
+    SIGHUP); changes in one burst are coalesced. `on_config` refuses a config by raising
+    (ConfigError: logged without a traceback); the current one then stays. `close()` stops
+    watching."""
 
     def __init__(
         self,
@@ -92,6 +115,9 @@ class ConfigWatcher:
             return
         try:
             self.on_config(config)
+        except ConfigError as exc:
+            log.error("keeping the current config: %s: %s", self.path, exc)
+            return
         except Exception:
             log.exception("keeping the current config: applying %s failed", self.path)
             return

@@ -9,23 +9,35 @@ trip (while the loop waits, the next batch queues up in the sockets). A reply is
 after its commit, so a `kill -9` never loses a counted, answered decision.
 
 Failures never kill the server: a protocol error closes that connection (logged); an exception
-in a check answers the configured fail-safe action (inbound: DUNNO by default; outbound: DEFER).
+in a check answers the configured fail-safe action (inbound: DUNNO by default; outbound: DEFER);
+a batch the store refuses is decided again request by request, so only the request that fails
+gets the fail-safe answer.
+
+Hostile clients can't exhaust it: the listener accepts at most `max_connections` (derived from
+the open-file limit by the caller); at the cap a new connection evicts the connection idle the
+longest (one that never completed a request first), and accepting pauses only while none is
+idle. A connection must complete its first request (and any later one it starts) within
+`request_timeout`; an established one may idle for `idle_timeout`. Accept errors (EMFILE,
+ENFILE, ...) pause accepting for a moment and never close the listener.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import logging
 import os
+import select
+import socket
 import stat
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 from runtime.notify import NoticeJob, deliver_whitelist_notice, make_lock_alert, send_mail
 from runtime.policy.checks import Verdict, check_limit_result
@@ -39,11 +51,25 @@ from schemas.policy import FailAction
 log = logging.getLogger(__name__)
 
 DUNNO_REPLY = format_reply("DUNNO")
-IDLE_TIMEOUT = 600.0  # longer than Postfix's smtpd_policy_service_max_idle (300s)
+# Just over Postfix's smtpd_policy_service_max_idle (300 s): smtpd closes an idle connection
+# first, so our close never races one of its requests. Under pressure idle connections are
+# evicted long before (see ConnectionTable), so this bounds nothing an attacker can use.
+IDLE_TIMEOUT = 310.0
+# smtpd writes a whole request as soon as it connects; a client that has not completed its
+# first request (or a started one) within this is not smtpd and loses its slot.
+REQUEST_TIMEOUT = 10.0
+MAX_CONNECTIONS = 1024  # the caller derives the real cap from RLIMIT_NOFILE (runtime.daemon)
 MAX_PENDING = 256  # unanswered requests per connection before it is treated as abuse
 # Whitelist notices being decided at once (each may do SPF lookups): beyond it, a flood of
 # rejects (say, forged senders) gets no notices rather than a growing backlog.
 MAX_NOTICES = 16
+# Loop time the one-by-one retry of a refused batch may take: a store that is down (not one
+# poisoned request) fails the rest of the batch at once instead of stalling every client.
+RETRY_BUDGET = 0.1
+LISTEN_BACKLOG = 1024
+ACCEPT_BATCH = 64  # connections accepted per readiness of the listening socket
+ACCEPT_PAUSE = 0.05  # seconds accepting pauses on an accept error or a full table
+WARN_INTERVAL = 10.0  # seconds between repeated warnings about the cap or accept errors
 
 
 def fail_action(action: FailAction, what: str) -> str:
@@ -79,6 +105,8 @@ class PolicyService:
         send_alert: Callable[[AgentConfig, str, LimitResult, float], None] | None = None,
         send_notice: Callable[[Policy, NoticeJob, StateStore], None] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -86,15 +114,17 @@ class PolicyService:
         self.send_alert = send_alert if send_alert is not None else send_lock_alert
         self.send_notice = send_notice if send_notice is not None else send_whitelist_notice
         self.idle_timeout = idle_timeout
-        self.connections: set[PolicyConnection] = set()
+        self.request_timeout = request_timeout
+        self.connections = ConnectionTable(max_connections)
         self._batch = _Batch()
         self._flush_scheduled = False
         self._tasks: set[asyncio.Future[None]] = set()
         self._notices = 0
 
-    def set_config(self, config: AgentConfig) -> None:
-        """Swap in a new config; requests already being decided finish with the old one."""
-        self.policy = Policy(config)
+    def set_policy(self, policy: Policy) -> None:
+        """Swap in a new policy (built and checked by the caller before: see
+        runtime.config.prepare_policy); requests already being decided finish with the old."""
+        self.policy = policy
 
     # -- per request ----------------------------------------------------------------------
 
@@ -107,15 +137,15 @@ class PolicyService:
                 self._batch.limits.append((lreq, slot, conn))
                 self._schedule_flush(conn)
                 return slot
-            account = policy.inbound_account(req)
-            if account is None:
+            rcpt = policy.inbound_recipient(req)
+            if rcpt is None:
                 slot.reply = DUNNO_REPLY
                 return slot
-            verdict = policy.check_lists(req, account)
+            verdict = policy.check_lists(req, rcpt)
             if verdict is not None and verdict.notice:
                 self._spawn_notice(policy, req, verdict)
             if verdict is None and policy.needs_dns(req):
-                task = asyncio.ensure_future(self._check_dns(policy, req, account, conn, slot))
+                task = asyncio.ensure_future(self._check_dns(policy, req, rcpt, conn, slot))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 return slot
@@ -174,40 +204,77 @@ class PolicyService:
         for conn in batch.conns:
             conn.flush_replies()
 
-    def _write_limits(self, batch: _Batch) -> list[LimitResult] | None:
-        """Decide the batch's limits; None if the store failed."""
-        if not batch.limits:
-            return None
+    def _write_limits(self, batch: _Batch) -> list[LimitResult | None]:
+        """Decide the batch's limits in one store call; if the store refuses the batch, decide
+        its requests one by one so that only a request that fails itself is None (fail-safe),
+        and its unrelated neighbours are decided as usual."""
+        requests = [r for r, _, _ in batch.limits]
+        if not requests:
+            return []
         try:
-            return self.store.consume_limits([r for r, _, _ in batch.limits])
+            return list(self.store.consume_limits(requests))
         except Exception:
-            log.exception("state backend failed; answering the outbound fail-safe action")
-            return None
+            if len(requests) == 1:
+                log.exception(
+                    "state backend failed for %r; answering the outbound fail-safe action",
+                    requests[0].account,
+                )
+                return [None]
+            log.exception("state backend refused a batch of %d; deciding one by one", len(requests))
+        return self._write_limits_one_by_one(requests)
+
+    def _write_limits_one_by_one(
+        self, requests: Sequence[LimitRequest]
+    ) -> list[LimitResult | None]:
+        results: list[LimitResult | None] = []
+        deadline = time.monotonic() + RETRY_BUDGET
+        for i, req in enumerate(requests):
+            if time.monotonic() > deadline:
+                # A store that is down, not one bad request: don't stall the loop on it.
+                log.error(
+                    "state backend too slow; %d requests get the outbound fail-safe action",
+                    len(requests) - i,
+                )
+                results += [None] * (len(requests) - i)
+                break
+            try:
+                results += self.store.consume_limits([req])
+            except Exception as exc:
+                log.error(
+                    "state backend failed for %r (%s: %s); answering the outbound fail-safe action",
+                    req.account,
+                    type(exc).__name__,
+                    exc,
+                )
+                results.append(None)
+        return results
 
     def _write_stats(self, batch: _Batch) -> None:
+        # One call per account-day: a failing write loses only that account's counters.
         for (day, account), counters in batch.stats.items():
             try:
                 self.store.add_stats(day, account, counters)
             except Exception:
-                log.exception("state backend failed; statistics of %s lost", account)
+                log.exception("state backend failed; statistics of %r lost", account)
 
-    def _answer(self, batch: _Batch, results: list[LimitResult] | None) -> None:
-        """Set the replies of the batch's limit decisions (fail-safe if `results` is None)."""
+    def _answer(self, batch: _Batch, results: Sequence[LimitResult | None]) -> None:
+        """Set the replies of the batch's limit decisions (fail-safe where a result is None)."""
         policy = self.policy
-        items = batch.limits
-        if results is None:
-            fail = format_reply(fail_action(policy.config.fail_action_outbound, "sending limit"))
-            for _, slot, _ in items:
+        fail: bytes | None = None
+        for (req, slot, _), res in zip(batch.limits, results, strict=True):
+            if res is None:
+                if fail is None:
+                    action = fail_action(policy.config.fail_action_outbound, "sending limit")
+                    fail = format_reply(action)
                 slot.reply = fail
-        else:
-            for (req, slot, _), res in zip(items, results, strict=True):
-                if res.allowed:  # the common case, without building a Verdict
-                    slot.reply = DUNNO_REPLY
-                    continue
-                slot.reply = format_reply(check_limit_result(res, req.account).action)
-                if res.newly_locked:
-                    log.warning("locked %s: %s (%s)", req.account, req.reason, dict(res.counts))
-                    self._spawn_alert(policy.config, req.account, res, req.now)
+                continue
+            if res.allowed:  # the common case, without building a Verdict
+                slot.reply = DUNNO_REPLY
+                continue
+            slot.reply = format_reply(check_limit_result(res, req.account).action)
+            if res.newly_locked:
+                log.warning("locked %s: %s (%s)", req.account, req.reason, dict(res.counts))
+                self._spawn_alert(policy.config, req.account, res, req.now)
 
     def _spawn_alert(self, config: AgentConfig, account: str, res: LimitResult, now: float) -> None:
         loop = asyncio.get_running_loop()
@@ -260,45 +327,133 @@ def send_whitelist_notice(policy: Policy, job: NoticeJob, store: StateStore) -> 
     log.info("whitelist notice to %s about %s: %s", job.sender, job.recipient, outcome)
 
 
+class ConnectionTable:
+    """The open connections, in eviction order: those that never completed a request by
+    connection time, then the others by last activity (least recent first). `make_room`
+    keeps the count under `limit` by closing the connection idle the longest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 1)
+        self._fresh: OrderedDict[PolicyConnection, None] = OrderedDict()
+        self._served: OrderedDict[PolicyConnection, None] = OrderedDict()
+        self.opening = 0  # accepted sockets whose connection is not made yet
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._fresh) + len(self._served)
+
+    def __iter__(self) -> Iterator[PolicyConnection]:
+        yield from list(self._fresh)
+        yield from list(self._served)
+
+    def add(self, conn: PolicyConnection) -> None:
+        self._fresh[conn] = None
+
+    def touch(self, conn: PolicyConnection) -> None:
+        """`conn` completed a request: it is the most recently active one."""
+        if conn in self._fresh:
+            del self._fresh[conn]
+            self._served[conn] = None
+        elif conn in self._served:
+            self._served.move_to_end(conn)
+
+    def discard(self, conn: PolicyConnection) -> None:
+        self._fresh.pop(conn, None)
+        self._served.pop(conn, None)
+
+    def full(self) -> bool:
+        return len(self) + self.opening >= self.limit
+
+    def make_room(self) -> bool:
+        """True if one more connection may be accepted, after evicting an idle one if the
+        table is full; False while every connection waits for an answer."""
+        if not self.full():
+            return True
+        for table in (self._fresh, self._served):
+            for conn in table:
+                if not conn.slots:  # waiting for our answer is not idle
+                    self.discard(conn)
+                    conn.evict()
+                    self.evicted += 1
+                    return True
+        return False
+
+
 class PolicyConnection(asyncio.Protocol):
-    def __init__(self, service: PolicyService) -> None:
+    def __init__(self, service: PolicyService, *, accepted: bool = False) -> None:
         self.service = service
+        # Counted in the table's `opening` (by the listener) until connection_made.
+        self.accepted = accepted
         self.parser = RequestParser(MAX_REQUEST)
         self.slots: deque[_Slot] = deque()
         self.memo = MessageMemo()
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.served = False  # completed a request
+        self._opened = 0.0
         self._last = 0.0
+        self._partial: float | None = None  # when the incomplete request held began
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.peer = str(transport.get_extra_info("peername") or "unix")
-        self.service.connections.add(self)
-        self._last = time.monotonic()
-        self._arm(self.service.idle_timeout)
+        table = self.service.connections
+        if self.accepted:
+            self.accepted = False
+            table.opening -= 1
+        table.add(self)
+        self._opened = self._last = time.monotonic()
+        self._arm(self.service.request_timeout)
 
     def _arm(self, delay: float) -> None:
         self._timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
 
+    def _rearm_within(self, delay: float) -> None:
+        """Make the timer fire within `delay` (it may be armed for the long idle timeout)."""
+        timer = self._timer
+        if timer is not None and timer.when() - asyncio.get_running_loop().time() > delay:
+            timer.cancel()
+            self._arm(delay)
+
+    def _deadline(self) -> float:
+        svc = self.service
+        if not self.served:
+            return self._opened + svc.request_timeout
+        deadline = self._last + svc.idle_timeout
+        if self._partial is not None:
+            deadline = min(deadline, self._partial + svc.request_timeout)
+        return deadline
+
     def _check_idle(self) -> None:
         # One timer per connection, re-armed lazily: no timer churn per request.
-        idle = time.monotonic() - self._last
-        if idle >= self.service.idle_timeout and not self.slots:
+        self._timer = None
+        if self.transport is None:
+            return
+        now = time.monotonic()
+        deadline = self._deadline()
+        if now >= deadline and not self.slots:
             log.debug("closing idle policy connection from %s", self.peer)
             self.close()
         else:
-            self._arm(max(self.service.idle_timeout - idle, 1.0))
+            self._arm(max(deadline - now, 0.05))
 
     def data_received(self, data: bytes) -> None:
-        self._last = time.monotonic()
+        now = self._last = time.monotonic()
         try:
             requests = self.parser.feed(data)
         except ProtocolError as exc:
             log.warning("policy client %s: %s; closing the connection", self.peer, exc)
             self.close()
             return
+        if requests:
+            self.served = True
+            self.service.connections.touch(self)
+            self._partial = now if self.parser.pending else None
+        elif self._partial is None and self.parser.pending:
+            self._partial = now
+            self._rearm_within(self.service.request_timeout)
         for req in requests:
             self.slots.append(self.service.handle(req, self))
         if len(self.slots) > MAX_PENDING:
@@ -338,14 +493,44 @@ class PolicyConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def evict(self) -> None:
+        """Make room for a new connection: nothing is pending, so drop at once (an evicted
+        smtpd reconnects for its next request)."""
+        log.debug("evicting idle policy connection from %s", self.peer)
+        if self.transport is not None:
+            self.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.service.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         self.transport = None
 
 
 # -- listeners ----------------------------------------------------------------------------
+
+
+class ListenAddress(NamedTuple):
+    """A parsed `listen` value: `unix:/PATH` (port 0) or `tcp:HOST:PORT`."""
+
+    kind: str
+    where: str
+    port: int = 0
+
+
+def parse_listen(listen: str) -> ListenAddress:
+    """`unix:/path` or `tcp:host:port` (`tcp:[::1]:port` for IPv6); ValueError otherwise. The
+    one parser for starting the service, checking a reloaded config and `ping`."""
+    kind, _, where = listen.partition(":")
+    if kind == "unix" and where.startswith("/") and "\0" not in where:
+        return ListenAddress("unix", where)
+    if kind == "tcp":
+        host, _, port = where.rpartition(":")
+        host = host.strip("[]")
+        if host and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+            return ListenAddress("tcp", host, int(port))
+    raise ValueError(f"listen address {listen!r}: expected unix:/PATH or tcp:HOST:PORT")
 
 
 def _prepare_unix_socket(path: Path) -> None:
@@ -368,25 +553,157 @@ def _open_unix_access(path: Path) -> None:
     os.chmod(path, 0o660)
 
 
-async def start_listener(listen: str, service: PolicyService) -> asyncio.base_events.Server:
+def open_listen_sockets(address: ListenAddress) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for `address` (every address a TCP host name
+    resolves to)."""
+    socks: list[socket.socket] = []
+    try:
+        if address.kind == "unix":
+            path = Path(address.where)
+            _prepare_unix_socket(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind(str(path))
+            _open_unix_access(path)
+        else:
+            infos = socket.getaddrinfo(
+                address.where, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            for family, kind, proto, _, addr in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(addr)
+        for sock in socks:
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _has_pending_connection(sock: socket.socket) -> bool:
+    poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class PolicyListener:
+    """Accepts connections for `service` on its own sockets (not `loop.create_server`, whose
+    listener gives up on EMFILE): at the connection cap it evicts the connection idle the
+    longest before accepting, and pauses only while no connection is idle; an accept error
+    pauses for `ACCEPT_PAUSE` and is retried, never fatal."""
+
+    def __init__(self, socks: Sequence[socket.socket], service: PolicyService) -> None:
+        self.socks = list(socks)
+        self.service = service
+        self.loop = asyncio.get_running_loop()
+        self._paused: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._connecting: set[asyncio.Task[None]] = set()
+        self._warned = -WARN_INTERVAL
+        self._suppressed = 0
+
+    def start(self) -> None:
+        for sock in self.socks:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _stop_reading(self) -> None:
+        for sock in self.socks:
+            self.loop.remove_reader(sock.fileno())
+
+    def _pause(self) -> None:
+        self._stop_reading()
+        self._paused = self.loop.call_later(ACCEPT_PAUSE, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if not self._closed:
+            self.start()
+
+    def _warn(self, msg: str, *args: object) -> None:
+        """At most one warning per WARN_INTERVAL: a flood must not become a log flood."""
+        now = time.monotonic()
+        if now - self._warned < WARN_INTERVAL:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += f" ({self._suppressed} similar events not logged)"
+        self._warned, self._suppressed = now, 0
+        log.warning(msg, *args)
+
+    def _accept(self, sock: socket.socket) -> None:
+        table = self.service.connections
+        for i in range(ACCEPT_BATCH):
+            if i and table.full() and not _has_pending_connection(sock):
+                return  # evict only for a connection that is really waiting
+            evicted = table.evicted
+            if not table.make_room():
+                self._warn("policy connections: all %d busy; accepting paused", table.limit)
+                self._pause()
+                return
+            if table.evicted != evicted:
+                self._warn(
+                    "policy connections at the cap (%d): evicting the longest idle; %d so far",
+                    table.limit,
+                    table.evicted,
+                )
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the client gave up before we got to it
+                # EMFILE/ENFILE/ENOBUFS/ENOMEM: the reserve under the cap ran out (DNS,
+                # notices, the store). Idle connections being closed free descriptors soon.
+                self._warn("accepting a policy connection failed: %s; retrying", exc)
+                self._pause()
+                return
+            table.opening += 1
+            task = self.loop.create_task(self._connect(conn))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        made: list[PolicyConnection] = []
+
+        def make() -> PolicyConnection:
+            made.append(PolicyConnection(self.service, accepted=True))
+            return made[0]
+
+        try:
+            conn.setblocking(False)
+            await self.loop.connect_accepted_socket(make, conn)
+        except OSError as exc:
+            log.debug("policy connection lost while being set up: %s", exc)
+            conn.close()
+            if not made or made[0].accepted:  # connection_made never came
+                self.service.connections.opening -= 1
+
+    def close(self) -> None:
+        self._closed = True
+        if self._paused is not None:
+            self._paused.cancel()
+        else:
+            self._stop_reading()
+        for sock in self.socks:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        if self._connecting:
+            await asyncio.gather(*self._connecting, return_exceptions=True)
+
+
+async def start_listener(listen: str, service: PolicyService) -> PolicyListener:
     """`unix:/path` or `tcp:host:port`."""
-    loop = asyncio.get_running_loop()
-    kind, _, where = listen.partition(":")
-    if kind == "unix" and where:
-        path = Path(where)
-        _prepare_unix_socket(path)
-        server = await loop.create_unix_server(lambda: PolicyConnection(service), str(path))
-        _open_unix_access(path)
-        return server
-    if kind == "tcp" and where:
-        host, _, port = where.rpartition(":")
-        host = host.strip("[]")
-        if not host or not port.isdigit():
-            raise ValueError(f"listen address {listen!r}: expected tcp:HOST:PORT")
-        return await loop.create_server(
-            lambda: PolicyConnection(service), host, int(port), reuse_address=True
-        )
-    raise ValueError(f"listen address {listen!r}: expected unix:/PATH or tcp:HOST:PORT")
+    listener = PolicyListener(open_listen_sockets(parse_listen(listen)), service)
+    listener.start()
+    return listener
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -399,18 +716,32 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-async def run_policy_service(listen: str, service: PolicyService, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set, then stop listening, close connections and finish work."""
-    server = await start_listener(listen, service)
-    log.info("policy service listening on %s", listen)
+async def run_policy_service(
+    listen: str,
+    service: PolicyService,
+    stop: asyncio.Event,
+    *,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
+    """Serve until `stop` is set, then stop listening, close connections and finish work.
+    `on_listening` is called once the socket accepts connections (sd_notify READY=1)."""
+    listener = await start_listener(listen, service)
+    log.info(
+        "policy service listening on %s (at most %d connections)",
+        listen,
+        service.connections.limit,
+    )
     try:
+        if on_listening is not None:
+            on_listening()
         await stop.wait()
     finally:
-        server.close()
+        listener.close()
+        await listener.wait_closed()
         for conn in list(service.connections):
             conn.close()
-        await server.wait_closed()
         await service.drain()
-        if listen.startswith("unix:"):
+        address = parse_listen(listen)
+        if address.kind == "unix":
             with contextlib.suppress(OSError):
-                Path(listen[5:]).unlink()
+                Path(address.where).unlink()

@@ -181,10 +181,29 @@ def test_bad_client_closed_server_keeps_going(
 
 def test_idle_connection_closed(tmp_path: Path) -> None:
     async def t(h: Harness) -> None:
-        h.service.idle_timeout = 0.2
+        h.service.idle_timeout = h.service.request_timeout = 0.2
         c = await h.client()
         assert await c.ask(inbound("carol@example.com", "friend@ok.org")) == ["DUNNO"]
         assert await asyncio.wait_for(c.reader.read(), 10) == b""
+
+    run_with_server(tmp_path, t)
+
+
+def test_connection_without_a_request_gets_the_short_timeout(tmp_path: Path) -> None:
+    async def t(h: Harness) -> None:
+        h.service.request_timeout = 0.3  # idle_timeout stays at its 310 s
+        silent, partial, served = await h.client(), await h.client(), await h.client()
+        partial.writer.write(b"request=smtpd_access_policy\n")
+        assert await served.ask(inbound("carol@example.com", "friend@ok.org")) == ["DUNNO"]
+        start = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(silent.reader.read(), 10) == b""
+        assert await asyncio.wait_for(partial.reader.read(), 10) == b""
+        assert asyncio.get_running_loop().time() - start < 2
+        # A client that completed a request keeps its connection (idle_timeout).
+        assert await served.ask(inbound("carol@example.com", "friend@ok.org")) == ["DUNNO"]
+        # A later request started but never finished gets the short timeout too.
+        served.writer.write(b"request=smtpd_access_policy\n")
+        assert await asyncio.wait_for(served.reader.read(), 10) == b""
 
     run_with_server(tmp_path, t)
 
@@ -278,3 +297,49 @@ def test_cli_bad_config_is_a_clear_error(
     assert "invalid agent config" in err and "hostname" in err and "Traceback" not in err
     assert agent_main(["locks", "--config", str(tmp_path / "missing.json")]) == 2
     assert "cannot read agent config" in capsys.readouterr().err
+
+
+def test_bad_utf8_account_is_isolated_from_its_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The real SQLite store refuses a surrogate-escaped account name (bad UTF-8 from the
+    # wire): the batch is decided again one by one, only that request gets the fail-safe.
+    async def t(h: Harness) -> None:
+        c1, c2 = await h.client(), await h.client()
+        bad = encode(outbound("alice@example.com")).replace(b"username=", b"username=\xff")
+        c1.writer.write(encode(outbound("bob@example.com")) + bad)
+        c2.writer.write(encode(outbound("alice@example.com")))
+        got = [await c1.reply(), await c1.reply(), await c2.reply()]
+        assert got[0] == "DUNNO" and got[2] == "DUNNO"
+        assert got[1] == "DEFER 4.3.5 sending limit temporarily unavailable; try again later"
+        # bob's request was counted despite its neighbour: 5 per hour, so 4 more fit.
+        for _ in range(4):
+            assert await c2.ask(outbound("bob@example.com")) == ["DUNNO"]
+        assert "try again later" in (await c2.ask(outbound("bob@example.com")))[0]
+
+    with caplog.at_level(logging.WARNING):
+        run_with_server(tmp_path, t)
+    assert "deciding one by one" in caplog.text
+
+
+def test_connection_cap_evicts_the_longest_idle(tmp_path: Path) -> None:
+    async def t(h: Harness) -> None:
+        h.service.connections.limit = 4
+        served = await h.client()
+        assert await served.ask(inbound("carol@example.com", "friend@ok.org")) == ["DUNNO"]
+        idle = [await h.client() for _ in range(3)]
+        await asyncio.sleep(0.05)
+        assert len(h.service.connections) == 4
+        # Full: each newcomer evicts the oldest connection that never sent a request.
+        newcomers = []
+        for i in range(3):
+            newcomers.append(newcomer := await h.client())
+            assert await newcomer.ask(inbound("carol@example.com", "friend@ok.org")) == ["DUNNO"]
+            assert await asyncio.wait_for(idle[i].reader.read(), 10) == b""
+        # Now every slot is a served connection: the least recently active one goes.
+        late = await h.client()
+        assert await late.ask(inbound("carol@example.com", "friend@ok.org")) == ["DUNNO"]
+        assert await asyncio.wait_for(served.reader.read(), 10) == b""
+        assert len(h.service.connections) == 4 and h.service.connections.evicted == 4
+
+    run_with_server(tmp_path, t)
