@@ -4,7 +4,8 @@ Domain files: the file name equals the domain, a file declares only objects of i
 an address is an account at most once and a redirect source at most once (an account and a
 redirect of the same name are allowed: the redirect wins), no redirect loops (any cycle, also
 multi-hop and across files). Inventory file: hosts name known groups and domains; `postfix_main`
-overrides are plain `name = value` lines. Everything here returns unlocated `Finding`s.
+overrides are plain `name = value` lines of parameters an inventory may set
+(`compiler.postfix_params`). Everything here returns unlocated `Finding`s.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from itertools import chain
 from typing import Any
 
 from compiler.diagnostics import DataPath, Finding, Ref
+from compiler.postfix_params import managed_parameters, refusal_of
 from schemas.common import check_domain
 from schemas.domain import Domain
 
-_MAIN_CF_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_MAIN_CF_NAME = re.compile(r"[a-z][a-z0-9_]*")  # re.fullmatch: no trailing-newline escape
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,8 +371,9 @@ def check_hosts(raw: Any, domain_files: Mapping[str, str], *, file: str) -> list
 
 
 def check_postfix_main(raw: Any, *, file: str) -> list[Finding]:
-    """`postfix_main` overrides at every layer of the raw inventory file: a parameter name and
-    a one-line value that cannot break out of its `name = value` line."""
+    """`postfix_main` overrides at every layer of the raw inventory file: a parameter name
+    that mailcfg neither sets itself nor denies (`compiler.postfix_params`), and a one-line
+    value that cannot break out of its `name = value` line."""
     if not isinstance(raw, Mapping):
         return []
     layers: list[tuple[DataPath, Any]] = [(("policy",), raw.get("policy"))]
@@ -381,12 +384,13 @@ def check_postfix_main(raw: Any, *, file: str) -> list[Finding]:
                 if isinstance(spec, Mapping):
                     layers.append(((section, name, "policy"), spec.get("policy")))
     findings = []
+    managed: frozenset[str] | None = None  # read from main.cf.j2 once, only when needed
     for prefix, policy in layers:
         if not isinstance(policy, Mapping) or not isinstance(policy.get("postfix_main"), Mapping):
             continue
         for key, value in policy["postfix_main"].items():
             path = (*prefix, "postfix_main", key)
-            if not isinstance(key, str) or not _MAIN_CF_NAME.match(key):
+            if not isinstance(key, str) or not _MAIN_CF_NAME.fullmatch(key):
                 findings.append(
                     Finding(
                         file,
@@ -396,6 +400,11 @@ def check_postfix_main(raw: Any, *, file: str) -> list[Finding]:
                         at_key=True,
                     )
                 )
+            else:
+                managed = managed if managed is not None else managed_parameters()
+                refusal = refusal_of(key, managed)
+                if refusal:
+                    findings.append(Finding(file, path, refusal, at_key=True))
             if isinstance(value, str):
                 problem = _main_cf_value_problem(value)
                 if problem:

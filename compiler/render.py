@@ -6,8 +6,6 @@ role. No I/O but reading templates; the result is deterministic (FileTree iterat
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from typing import Any
 
 import jinja2
@@ -17,23 +15,9 @@ from compiler.resolve import HostConfig
 from compiler.roles import Role, RoleError, RoleFile, Roles, compile_snippet, render_prepared
 from compiler.types import FileTree, RenderedFile
 
-_PARAM_RE = re.compile(r"^([A-Za-z0-9_]+)\s*=", re.M)
-
 
 class RenderError(Exception):
     """A host cannot be rendered; the message names the host and the cause."""
-
-
-def check_main_cf(host: str, text: str) -> None:
-    """A parameter set twice in main.cf means `postfix_main` tries to override one that
-    mailcfg manages through the policy model: Postfix would silently take the last one."""
-    twice = sorted(name for name, n in Counter(_PARAM_RE.findall(text)).items() if n > 1)
-    if twice:
-        raise RenderError(
-            f"host {host}: policy.postfix_main.{twice[0]}: this parameter is managed by mailcfg "
-            "(set through the policy model, e.g. listeners, tls, limits, trusted_networks) and "
-            "cannot be overridden in postfix_main"
-        )
 
 
 def _template(roles: Roles, role: Role, spec: RoleFile) -> jinja2.Template:
@@ -43,9 +27,7 @@ def _template(roles: Roles, role: Role, spec: RoleFile) -> jinja2.Template:
         raise RoleError(f"roles/{role.name}/templates/{spec.template}: {exc}") from exc
 
 
-def render_role(
-    cfg: HostConfig, roles: Roles, role: Role, context: dict[str, Any]
-) -> list[RenderedFile]:
+def render_role(roles: Roles, role: Role, context: dict[str, Any]) -> list[RenderedFile]:
     files = []
     for i, spec in enumerate(role.files):
         where = f"roles/{role.name}/role.yml: files[{i}]"
@@ -69,8 +51,6 @@ def render_role(
                 text = render_prepared(template, variables)
             except jinja2.TemplateError as exc:
                 raise RoleError(f"roles/{role.name}/templates/{spec.template}: {exc}") from exc
-            if spec.template == "main.cf.j2":
-                check_main_cf(cfg.name, text)
             files.append(
                 RenderedFile(
                     path=path,
@@ -93,7 +73,7 @@ def render_host(cfg: HostConfig, roles: Roles, cache: DomainSetCache | None = No
     for name in sorted(set(cfg.spec.roles)):
         if name not in roles.roles:
             raise RenderError(f"host {cfg.name}: role {name!r} not found in {roles.path}")
-        for rendered in render_role(cfg, roles, roles[name], context):
+        for rendered in render_role(roles, roles[name], context):
             other = files.get(rendered.path)
             if other is not None:
                 raise RenderError(

@@ -121,6 +121,9 @@ BAD_EXPECTED = [
     "than or equal to 1 (got 0)",
     "mailcfg.yml:16:24: error: groups.edge.policy.recipient_limit: Input should be greater than "
     "or equal to 1 (got -5)",
+    "mailcfg.yml:18:9: error: groups.edge.policy.postfix_main.smtpd_banner: this parameter is "
+    "managed by mailcfg (main.cf sets it from the policy model, e.g. listeners, tls, limits, "
+    "trusted_networks) and cannot be overridden in postfix_main",
     "mailcfg.yml:18:23: error: groups.edge.policy.postfix_main.smtpd_banner: 'hello\" world': "
     "quotes and backslashes have no meaning in main.cf and are not allowed",
     "mailcfg.yml:20:25: error: policy.global_filter[1]: invalid regular expression "
@@ -128,6 +131,9 @@ BAD_EXPECTED = [
     "match runs in linear time)",
     "mailcfg.yml:22:5: error: policy.postfix_main.bad=name: 'bad=name' is not a main.cf "
     "parameter name (lower-case letters, digits and '_')",
+    "mailcfg.yml:23:5: error: policy.postfix_main.smtpd_tls_ciphers: this parameter decides "
+    "relaying, authentication, TLS, client trust or routing (or names a program, file or user) "
+    "and cannot be set in postfix_main",
     "mailcfg.yml:23:24: error: policy.postfix_main.smtpd_tls_ciphers: '{ high': unbalanced '{' "
     "'}' (main.cf braces group a value; they must pair up)",
 ]
@@ -142,7 +148,7 @@ def test_inventory_error_str_lists_everything_and_counts_errors() -> None:
     with pytest.raises(InventoryError) as info:
         load_inventory(DATA / "bad")
     text = str(info.value)
-    assert text.endswith("26 error(s) in the inventory")
+    assert text.endswith("28 error(s) in the inventory")
     assert text.count("\n") == len(BAD_EXPECTED)
 
 
@@ -351,12 +357,16 @@ policy:
     errors = errors_of(tmp_path)
     assert [e.split(": error: ")[0] for e in errors] == [
         "mailcfg.yml:7:19",
+        "mailcfg.yml:9:5",
         "mailcfg.yml:9:19",
+        "mailcfg.yml:10:5",
         "mailcfg.yml:10:16",
     ]
     assert "one non-empty line" in errors[0]
-    assert "control character" in errors[1]
-    assert "unbalanced" in errors[2]
+    assert "managed by mailcfg" in errors[1]
+    assert "control character" in errors[2]
+    assert "managed by mailcfg" in errors[3]
+    assert "unbalanced" in errors[4]
 
 
 def test_balanced_braces_in_main_cf_values_are_allowed(tmp_path: Path) -> None:
@@ -364,10 +374,10 @@ def test_balanced_braces_in_main_cf_values_are_allowed(tmp_path: Path) -> None:
         tmp_path,
         MAIN
         + "policy:\n  postfix_main:\n"
-        + "    smtpd_relay_restrictions: permit_mynetworks, { reject_unauth_destination }\n",
+        + "    smtpd_reject_footer: see { https://example.com/help }\n",
     )
     policy = load(tmp_path).inventory.policy
-    assert "{ reject_unauth_destination }" in policy.postfix_main["smtpd_relay_restrictions"]
+    assert "{ https://example.com/help }" in policy.postfix_main["smtpd_reject_footer"]
 
 
 # --- cross-checks -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from compiler.agentconfig import make_agent_config
-from compiler.render import RenderError, render_host
+from compiler.render import render_host
 from compiler.resolve import HostConfig, resolve_host
 from compiler.roles import (
     RoleError,
@@ -109,11 +109,6 @@ def test_postfix_main_extra_parameters_and_overrides() -> None:
     assert "\nsmtpd_tls_loglevel = 1\n" in main  # from roles/postfix/defaults.yml
     main = text(make_cfg(postfix_main={"smtpd_tls_loglevel": "0"}), "/etc/postfix/main.cf")
     assert "\nsmtpd_tls_loglevel = 0\n" in main
-
-
-def test_postfix_main_cannot_override_a_managed_parameter() -> None:
-    with pytest.raises(RenderError, match=r"policy\.postfix_main\.smtpd_relay_restrictions"):
-        render_host(make_cfg(postfix_main={"smtpd_relay_restrictions": "permit"}), ROLES)
 
 
 def test_maillog_file_is_allowed_by_prefixes() -> None:
