@@ -4,29 +4,36 @@ Inbound order (the original Mailcfg panel's): global input filter → recipient'
 recipient's whitelist → SPF → DNS blacklists. Each check returns a `Verdict` or None ("no
 opinion, go on"). Outbound: sending limits per authenticated account.
 
-Statistics: every inbound reject counts `rejected` for the recipient account; a reject by the
-account's blacklist or by a DNS blacklist also counts `blacklist_blocked` (the panel's "BList:
-incoming mail blocked by blacklists" covers both); an SPF reject also counts `spf_blocked`.
-These counters are written by the policy service only; the log follower must not count them
-again from Postfix's `reject:` lines.
+The global filter's regexes are RE2 (`schemas.policy.compile_filter_regex`, the one compile
+`mailcfg validate` uses too): matched in time linear in the sender's length whatever the
+pattern, against the sender's UTF-8 (bytes that are not UTF-8 count as one character each,
+never an exception that would answer the fail-safe action).
+
+Statistics: every inbound reject counts `rejected` for one local account (`Verdict.account`;
+which one for a redirect: see runtime.policy.recipients); a reject by an account's blacklist or
+by a DNS blacklist also counts `blacklist_blocked` (the panel's "BList: incoming mail blocked
+by blacklists" covers both); an SPF reject also counts `spf_blocked`. A reply names the
+recipient as addressed (`rcpt`), never the account behind a redirect. These counters are
+written by the policy service only; the log follower must not count them again from
+Postfix's `reject:` lines.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from runtime.state.base import Window
 from runtime.state.limits import LimitResult
 from schemas.domain import SenderList
-from schemas.policy import Limits
+from schemas.policy import Limits, compile_filter_regex, filter_regex
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """A Postfix action (`DUNNO`, `REJECT 5.7.1 text`, `PREPEND header: value`...), the local
-    account it concerns and the statistics counters it increments for that account."""
+    account whose statistics counters it increments (None: no account's) and those counters."""
 
     action: str
     account: str | None = None
@@ -43,28 +50,44 @@ DUNNO = Verdict("DUNNO")
 
 @dataclass(frozen=True, slots=True)
 class SenderFilter:
-    """Compiled global filter: lowercase substrings and case-insensitive regexes."""
+    """Compiled global filter: lowercase substrings and case-insensitive RE2 regexes."""
 
     substrings: tuple[str, ...]
-    patterns: tuple[re.Pattern[str], ...]
+    patterns: tuple[Any, ...]  # re2 patterns (the module has no type stubs)
     reject_text: str
 
 
 def compile_filter(lines: Sequence[str], reject_text: str) -> SenderFilter:
-    """Lines are plain text (case-insensitive substring of the sender) or `/regex/`."""
+    """Lines are plain text (case-insensitive substring of the sender) or `/regex/`, compiled
+    by the same function that validated them (`re2.error` for a line that would not)."""
     subs: list[str] = []
-    pats: list[re.Pattern[str]] = []
+    pats: list[Any] = []
     for line in lines:
-        if len(line) >= 2 and line.startswith("/") and line.endswith("/"):
-            pats.append(re.compile(line[1:-1], re.IGNORECASE))
-        else:
+        pattern = filter_regex(line)
+        if pattern is None:
             subs.append(line.lower())
+        else:
+            pats.append(compile_filter_regex(pattern))
     return SenderFilter(tuple(subs), tuple(pats), reject_text)
 
 
-def check_global_filter(flt: SenderFilter, sender: str, account: str) -> Verdict | None:
+def sender_filtered(flt: SenderFilter, sender: str) -> bool:
     low = sender.lower()
-    if any(s in low for s in flt.substrings) or any(p.search(sender) for p in flt.patterns):
+    if any(s in low for s in flt.substrings):
+        return True
+    if not flt.patterns:
+        return False
+    try:
+        data = sender.encode()
+    except UnicodeEncodeError:
+        # Bytes that were not UTF-8 (kept as surrogate escapes) become U+FFFD, one character
+        # each, so `.` matches them as any other character: no exception, no way around.
+        data = sender.encode(errors="surrogateescape").decode(errors="replace").encode()
+    return any(p.search(data) is not None for p in flt.patterns)
+
+
+def check_global_filter(flt: SenderFilter, sender: str, account: str | None) -> Verdict | None:
+    if sender_filtered(flt, sender):
         return Verdict(f"REJECT 5.7.1 {flt.reject_text}", account, ("rejected",))
     return None
 
@@ -72,7 +95,20 @@ def check_global_filter(flt: SenderFilter, sender: str, account: str) -> Verdict
 # -- per-account sender lists -------------------------------------------------------------
 
 
-def sender_listed(entries: Sequence[str], sender: str) -> bool:
+@dataclass(frozen=True, slots=True)
+class AccountList:
+    """One account's enabled black or white list, as a set."""
+
+    account: str
+    entries: frozenset[str]
+
+
+def make_account_list(account: str, lst: SenderList) -> AccountList | None:
+    """The list as the checks use it, or None when it is off."""
+    return AccountList(account, frozenset(lst.entries)) if lst.enabled else None
+
+
+def sender_listed(entries: Container[str], sender: str) -> bool:
     """An entry is a full address (exact) or `@domain` (exactly that domain); both lowercase.
     The null sender `<>` matches nothing."""
     low = sender.lower()
@@ -82,29 +118,51 @@ def sender_listed(entries: Sequence[str], sender: str) -> bool:
     return low in entries or domain in entries
 
 
-def check_blacklist(lst: SenderList, sender: str, account: str) -> Verdict | None:
-    if lst.enabled and sender_listed(lst.entries, sender):
-        return Verdict(
-            f"REJECT 5.7.1 <{account}>: sender is on the recipient's blacklist",
-            account,
-            ("rejected", "blacklist_blocked"),
-        )
+def check_blacklists(lists: Sequence[AccountList], sender: str, rcpt: str) -> Verdict | None:
+    """Refused when any of the lists (of the accounts mail to `rcpt` reaches) has the
+    sender; counted for the first of those accounts."""
+    for lst in lists:
+        if sender_listed(lst.entries, sender):
+            return Verdict(
+                f"REJECT 5.7.1 <{rcpt}>: sender is on the recipient's blacklist",
+                lst.account,
+                ("rejected", "blacklist_blocked"),
+            )
     return None
+
+
+def check_whitelists(
+    lists: Sequence[AccountList], sender: str, rcpt: str, text: str
+) -> Verdict | None:
+    """Refused when any of the lists lacks the sender (the null sender included, as in the
+    original panel), with the configured explanation of how to get approved; counted for the
+    first account whose list refused; marked for the optional notice mail."""
+    for lst in lists:
+        if not sender_listed(lst.entries, sender):
+            return Verdict(
+                f"REJECT 5.7.1 <{rcpt}>: {text}", lst.account, ("rejected",), notice=True
+            )
+    return None
+
+
+def check_blacklist(lst: SenderList, sender: str, account: str) -> Verdict | None:
+    """`check_blacklists` for one account addressed directly."""
+    one = make_account_list(account, lst)
+    return check_blacklists((one,), sender, account) if one is not None else None
 
 
 def check_whitelist(lst: SenderList, sender: str, account: str, text: str) -> Verdict | None:
-    """Whitelist on: any sender not on it (the null sender included, as in the original
-    panel) is rejected with the configured explanation of how to get approved; the verdict
-    is marked for the optional notice mail."""
-    if lst.enabled and not sender_listed(lst.entries, sender):
-        return Verdict(f"REJECT 5.7.1 <{account}>: {text}", account, ("rejected",), notice=True)
-    return None
+    """`check_whitelists` for one account addressed directly."""
+    one = make_account_list(account, lst)
+    return check_whitelists((one,), sender, account, text) if one is not None else None
 
 
 # -- SPF ----------------------------------------------------------------------------------
 
 
-def check_spf_result(result: str, explanation: str, header: str, account: str) -> Verdict | None:
+def check_spf_result(
+    result: str, explanation: str, header: str, account: str | None
+) -> Verdict | None:
     """pyspf result → verdict. fail: reject (RFC 7372 5.7.23); temperror: defer (4.7.24);
     softfail/neutral: accept with a Received-SPF header; others: no opinion."""
     if result == "fail":
@@ -122,7 +180,7 @@ def check_spf_result(result: str, explanation: str, header: str, account: str) -
 # -- DNS blacklists -----------------------------------------------------------------------
 
 
-def check_dnsbl_listing(zone: str | None, client: str, account: str) -> Verdict | None:
+def check_dnsbl_listing(zone: str | None, client: str, account: str | None) -> Verdict | None:
     if zone is None:
         return None
     return Verdict(

@@ -3,8 +3,11 @@ the inbound checks run in the panel's order.
 
 `Policy` is built once per config load (filter regexes compiled, limit windows per account,
 resolvers) and is immutable afterwards apart from its DNS caches; a reload builds a new one.
-Inbound = a RCPT request without `sasl_username` for an account of a local domain. Outbound =
-an END-OF-MESSAGE request with `sasl_username`; it counts `recipient_count` (or 1 per message).
+Inbound = a RCPT request without `sasl_username` for a recipient of a local domain: an
+account, a redirect (the accounts behind it are looked up in `recipients`, made once per load:
+see runtime.policy.recipients for the rule), or an address the config does not know (the
+global filter, SPF and DNSBL still apply). Outbound = an END-OF-MESSAGE request with
+`sasl_username`; it counts `recipient_count` (or 1 per message).
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ from runtime.notify import NoticeJob, make_notice_job
 from runtime.policy.checks import (
     DUNNO,
     Verdict,
-    check_blacklist,
+    check_blacklists,
     check_dnsbl_listing,
     check_global_filter,
     check_spf_result,
-    check_whitelist,
+    check_whitelists,
     compile_filter,
     limit_windows,
 )
 from runtime.policy.dnsbl import DnsblChecker, DnsblZone, make_resolver, parse_ranges
+from runtime.policy.recipients import UNKNOWN, LocalRecipient, index_recipients
 from runtime.policy.spf import SpfChecker, SpfResult, evaluate_spf
 from runtime.state.base import Window
 from runtime.state.limits import LimitRequest
@@ -63,6 +67,7 @@ class Policy:
         self.accounts: Mapping[str, AccountPolicy] = {
             addr: self._account_policy(acc.limits, acc) for addr, acc in config.accounts.items()
         }
+        self.recipients: Mapping[str, LocalRecipient] = index_recipients(config)
         self.default = self._account_policy(config.default_limits, None)
         spam = config.spam
         zones = [DnsblZone(z.value, parse_ranges(_DEFAULT_LISTED)) for z in spam.dnsbl]
@@ -109,32 +114,42 @@ class Policy:
             account, amount, pol.windows, now, lock=pol.lock, reason="sending limit exceeded"
         )
 
-    def inbound_account(self, req: Mapping[str, str]) -> str | None:
-        """The local account a RCPT request from outside is addressed to, if any."""
+    def inbound_recipient(self, req: Mapping[str, str]) -> str | None:
+        """The recipient of a local domain a RCPT request from outside is addressed to,
+        lowercased (Postfix's lookups ignore case), if any."""
         if req.get("sasl_username") or req.get("protocol_state", "").upper() != "RCPT":
             return None
         rcpt = req.get("recipient", "").lower()
         if rcpt.rpartition("@")[2] not in self.local_domains:
             return None
-        return rcpt if rcpt in self.accounts else None
+        return rcpt
 
     # -- inbound checks -------------------------------------------------------------------
 
-    def check_lists(self, req: Mapping[str, str], account: str) -> Verdict | None:
-        """The synchronous checks: global filter, blacklist, whitelist."""
+    def check_lists(self, req: Mapping[str, str], rcpt: str) -> Verdict | None:
+        """The synchronous checks for the local recipient `rcpt` (see `inbound_recipient`):
+        global filter, then the blacklists and whitelists of every account it reaches."""
         sender = req.get("sender", "")
-        acc = self.accounts[account].account
-        return (
-            check_global_filter(self.filter, sender, account)
-            or check_blacklist(acc.blacklist, sender, account)
-            or check_whitelist(acc.whitelist, sender, account, self.config.whitelist_reject_text)
+        local = self.recipients.get(rcpt, UNKNOWN)
+        verdict = check_global_filter(self.filter, sender, local.account)
+        if verdict is not None:
+            return verdict
+        if local.too_wide:
+            return Verdict(
+                f"DEFER_IF_PERMIT 4.7.1 <{rcpt}>: recipient reaches too many accounts with "
+                "sender lists; try again later"
+            )
+        return check_blacklists(local.blacklists, sender, rcpt) or check_whitelists(
+            local.whitelists, sender, rcpt, self.config.whitelist_reject_text
         )
 
     def notice_job(self, req: Mapping[str, str], verdict: Verdict, now: float) -> NoticeJob | None:
         """The explanation mail a whitelist reject may earn (see runtime.notify)."""
-        if not verdict.notice or verdict.account is None or self.notice_spf is None:
+        if not verdict.notice or self.notice_spf is None:
             return None
-        return make_notice_job(self.config, req, verdict.account, now)
+        # The address as sent: a notice never names the account behind a redirect.
+        rcpt = self.inbound_recipient(req)
+        return None if rcpt is None else make_notice_job(self.config, req, rcpt, now)
 
     def notice_spf_result(self, job: NoticeJob) -> str:
         """Blocking SPF check of a notice's sender (run in a worker thread). The whitelist
@@ -151,8 +166,10 @@ class Policy:
             req.get("client_address", "")
         )
 
-    async def check_dns(self, req: Mapping[str, str], account: str, memo: MessageMemo) -> Verdict:
-        """SPF, then DNS blacklists, for a client that is not on loopback."""
+    async def check_dns(self, req: Mapping[str, str], rcpt: str, memo: MessageMemo) -> Verdict:
+        """SPF, then DNS blacklists, for a client that is not on loopback; `rcpt` as for
+        `check_lists`."""
+        account = self.recipients.get(rcpt, UNKNOWN).account
         client = req.get("client_address", "")
         prepend: Verdict | None = None
         if self.spf is not None:

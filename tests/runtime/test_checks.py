@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+import re2
 
 from runtime.policy.checks import (
     check_blacklist,
@@ -24,7 +25,7 @@ from runtime.policy.spf import SpfChecker
 from runtime.state.base import Window
 from runtime.state.limits import LimitResult
 from schemas.domain import SenderList
-from schemas.policy import Limits
+from schemas.policy import Limits, compile_filter_regex
 from tests.runtime.dnsserver import Zone, dns_server
 from tests.runtime.policy_fixtures import inbound, make_config, outbound
 
@@ -70,6 +71,36 @@ def test_global_filter_regex_anchors() -> None:
     assert v is not None and v.action == "REJECT 5.7.1 Rejected by filter"
     assert v.counters == ("rejected",) and v.account == "a@x.org"
     assert check_global_filter(f, "j.john@test.com", "a@x.org") is None
+
+
+def test_global_filter_regex_is_re2_and_linear() -> None:
+    # What would backtrack for minutes in Python's re is one linear pass in RE2.
+    f = compile_filter(["/(a+)+$/", "/^x(y+)+z$/"], "no")
+    assert f.patterns and not f.substrings
+    hostile = "a" * 100_000
+    v = check_global_filter(f, hostile, "a@x.org")
+    assert v is not None and v.action == "REJECT 5.7.1 no"
+    assert check_global_filter(f, hostile + "!", "a@x.org") is None
+    assert check_global_filter(f, "x" + "y" * 100_000 + "!", "a@x.org") is None
+
+
+def test_global_filter_compiles_what_validation_compiled() -> None:
+    # The same function as `mailcfg validate`: a pattern RE2 refuses never reaches the agent
+    # as something else (Python's re would take this backreference).
+    with pytest.raises(re2.error):
+        compile_filter([r"/(a)\1/"], "no")
+    assert compile_filter_regex("x").search("X") is not None  # case-insensitive, like ours
+
+
+def test_global_filter_sender_not_utf8() -> None:
+    # Bytes that are not UTF-8 arrive as surrogate escapes: matched, never an exception (an
+    # exception would answer the fail-safe action, DUNNO by default).
+    f = compile_filter(["/^spam.*@/", "casino"], "no")
+    odd = b"spam\xff@x.org".decode("utf-8", "surrogateescape")
+    v = check_global_filter(f, odd, None)
+    assert v is not None and v.account is None
+    assert check_global_filter(f, b"ok\xff@casino.org".decode("utf-8", "surrogateescape"), None)
+    assert check_global_filter(f, b"ok\xff@x.org".decode("utf-8", "surrogateescape"), None) is None
 
 
 def test_sender_listed() -> None:
@@ -149,10 +180,12 @@ def test_is_remote() -> None:
 
 def test_classification() -> None:
     p = Policy(make_config())
-    assert p.inbound_account(inbound("Alice@example.com", "x@y.org")) == "alice@example.com"
-    assert p.inbound_account(inbound("sales@example.com", "x@y.org")) is None  # redirect
-    assert p.inbound_account(inbound("x@elsewhere.org", "x@y.org")) is None
-    assert p.inbound_account({**inbound("alice@example.com", "x"), "sasl_username": "u"}) is None
+    assert p.inbound_recipient(inbound("Alice@example.com", "x@y.org")) == "alice@example.com"
+    # A redirect, and an address of a local domain the config does not know, are inbound too.
+    assert p.inbound_recipient(inbound("Sales@example.com", "x@y.org")) == "sales@example.com"
+    assert p.inbound_recipient(inbound("zed@example.com", "x@y.org")) == "zed@example.com"
+    assert p.inbound_recipient(inbound("x@elsewhere.org", "x@y.org")) is None
+    assert p.inbound_recipient({**inbound("alice@example.com", "x"), "sasl_username": "u"}) is None
     req = p.outbound_request(outbound("Alice@example.com", 4), 0.0)
     assert req is not None and req.account == "alice@example.com" and req.amount == 4
     assert req.lock and list(req.windows) == [Window("hour", 3), Window("day", 100)]
