@@ -12,8 +12,8 @@ serves, in address order.
 `FragmentCache` keeps fragments on disk (a `compiler.packstore` store), keyed by the domain
 file's content key from the parse cache (file bytes + schema and loader code) under a
 fingerprint of the code that makes them, so after editing one domain file only that domain's
-rows are made again. The directory must be private to the user (it holds pickles, which are
-code when loaded).
+rows are made again. Fragments are pickles: `compiler.packstore` loads only files tagged with
+the user's key (`compiler.cachedir`).
 """
 
 from __future__ import annotations

@@ -19,23 +19,38 @@ entries in use and removes every other file of the directory.
 Writes are atomic (a temporary file renamed into place), so a reader sees a whole file or
 none. A missing, damaged or foreign file or entry is a miss (made again), never an error.
 
-The directory must be private to the user: it holds pickles, which are code when loaded.
+Pickles are code when loaded, and a cache directory may hold files nobody trusted wrote (e.g.
+`--cache` pointing into a checkout). So every file carries an HMAC-SHA256 of its name and
+pickled bytes under the user's key (`compiler.cachedir`, kept outside every cache directory),
+checked before anything is unpickled: a file without a valid tag is a miss, never loaded.
+Files are opened without following symlinks and used only if they are regular files of ours.
+The directory itself is checked (`compiler.cachedir.prepare_cache_dir`); an unsafe one, or no
+key, gives a store that reads and writes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import io
 import os
 import pickle
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from compiler.cachedir import CacheError, prepare_cache_dir, read_cache_key
+
 V = TypeVar("V")
 
 _SUFFIX = ".pickle"
+MAGIC = b"mailcfg-cache-1\n"  # then the tag, then the pickle
+TAG_SIZE = hashlib.sha256().digest_size
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _same(value: object) -> object:
@@ -59,9 +74,10 @@ class Codec(Generic[V]):
 class PackStore(Generic[V]):
     """The entries of one store directory, for one run: `get` and `put` during the run, then
     `save` once at its end (see the module docstring). Keys must be file-name safe (they name
-    the loose files): hex digests."""
+    the loose files): hex digests. Without a `directory` (it was unsafe) it stores nothing."""
 
-    directory: Path
+    directory: Path | None
+    key: bytes  # authenticates the files (`compiler.cachedir.read_cache_key`)
     tag: str
     codec: Codec[V]
     max_loose: int
@@ -87,6 +103,8 @@ class PackStore(Generic[V]):
     def save(self, keep: Iterable[str] = ()) -> None:
         """Write the entries put by this run. The entries in use, should the pack be written
         again, are those got or put by this run and those of `keep` that are stored."""
+        if self.directory is None:
+            return
         kept = set(keep)
         unused = len(self.packed.keys() - self.used.keys() - kept)
         if unused <= self.max_loose:
@@ -111,8 +129,8 @@ class PackStore(Generic[V]):
 
     def _find(self, key: str) -> V | None:
         value = self._decode(self.packed.get(key))
-        if value is None and key in self.loose:
-            value = self._decode(_read(self._loose_path(key)).get(key))
+        if value is None and key in self.loose and self.directory is not None:
+            value = self._decode(_read(self._loose_path(key), self.key).get(key))
         return value
 
     def _decode(self, stored: object) -> V | None:
@@ -124,16 +142,25 @@ class PackStore(Generic[V]):
             return None
 
     def _pack_path(self) -> Path:
+        assert self.directory is not None
         return self.directory / f"pack-{self.tag}{_SUFFIX}"
 
     def _loose_path(self, key: str) -> Path:
+        assert self.directory is not None
         return self.directory / f"loose-{self.tag}-{key}{_SUFFIX}"
 
     def _write(self, path: Path, data: dict[str, object]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        buffer = io.BytesIO()
+        self.codec.pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(data)
+        payload = buffer.getbuffer()
+        # mkstemp: a new file (O_EXCL, O_NOFOLLOW, 0600); the rename replaces a symlink at
+        # `path` instead of writing through it.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
-                self.codec.pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(data)
+                f.write(MAGIC)
+                f.write(_make_tag(self.key, path.name, payload))
+                f.write(payload)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -143,24 +170,53 @@ class PackStore(Generic[V]):
 
 def open_pack_store(directory: Path, tag: str, codec: Codec[V], *, max_loose: int) -> PackStore[V]:
     """The store in `directory` (made private to the user if new) for entries tagged `tag`:
-    its pack read, its loose files listed."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    prefix = f"loose-{tag}-"
-    with os.scandir(directory) as entries:
-        loose = {
-            e.name[len(prefix) : -len(_SUFFIX)]
-            for e in entries
-            if e.name.startswith(prefix) and e.name.endswith(_SUFFIX)
-        }
-    packed = _read(directory / f"pack-{tag}{_SUFFIX}")
-    return PackStore(directory, tag, codec, max_loose, packed, loose)
-
-
-def _read(path: Path) -> dict[object, object]:
-    """The dict pickled in `path` ({} if missing or damaged: its entries are made again)."""
+    its pack read, its loose files listed. If the directory is not safe to use (or there is
+    no key), a store that reads and writes nothing."""
     try:
-        with open(path, "rb") as f:
-            data = pickle.load(f)
-    except Exception:  # unpickling damaged bytes can raise nearly any exception type
+        prepare_cache_dir(directory, tighten=False)
+        key = read_cache_key()
+        prefix = f"loose-{tag}-"
+        with os.scandir(directory) as entries:
+            loose = {
+                e.name[len(prefix) : -len(_SUFFIX)]
+                for e in entries
+                if e.name.startswith(prefix) and e.name.endswith(_SUFFIX)
+            }
+    except (CacheError, OSError):
+        return PackStore(None, b"", tag, codec, max_loose, {}, set())
+    packed = _read(directory / f"pack-{tag}{_SUFFIX}", key)
+    return PackStore(directory, key, tag, codec, max_loose, packed, loose)
+
+
+def _make_tag(key: bytes, name: str, payload: bytes | memoryview) -> bytes:
+    """The HMAC of a file's pickled bytes, bound to its name (so no valid file can stand in
+    for another: another key's loose file, another tag's pack)."""
+    mac = hmac.new(key, name.encode() + b"\0", hashlib.sha256)
+    mac.update(payload)
+    return mac.digest()
+
+
+def _read(path: Path, key: bytes) -> dict[object, object]:
+    """The dict pickled in `path` ({} if missing, damaged, not a regular file of ours, or
+    without a valid tag: its entries are made again). Nothing is unpickled before its tag
+    is checked."""
+    try:
+        fd = os.open(path, _READ_FLAGS)  # O_NOFOLLOW: a symlink fails (ELOOP)
+    except OSError:
         return {}
-    return data if isinstance(data, dict) else {}
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return {}
+        if f.read(len(MAGIC)) != MAGIC:
+            return {}
+        data = f.read()
+    body = memoryview(data)
+    tag, payload = body[:TAG_SIZE], body[TAG_SIZE:]
+    if not hmac.compare_digest(tag, _make_tag(key, path.name, payload)):
+        return {}
+    try:
+        loaded = pickle.loads(payload)
+    except Exception:  # our own file, damaged in a way the tag cannot tell (a stale class)
+        return {}
+    return loaded if isinstance(loaded, dict) else {}

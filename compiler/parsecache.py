@@ -7,7 +7,9 @@ and loader sources, pydantic and Python versions), so editing a schema invalidat
 and editing one domain file re-parses only that file.
 Only files that validated cleanly are cached; cross-file checks always run.
 
-The cache directory must be private to the user (it holds pickles, which are code when loaded).
+Entries are pickles, which are code when loaded: `compiler.packstore` loads only files tagged
+with the user's key (`compiler.cachedir`), so nothing another user or a checkout put in the
+cache directory is ever unpickled.
 """
 
 from __future__ import annotations
