@@ -11,7 +11,6 @@ state (queue id → sender, smtpd session → account) is saved beside the posit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import hashlib
 import json
@@ -336,9 +335,15 @@ async def follow_logs(
 ) -> None:
     """Follow `config.logs` into `store` until `stop` is set. Runs in the event loop beside the
     policy server: reading is bounded per step (1 MiB per file) so a backlog never blocks the
-    loop for long, and waiting is a descriptor readiness or a timer, never a blocked thread."""
+    loop for long, and waiting is a descriptor readiness or a timer, never a blocked thread.
+    An error propagates with every descriptor it opened closed: the daemon restarts the
+    follower (runtime.daemon.supervise), so each attempt must leave nothing behind."""
     follower = Follower.open(config, store)
-    watcher: Watcher = make_watcher(list(config.logs), use_inotify=use_inotify)
+    try:
+        watcher: Watcher = make_watcher(list(config.logs), use_inotify=use_inotify)
+    except BaseException:
+        follower.close()
+        raise
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
     fd = watcher.fileno()
@@ -364,12 +369,11 @@ async def follow_logs(
                 queue_json = await asyncio.to_thread(read_queue, config.postfix_config_dir)
                 if queue_json is not None:
                     set_queue_gauge(store, policy, queue_json, time.time())
-            with contextlib.suppress(TimeoutError):
-                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait())]
-                _done, pending = await asyncio.wait(
-                    waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in pending:
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait())]
+            try:
+                await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
                     task.cancel()
     finally:
         if fd is not None:
