@@ -79,6 +79,29 @@ def _first_enabled(*listeners: Listener) -> tuple[str, int] | None:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalSenderClass:
+    """A served domain's `external_senders` entry as main.cf lays it out: a restriction class
+    `name` that permits a sender of `domain` when the client is in one of `networks`."""
+
+    name: str
+    domain: str
+    networks: tuple[str, ...]
+
+
+def make_external_senders(cfg: HostConfig) -> list[ExternalSenderClass]:
+    """The `external_senders` entries of the domains `cfg` serves (others mean nothing on
+    this host: it refuses no sender of theirs), by domain, one restriction class each."""
+    served = set(cfg.domain_names)
+    entries = sorted(
+        (e for e in cfg.policy.external_senders if e.domain in served), key=attrgetter("domain")
+    )
+    return [
+        ExternalSenderClass(f"mailcfg_external_senders_{i}", entry.domain, tuple(entry.networks))
+        for i, entry in enumerate(entries, start=1)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
 class SieveScript:
     """An account's autoresponder script, run by Dovecot's LMTP before delivery."""
 
@@ -331,6 +354,7 @@ def make_base_context(cfg: HostConfig) -> dict[str, Any]:
         "inbound_policy": make_policy_hook(paths.agent_socket, policy.policy_fail_action_inbound),
         "outbound_policy": make_policy_hook(paths.agent_socket, policy.policy_fail_action_outbound),
         "extra_main": sorted(policy.postfix_main.items()),
+        "external_senders": make_external_senders(cfg),
         "dovecot_protocols": protocols,
         # Every plain SMTP listener: each smtpd reads its own -o overrides only when a client
         # connects, so a bad submission-only setting shows only on 587/2525.

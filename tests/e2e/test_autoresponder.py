@@ -52,7 +52,10 @@ def make_inventory() -> Inventory:
 
 @pytest.fixture(scope="module")
 def mailhost() -> Iterator[MailHost]:
-    with boot_mailhost(make_inventory(), "mx1", None, PORT_BASE) as mh:
+    # The test's client (127.0.0.2, outside trusted_networks) sends as local accounts so that
+    # replies land in mailboxes: port 25 refuses that unless external_senders allows it.
+    allow = {"external_senders": [{"domain": "example.com", "networks": ["127.0.0.2/32"]}]}
+    with boot_mailhost(make_inventory(), "mx1", None, PORT_BASE, policy=allow) as mh:
         yield mh
 
 

@@ -35,7 +35,8 @@ def minimal() -> tuple[Inventory, str]:
 def full() -> tuple[Inventory, str]:
     """Everything the roles can express: two domains, quotas, protocol switches, redirects
     (on a mailbox, multi-target, outside), declared postmaster, lists, autoresponder, limit
-    overrides, a group and host policy overriding listeners, TLS, logs, postfix_main."""
+    overrides, a group and host policy overriding listeners, TLS, logs, postfix_main, and
+    outside networks allowed to send as served domains (external_senders)."""
     example = Domain(
         domain="example.com",
         admins=["@example/mail-admins"],
@@ -110,6 +111,10 @@ def full() -> tuple[Inventory, str]:
                     "global_filter": ["casino", "/^[0-9]+@/"],
                     "spam": {"dnsbl": ["zen.spamhaus.org"]},
                     "postmaster": "postmaster@example.com",
+                    "external_senders": [
+                        {"domain": "example.org", "networks": ["203.0.113.0/24", "2001:db8::/32"]},
+                        {"domain": "example.com", "networks": ["198.51.100.7"]},
+                    ],
                 }
             )
         },
