@@ -46,8 +46,6 @@ if TYPE_CHECKING:
     from compiler.inventory import LoadedInventory
     from compiler.roles import Roles
 
-DEFAULT_CACHE = Path(".mailcfg/cache")
-
 
 class UsageError(Exception):
     """Bad command-line input (exit 1, never argparse's 2, which means "changes")."""
@@ -69,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(command=name)
         p.add_argument("inventory", type=Path, help="inventory directory (holds mailcfg.yml)")
         p.add_argument("--roles", type=Path, help="roles directory (default: the built-in one)")
-        p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="parse cache directory")
+        p.add_argument(
+            "--cache",
+            type=Path,
+            help="cache directory (default: one per inventory under $XDG_CACHE_HOME/mailcfg)",
+        )
         return p
 
     inventory_command("validate", "check the inventory and render every host", ["check"])
@@ -126,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = _COMMANDS[args.command]
+        if hasattr(args, "cache"):
+            args.cache = _cache_dir(args, err)
         return handler(args, out, err)
     except UsageError as exc:
         print(exc, file=err)
@@ -151,6 +155,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- shared steps -------------------------------------------------------------------------------
+
+
+def _cache_dir(args: argparse.Namespace, err: IO[str]) -> Path | None:
+    """The cache directory to use (`--cache`, else the inventory's own under the XDG cache
+    directory), or None after one warning when it is not safe: the run goes on without."""
+    from compiler.cachedir import CacheError, open_cache_dir
+
+    if not args.inventory.is_dir():
+        return None  # `_load` reports it
+    try:
+        return open_cache_dir(args.cache, args.inventory)
+    except CacheError as exc:
+        print(f"mailcfg: warning: {exc}; running without a cache", file=err)
+        return None
+
+
+def _manifest(cache: Path | None, host_dir: Path) -> Path | None:
+    """The output manifest of `host_dir` under the cache, if its directory is safe."""
+    from compiler.cachedir import CacheError, prepare_cache_dir
+    from compiler.outdir import manifest_path
+
+    if cache is None:
+        return None
+    path = manifest_path(cache, host_dir)
+    try:
+        prepare_cache_dir(path.parent, tighten=False)
+    except CacheError:
+        return None
+    return path
 
 
 def _load(args: argparse.Namespace, err: IO[str]) -> LoadedInventory:
@@ -195,8 +228,10 @@ def _compile(
         loaded = loaded or _load(args, err)
         selected = _hosts(loaded, args.host if hosts is None else hosts)
         inventory = loaded.inventory
-        fragments = FragmentCache.open(
-            args.cache / SUBDIRECTORY, inventory.domains, loaded.domain_keys
+        fragments = (
+            FragmentCache.open(args.cache / SUBDIRECTORY, inventory.domains, loaded.domain_keys)
+            if args.cache is not None
+            else None
         )
         targets, failures = compile_targets(inventory, _roles(args), selected, fragments=fragments)
         # The inventory and targets live until the process exits: keep their ~10^5 objects
@@ -233,12 +268,12 @@ def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_render(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from compiler.outdir import manifest_path, write_tree
+    from compiler.outdir import write_tree
 
     targets, failures = _compile(args, err)
     for target in targets:
         host_dir = args.out / target.name
-        count = write_tree(target.tree, host_dir, manifest_path(args.cache, host_dir))
+        count = write_tree(target.tree, host_dir, _manifest(args.cache, host_dir))
         print(f"{target.name}: {count} file(s) in {host_dir}", file=out)
     for failure in failures:
         print(f"{failure.host}: error: {failure.message}", file=err)
