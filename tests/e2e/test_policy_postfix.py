@@ -19,6 +19,7 @@ import contextlib
 import email
 import email.policy
 import itertools
+import json
 import shutil
 import smtplib
 import ssl
@@ -399,3 +400,148 @@ def test_dnsbl_error_code_is_not_a_listing(host: Host) -> None:
     delivered(host.mh, "dave@example.com", "dnsbl error", before)
     line = host.wait_for_agent_log("answered 127.255.255.254 for 77.2.0.192.dnsbl.test")
     assert "WARNING" in line and "not a listing" in line
+
+
+# -- inbound checks for redirects (a second host) -----------------------------------------
+#
+# Postfix asks the agent at RCPT, before it expands a redirect, so the agent expands it
+# itself (runtime.policy.recipients): the global filter, SPF and DNSBL apply to a redirect as
+# to an account, and the lists of the accounts it reaches apply too; the reply names the
+# address as sent. Its own host (ports 21500 + offsets, DNS on 21553), a global filter on.
+
+REDIRECT_PORT_BASE = 21500
+REDIRECT_DNS_PORT = 21553
+REDIRECT_ZONE = Zone({"pass.test": [("TXT", "v=spf1 ip4:192.0.2.10 -all")]})
+REDIRECT_POLICY = {
+    "smtpd_error_sleep_time": "0s",
+    "global_filter": ["casino"],
+    "spam": {
+        "spf": True,
+        "nameservers": [f"127.0.0.1:{REDIRECT_DNS_PORT}"],
+        "dns_timeout": 2,
+    },
+    "postfix_main": {"smtpd_authorized_xclient_hosts": XCLIENT_SOURCE},
+}
+BLACKLIST_REPLY = b"<info@example.com>: sender is on the recipient's blacklist"
+
+
+def make_redirect_inventory() -> Inventory:
+    pw = _hash(PASSWORD)
+    return Inventory.model_validate(
+        {
+            "hosts": {"mx1": {"address": "127.0.0.1", "hostname": "mx1.example.com"}},
+            "domains": {
+                "example.com": {
+                    "domain": "example.com",
+                    "accounts": [
+                        {
+                            "name": "bob",
+                            "password": pw,
+                            "blacklist": {"enabled": True, "entries": ["spammer@bad.test"]},
+                        },
+                        {"name": "dave", "password": pw},
+                        {"name": "postmaster", "password": pw},
+                    ],
+                    "redirects": [{"name": "info", "to": "bob@example.com"}],
+                },
+                # Two hops across local domains: help@example.org → info@ → bob@.
+                "example.org": {
+                    "domain": "example.org",
+                    "redirects": [{"name": "help", "to": "info@example.com"}],
+                },
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def redirect_host() -> Iterator[MailHost]:
+    with (
+        dns_server(REDIRECT_ZONE, REDIRECT_DNS_PORT),
+        boot_mailhost(
+            make_redirect_inventory(),
+            "mx1",
+            None,
+            REDIRECT_PORT_BASE,
+            roles=("postfix", "dovecot", "agent"),
+            policy=REDIRECT_POLICY,
+            start_agent=True,
+        ) as mh,
+    ):
+        yield mh
+
+
+def counters_of(mh: MailHost, account: str) -> dict[str, int]:
+    """Today's statistics counters of `account`, from the running agent's state."""
+    res = subprocess.run(
+        [*agent_command(), "stats", "--config", str(mh.agent_config), "--format", "json",
+         "--account", account],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    rows = json.loads(res.stdout)
+    total: dict[str, int] = {}
+    for row in rows:
+        for name, value in row.items():
+            if isinstance(value, int):
+                total[name] = total.get(name, 0) + value
+    return total
+
+
+def counted_since(mh: MailHost, before: dict[str, int]) -> dict[str, int]:
+    after = counters_of(mh, "bob@example.com")
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def test_redirect_refuses_a_sender_its_account_blacklists(redirect_host: MailHost) -> None:
+    mh = redirect_host
+    before = counters_of(mh, "bob@example.com")
+    with smtp_from(mh, outside()) as s:
+        s.mail("spammer@bad.test")
+        code, text = s.rcpt("info@example.com")
+        assert code == 554 and text.endswith(BLACKLIST_REPLY)
+        assert b"bob" not in text  # never the account behind the redirect
+        # However it is written (Postfix unquotes it before asking the agent).
+        code, text = s.rcpt('"INFO"@Example.com')
+        assert code == 554 and text.endswith(BLACKLIST_REPLY)
+        code, text = s.rcpt("help@example.org")  # through another local domain
+        assert code == 554
+        assert text.endswith(b"<help@example.org>: sender is on the recipient's blacklist")
+        assert s.rcpt("dave@example.com")[0] == 250  # only what reaches bob
+    # Each reject counted once, for the account whose list refused.
+    assert counted_since(mh, before) == {"rejected": 3, "blacklist_blocked": 3}
+
+
+def test_redirect_refuses_a_global_filter_sender(redirect_host: MailHost) -> None:
+    mh = redirect_host
+    before = counters_of(mh, "bob@example.com")
+    with smtp_from(mh, outside()) as s:
+        s.mail("big.casino@promo.test")
+        code, text = s.rcpt("info@example.com")
+    assert code == 554 and text.endswith(b"Sender rejected by the server's input filter")
+    assert counted_since(mh, before) == {"rejected": 1}
+
+
+def test_redirect_refuses_an_spf_fail(redirect_host: MailHost) -> None:
+    mh = redirect_host
+    before = counters_of(mh, "bob@example.com")
+    with smtp_as(mh, "192.0.2.11", "mail.elsewhere.test") as s:
+        s.mail("someone@pass.test")
+        code, text = s.rcpt("info@example.com")
+    assert code == 554
+    assert text.startswith(b"5.7.23 ") and b"SPF fail" in text
+    assert counted_since(mh, before) == {"rejected": 1, "spf_blocked": 1}
+
+
+def test_redirect_delivers_normal_mail(redirect_host: MailHost) -> None:
+    mh = redirect_host
+    before = len(mh.messages("bob@example.com"))
+    with smtp_as(mh, "192.0.2.10", "mail.pass.test") as s:
+        sent = s.sendmail(
+            "friend@pass.test", ["info@example.com"], message("friend@pass.test", "via info")
+        )
+    assert sent == {}
+    delivered(mh, "bob@example.com", "via info", before)
+    with smtp_from(mh, outside()) as s:
+        sent = s.sendmail("friend@good.test", ["help@example.org"], message("f", "via help"))
+    assert sent == {}
+    delivered(mh, "bob@example.com", "via help", before + 1)
