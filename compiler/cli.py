@@ -39,7 +39,7 @@ from compiler.fleet import (
 )
 from compiler.hostcall import HostError
 from compiler.show import FORMATS, Format, format_plan, plan_to_json
-from compiler.transport import Transport, TransportError
+from compiler.transport import LocalTransport, Transport, TransportError
 from schemas.inventory import HostSpec
 
 if TYPE_CHECKING:
@@ -260,6 +260,7 @@ def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     for failure in failures:
         print(f"{failure.host}: error: {failure.message}", file=err)
     if failures:
+        print(f"mailcfg: {len(failures)} host(s) failed to render", file=err)
         return 1
     files = sum(len(t.tree) for t in targets)
     domains = len(loaded.inventory.domains)
@@ -268,16 +269,27 @@ def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_render(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """All or nothing: when one host fails to render, no host's files are written (a partial
+    output directory would pass for a complete one)."""
+    from compiler.confine import plain_name
     from compiler.outdir import write_tree
 
     targets, failures = _compile(args, err)
-    for target in targets:
-        host_dir = args.out / target.name
-        count = write_tree(target.tree, host_dir, _manifest(args.cache, host_dir))
-        print(f"{target.name}: {count} file(s) in {host_dir}", file=out)
     for failure in failures:
         print(f"{failure.host}: error: {failure.message}", file=err)
-    return 1 if failures else 0
+    if failures:
+        print(f"mailcfg: {len(failures)} host(s) failed to render; nothing written", file=err)
+        return 1
+    # A host key names one directory below --out (the load refuses others already); checked
+    # for every host before the first is written. write_tree also refuses a symbolic link.
+    for target in targets:
+        plain_name(target.name)
+    for target in targets:
+        host_dir = args.out / target.name
+        manifest = _manifest(args.cache, host_dir)
+        count = write_tree(target.tree, args.out, manifest, name=target.name)
+        print(f"{target.name}: {count} file(s) in {host_dir}", file=out)
+    return 0
 
 
 def _plan_all(args: argparse.Namespace, err: IO[str]) -> tuple[list[Target], list[HostResult]]:
@@ -406,11 +418,14 @@ def _agent_transport(
     spec = loaded.inventory.hosts[host]
     if "agent" not in spec.roles:
         raise UsageError(f"mailcfg: {host}: has no agent role")
-    if spec.transport == "local" and (spec.root or "/") != "/":
-        raise UsageError(f"mailcfg: {host}: a local directory root runs no agent")
     cfg = resolve_host(loaded.inventory, host, role_defaults(_roles(args)))
     path = f"{cfg.policy.paths.agent_config_dir.rstrip('/')}/{AGENT_CONFIG_NAME}"
-    return path, open_transport(host, spec, base_dir=Path.cwd())
+    transport = open_transport(host, spec, base_dir=Path.cwd())
+    if isinstance(transport, LocalTransport):
+        # A local root (never "/") stands for the host's "/": the agent runs on this machine
+        # with the config rendered under the root.
+        path = str(transport.root / path.lstrip("/"))
+    return path, transport
 
 
 def cmd_unlock(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
+from compiler.confine import local_root_problem
 from compiler.diagnostics import DataPath, Finding, Ref
 from compiler.postfix_params import managed_parameters, refusal_of
 from schemas.common import check_domain
@@ -319,8 +320,10 @@ def _dangling_targets(
 
 def check_hosts(raw: Any, domain_files: Mapping[str, str], *, file: str) -> list[Finding]:
     """Hosts of the raw inventory file name existing groups and domains (`domain_files`:
-    domain → its file); every domain is served by some host. Works on raw data so that it
-    also runs when other parts of the file are invalid."""
+    domain → its file); every domain is served by some host; a local `root` is no system
+    directory and a relative one stays below the current directory
+    (`compiler.confine.local_root_problem`). Works on raw data so that it also runs when other
+    parts of the file are invalid."""
     if not isinstance(raw, Mapping) or not isinstance(raw.get("hosts"), Mapping):
         return []
     groups = raw.get("groups")
@@ -331,6 +334,11 @@ def check_hosts(raw: Any, domain_files: Mapping[str, str], *, file: str) -> list
     for name, host in raw["hosts"].items():
         if not isinstance(host, Mapping):
             continue
+        root = host.get("root")
+        if isinstance(root, str):
+            problem = local_root_problem(root)
+            if problem:
+                findings.append(Finding(file, ("hosts", name, "root"), problem))
         host_groups = host.get("groups", [])
         for i, group in enumerate(host_groups if isinstance(host_groups, list) else []):
             if isinstance(group, str) and group not in known_groups:

@@ -89,6 +89,7 @@ class Host:
         services = os.environ.get("MAILCFG_SERVICES", "auto")
         self.run_services = services == "run" or (services == "auto" and self.is_system)
         self.state = os.path.join(self.root, STATE_DIR)
+        self.checked: set[str] = set()  # directories known to hold no link on their way
 
     def path(self, host_path: str) -> str:
         parts = host_path.split("/")
@@ -96,7 +97,43 @@ class Host:
         # the staging directory), no NUL.
         if parts[0] != "" or any(p in ("", ".", "..") for p in parts[1:]) or "\0" in host_path:
             raise StepFailed("input", f"not an absolute file path: {host_path!r}")
-        return os.path.join(self.root, host_path[1:])
+        local = os.path.join(self.root, host_path[1:])
+        if not self.is_system:
+            self.check_no_link(os.path.dirname(local))
+        return local
+
+    def check_no_link(self, directory: str) -> None:
+        """On a directory root, refuse a symbolic link on the way from the root down to
+        `directory` (where it exists): the root may lie in a checkout that holds
+        `etc -> /etc`, and every read, write and delete must stay below it. On "/" links
+        are the system's own."""
+        if directory in self.checked:
+            return
+        parent = os.path.dirname(directory)
+        if directory != self.root and parent != directory:
+            self.check_no_link(parent)
+        if os.path.islink(directory):
+            raise StepFailed(
+                "input",
+                f"{directory} is a symbolic link; a directory root is used only "
+                "through real directories below it",
+            )
+        self.checked.add(directory)
+
+    def check_state(self) -> None:
+        """On a directory root, no symbolic link on the way to or anywhere below the state
+        directory (releases are pruned and staged there with rmtree and plain paths)."""
+        if self.is_system:
+            return
+        self.check_no_link(self.state)
+        for dirpath, dirs, names in os.walk(self.state):
+            for name in dirs + names:
+                if os.path.islink(os.path.join(dirpath, name)):
+                    raise StepFailed(
+                        "input",
+                        f"{os.path.join(dirpath, name)} is a symbolic link; the "
+                        "state directory of a directory root holds none",
+                    )
 
     def release_dir(self, release_id: str) -> str:
         if not release_id or "/" in release_id or release_id.startswith("."):
@@ -791,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     host = Host(ns.root, ns.owners)
     try:
+        host.check_state()
         result = COMMANDS[ns.command](host, decode_args(ns, host))
     except StepFailed as exc:
         result = {"ok": False, "step": exc.step, "message": exc.message, "warnings": []}

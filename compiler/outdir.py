@@ -13,6 +13,13 @@ write to the file (by hand too) changes its ctime, which nobody can set back. A 
 trusted only if the file's ctime was at least `_RACY_NS` older than the manifest when it was
 saved (git's "racy clean" rule: a change within the same timestamp tick would not show).
 Anything else (no manifest, no record, a mismatch) falls back to reading and comparing bytes.
+The manifest only ever answers "is this file of the tree unchanged": its entries name no file
+to remove or write, so a damaged or tampered one costs a re-read, nothing more.
+
+Confinement: the host key and every tree path are plain names below the output directory, and
+symbolic links inside it are refused, never followed (`compiler.confine`), so neither a hostile
+inventory (`hosts: {"..": ...}`, a path with `..`) nor a checkout that holds `out/mx1 -> /etc`
+makes this module write or remove anything outside the directory.
 """
 
 from __future__ import annotations
@@ -27,10 +34,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from compiler.confine import ConfinedDir, plain_name, split_below
 from compiler.types import FileTree, RenderedFile
 
-_TMP_SUFFIX = ".mailcfg-new"
-_MANIFEST_FORMAT = "mailcfg-outdir-manifest-1"
+_MANIFEST_FORMAT = "mailcfg-outdir-manifest-2"  # records keyed by path below the root
 _RACY_NS = 2_000_000_000  # coarse file timestamps tick every few ms; 2 s is ample
 
 # size, mtime_ns, ctime_ns, inode, st_mode
@@ -91,8 +98,10 @@ def _write_manifest(path: Path, root: str, records: dict[str, _Record]) -> None:
 
 
 def _same_bytes(dest: str, size: int, content: bytes) -> bool:
-    # os-level calls: a Python file object costs more than the read for a small file.
-    fd = os.open(dest, os.O_RDONLY)
+    # os-level calls: a Python file object costs more than the read for a small file. The
+    # directories above `dest` were just opened without following links (`ConfinedDir.lstat`)
+    # and the file itself is not followed either: this read stays below the root too.
+    fd = os.open(dest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         return os.read(fd, size + 1) == content
     finally:
@@ -118,50 +127,37 @@ def _unchanged(
     return None
 
 
-def _remove_others(directory: str, keep: set[str]) -> None:
-    """Remove every file under `directory` not in `keep` (like `os.walk`: symlinks to
-    directories are left alone, never followed)."""
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.is_dir():
-                if not entry.is_symlink():
-                    _remove_others(entry.path, keep)
-            elif entry.path not in keep:
-                os.unlink(entry.path)
-
-
-def write_tree(tree: FileTree, directory: Path, manifest: Path | None = None) -> int:
-    """Make `directory` hold exactly the files of `tree`; returns how many files it holds.
+def write_tree(
+    tree: FileTree, directory: Path, manifest: Path | None = None, *, name: str | None = None
+) -> int:
+    """Make `directory` (or `directory/name`, for one host's files) hold exactly the files of
+    `tree`; returns how many files it holds. Nothing is written or removed outside it: `name`
+    (a host key from the inventory) must be one plain name, tree paths are plain paths below
+    it, and symbolic links inside are refused, never followed (`compiler.confine`).
     `manifest` (a file outside `directory`, private to this output directory) lets the next
     call skip reading files nobody touched (see the module docstring)."""
-    root = os.path.abspath(directory)
-    prefix = root.rstrip("/") + "/"
+    base = (plain_name(name),) if name is not None else ()
+    root = os.path.join(os.path.abspath(directory), *base)
+    # Every path is checked before anything is written: a bad one leaves the tree untouched.
+    files = [(base + split_below(path), file) for path, file in tree.files.items()]
     records = _read_manifest(manifest, root)
     kept: dict[str, _Record] = {}  # left as they were
-    keep: set[str] = set()
-    parents: set[str] = set()
-    for path, file in tree.files.items():
-        dest = prefix + path.lstrip("/")
-        keep.add(dest)
-        try:
-            st: os.stat_result | None = os.lstat(dest)
-        except FileNotFoundError:
-            st = None
-        digest = _unchanged(dest, st, file, records.get(dest))
-        if digest is not None and st is not None:
-            kept[dest] = _Record(_stat_key(st), digest)
-            continue
-        parent = os.path.dirname(dest)
-        if parent not in parents:
-            os.makedirs(parent, exist_ok=True)
-            parents.add(parent)
-        tmp = dest + _TMP_SUFFIX
-        with open(tmp, "wb") as f:
-            f.write(file.content)
-        os.chmod(tmp, file.mode)
-        os.replace(tmp, dest)
-    if os.path.isdir(root):
-        _remove_others(root, keep)
+    keep: set[tuple[str, ...]] = set()
+    with ConfinedDir(directory) as out:
+        out.directory(base, create=True)
+        for parts, file in files:
+            keep.add(parts)
+            key = "/".join(parts[len(base) :])
+            st = out.lstat(parts)
+            digest = _unchanged(os.path.join(out.root, *parts), st, file, records.get(key))
+            if digest is not None and st is not None:
+                kept[key] = _Record(_stat_key(st), digest)
+                continue
+            out.write(parts, file.content, file.mode)
+        # Whatever else is there is stale (a link is removed as a link, never followed).
+        for parts in list(out.walk_files(base)):
+            if parts not in keep:
+                out.unlink(parts)
     if manifest is not None and kept != records:
         # Files written now are left out: their ctime is too recent to be trusted next
         # time (racy), so the next run compares their bytes and records them.

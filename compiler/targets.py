@@ -1,7 +1,10 @@
 """Compile an inventory into per-host targets: resolved config, rendered tree, activations.
 
 Pure (reads templates only). A host whose rendering fails is reported by name instead of
-stopping the other hosts.
+stopping the other hosts. Every rendered path is checked to be a plain absolute path (no "..",
+".", "//"): the values that build paths are checked at load time already, and this is the
+second line, so that no writer below (`render --out`, a local root, the on-host script) is
+ever handed a path that could leave its root.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from compiler.confine import split_below
 from compiler.context import DomainSetCache
 from compiler.fleet import Target
 from compiler.fragments import FragmentCache
@@ -17,6 +21,7 @@ from compiler.gcpause import gc_paused
 from compiler.render import render_host
 from compiler.resolve import HostConfig, ServedAccountsCache, resolve_host
 from compiler.roles import Roles, make_activations, role_defaults
+from compiler.types import FileTree
 from schemas.inventory import Inventory
 
 
@@ -40,8 +45,27 @@ def compile_host(
     cache = cache if cache is not None else CompileCache()
     cfg = resolve_host(inventory, host, role_defaults(roles), cache.accounts)
     tree = render_host(cfg, roles, cache.domain_sets)
+    check_tree_paths(tree)
     activations_for = functools.partial(make_activations, cfg, roles)
     return cfg, Target(host, inventory.hosts[host], tree, activations_for)
+
+
+class PathError(ValueError):
+    """A rendered path that could leave the root it is written below."""
+
+
+def check_tree_paths(tree: FileTree) -> None:
+    """Refuse a tree with a path that is not absolute or not plain (see the module docstring)."""
+    for path in tree.files:
+        if not path.startswith("/"):
+            raise PathError(f"rendered path {path!r} is not absolute")
+        try:
+            split_below(path)
+        except ValueError:
+            raise PathError(
+                f"rendered path {path!r} has a '..', '.' or empty component: a value that "
+                "builds it (a paths.* entry, an account name) must not make one"
+            ) from None
 
 
 def compile_targets(
@@ -60,6 +84,8 @@ def compile_targets(
         for host in hosts:
             try:
                 targets.append(compile_host(inventory, roles, host, cache)[1])
+            except PathError as exc:
+                failures.append(CompileFailure(host, f"render: {exc}"))
             except Exception as exc:  # a template bug on one host must not hide the others
                 failures.append(CompileFailure(host, f"render: {type(exc).__name__}: {exc}"))
     if fragments is not None:

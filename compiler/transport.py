@@ -2,6 +2,9 @@
 
 `LocalTransport` maps the host's "/" to a directory on this machine: the embedded default for
 the example inventory and fast tests. Commands run on this machine with `MAILCFG_ROOT` set.
+Its files stay below the root: the root is never "/" or a system directory, and `put`/`get`
+take host paths as plain names below it, never following a symbolic link inside it
+(`compiler.confine`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from compiler.confine import ConfinedDir, local_root_problem, split_below
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +59,21 @@ class Transport(Protocol):
 
 class LocalTransport:
     """A directory standing for a host's "/". Host paths are mapped under `root`; commands run
-    here with cwd=root and `MAILCFG_ROOT=root` (the on-host scripts honour it)."""
+    here with cwd=root and `MAILCFG_ROOT=root` (the on-host scripts honour it). `root` is
+    refused when it is (or resolves to) "/", a system directory or the home directory of
+    whoever runs mailcfg: the host's files would overwrite this machine's own."""
 
     def __init__(self, host: str, root: Path) -> None:
         self.host = host
         self.root = root.resolve()
-
-    def local_path(self, path: str) -> Path:
-        return self.root / path.lstrip("/")
+        problem = local_root_problem(str(self.root))
+        if problem is None and self.root == Path.home().resolve():
+            problem = f"{str(self.root)!r} is the home directory of the user running mailcfg"
+        if problem:
+            raise TransportError(host, f"local root {root}: {problem}", "connect")
 
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
-        self.root.mkdir(parents=True, exist_ok=True)
+        ConfinedDir(self.root).close()  # created if missing; refused if it is a link
         env = {**os.environ, "MAILCFG_ROOT": str(self.root)}
         proc = subprocess.run(
             ["/bin/sh", "-c", command],
@@ -78,15 +87,13 @@ class LocalTransport:
         return CommandResult(command, proc.returncode, proc.stdout, proc.stderr)
 
     def put(self, path: str, content: bytes, mode: int = 0o644) -> None:
-        target = self.local_path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.mailcfg-tmp")
-        tmp.write_bytes(content)
-        tmp.chmod(mode)
-        tmp.replace(target)
+        with ConfinedDir(self.root) as root:
+            root.write(split_below(path), content, mode)
 
     def get(self, path: str) -> bytes:
-        return self.local_path(path).read_bytes()
+        parts = split_below(path)
+        with ConfinedDir(self.root, create=False) as root:
+            return root.read(parts)
 
     def close(self) -> None:
         return None

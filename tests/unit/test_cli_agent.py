@@ -1,7 +1,7 @@
 """`mailcfg unlock` and `mailcfg stats` reach a host's agent through the host's transport.
 
-The host here is this machine (local transport with root "/"), with its agent config and state
-in a temp dir, so the real `mailcfg-agent` runs exactly as it would over SSH.
+The host here is this machine (a local transport whose root is a temp dir, holding the agent
+config; its state is in a temp dir too), so the real `mailcfg-agent` runs as it would over SSH.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from compiler.passwd import make_password_hash
 from runtime.state.sqlite import SqliteStore
 
 
-def write_inventory(tmp: Path, root: str = "/") -> Path:
+def write_inventory(tmp: Path, root: str | None = None) -> Path:
+    root = root or str(tmp / "hostroot")
     inv = tmp / "inventory"
     (inv / "domains").mkdir(parents=True)
     (inv / "mailcfg.yml").write_text(
@@ -47,9 +48,10 @@ def inventory(tmp_path: Path) -> Path:
     inv = write_inventory(tmp_path)
     assert main(["render", str(inv), "--out", str(tmp_path / "out"), "--cache",
                  str(tmp_path / "cache")]) == 0  # fmt: skip
-    rendered = tmp_path / "out" / "here" / str(tmp_path / "etc" / "agent.json").lstrip("/")
-    (tmp_path / "etc").mkdir()
-    shutil.copy(rendered, tmp_path / "etc" / "agent.json")
+    config = str(tmp_path / "etc" / "agent.json").lstrip("/")
+    installed = tmp_path / "hostroot" / config
+    installed.parent.mkdir(parents=True)
+    shutil.copy(tmp_path / "out" / "here" / config, installed)
     return inv
 
 
@@ -91,7 +93,17 @@ def test_stats_gathers_rows_from_the_agent(
     assert code == 0 and "alice@example.com" in out and "<svg" in html.read_text()
 
 
-def test_a_directory_root_has_no_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    inv = write_inventory(tmp_path, root=str(tmp_path / "hostroot"))
+def test_a_directory_root_without_agent_config_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(tmp_path, root=str(tmp_path / "empty-root"))
     code, _, err = run(capsys, "unlock", str(inv), "here", "alice@example.com")
-    assert code == 1 and "local directory root runs no agent" in err
+    assert code == 1 and "Traceback" not in err
+
+
+def test_the_machine_itself_is_no_local_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(tmp_path, root="/")
+    code, _, err = run(capsys, "unlock", str(inv), "here", "alice@example.com")
+    assert code == 1 and "mailcfg.yml:7:11: error: hosts.here.root:" in err
