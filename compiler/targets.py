@@ -55,17 +55,27 @@ class PathError(ValueError):
 
 
 def check_tree_paths(tree: FileTree) -> None:
-    """Refuse a tree with a path that is not absolute or not plain (see the module docstring)."""
-    for path in tree.files:
+    """Refuse a tree with a path that is not absolute or not plain (see the module docstring),
+    or a file where another path needs a directory (`paths.dovecot_config_dir` set to the
+    path of main.cf): no writer could lay out such a tree, and it would fail half-way."""
+    files = tree.files
+    for path in files:
         if not path.startswith("/"):
             raise PathError(f"rendered path {path!r} is not absolute")
         try:
-            split_below(path)
+            parts = split_below(path)
         except ValueError:
             raise PathError(
                 f"rendered path {path!r} has a '..', '.' or empty component: a value that "
                 "builds it (a paths.* entry, an account name) must not make one"
             ) from None
+        for i in range(1, len(parts)):
+            above = "/" + "/".join(parts[:i])
+            if above in files:
+                raise PathError(
+                    f"rendered path {above!r} is a file, but {path!r} needs it to be a "
+                    "directory: two paths.* entries overlap"
+                )
 
 
 def compile_targets(

@@ -111,6 +111,13 @@ def test_a_dotted_rendered_path_injected_past_the_schema_writes_nothing(
         check_tree_paths(tree)  # and compile refuses the tree before any writer sees it
 
 
+def test_a_file_where_a_directory_is_needed_is_refused_before_writing() -> None:
+    tree = FileTree({"/etc/postfix/main.cf": _file(), "/etc/postfix/main.cf/dovecot.conf": _file()})
+    with pytest.raises(PathError, match="needs it to be a directory"):
+        check_tree_paths(tree)
+    check_tree_paths(FileTree({"/etc/postfix/main.cf": _file(), "/etc/postfix/m": _file()}))
+
+
 def test_a_host_directory_that_is_a_link_elsewhere_is_refused(
     tmp_path: Path, elsewhere: Path
 ) -> None:
