@@ -5,10 +5,18 @@ mode, owner, group, sensitive) and its activation commands; `defaults.yml` is th
 policy-defaults layer (`compiler.resolve` merges it below the inventory). Paths and commands
 are small Jinja2 templates rendered with the host's resolved config (`compiler.render`
 builds that context), so a role never hard-codes a path the model can move.
+
+Templates see inventory values, so they render in Jinja2's immutable sandbox (a value never
+reaches Python internals or changes the context), and commands are shell text run as root:
+every value a command template interpolates goes through the `shq` filter (`shlex.quote`).
+`{stage}` (the staging directory, replaced later by the on-host script) goes inside the quoted
+word: `{{ ("{stage}" ~ paths.postfix_config_dir) | shq }}` gives `'{stage}/etc/postfix'`.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
@@ -26,6 +35,8 @@ from compiler.types import Activation
 _ROLE_KEYS = {"service", "action", "files", "build", "validate", "apply", "verify"}
 _FILE_KEYS = {"template", "path", "mode", "owner", "group", "sensitive", "rows", "each"}
 _ACTIONS = {"reload", "restart", "none"}
+# What str.splitlines() splits on, and NUL (never part of an argument).
+_LINE_BREAK = re.compile(r"[\x00\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
 
 class RoleError(Exception):
@@ -83,6 +94,18 @@ def default_roles_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "roles"
 
 
+def quote_word(value: object) -> str:
+    """The `shq` filter: `value` as one shell word (`shlex.quote` of its text). A line break
+    or NUL is refused: a rendered command entry is split into one command per line, so a
+    quoted newline would end the command there and start another."""
+    text = str(value)
+    if _LINE_BREAK.search(text):
+        raise jinja2.TemplateRuntimeError(
+            f"{text[:80]!r}: a value with a line break or NUL cannot be one word of a command"
+        )
+    return shlex.quote(text)
+
+
 def make_environment(path: Path) -> jinja2.Environment:
     loader = jinja2.PrefixLoader(
         {
@@ -91,7 +114,7 @@ def make_environment(path: Path) -> jinja2.Environment:
             if (d / "role.yml").is_file()
         }
     )
-    return jinja2.Environment(
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
         loader=loader,
         # Templates do not change during a run: no stat() of the file at each use.
         auto_reload=False,
@@ -101,6 +124,8 @@ def make_environment(path: Path) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["shq"] = quote_word
+    return env
 
 
 def _read_yaml(path: Path) -> Any:
@@ -227,6 +252,19 @@ def _render_commands(
     return tuple(out)
 
 
+def make_activation(roles: Roles, role: Role, context: Mapping[str, Any]) -> Activation:
+    """A role's activation: its commands rendered with `context` (`make_base_context`)."""
+    return Activation(
+        role=role.name,
+        service=role.service,
+        action=role.action,
+        build=_render_commands(roles, role, "build", context),
+        validate=_render_commands(roles, role, "validate", context),
+        apply=_render_commands(roles, role, "apply", context),
+        verify=_render_commands(roles, role, "verify", context),
+    )
+
+
 def make_activations(
     cfg: HostConfig, roles: Roles, changed_roles: Collection[str]
 ) -> tuple[Activation, ...]:
@@ -236,16 +274,5 @@ def make_activations(
     for name in sorted(set(changed_roles)):
         if name not in roles.roles:
             raise RoleError(f"{roles.path}: role {name!r} not found")
-        role = roles[name]
-        result.append(
-            Activation(
-                role=name,
-                service=role.service,
-                action=role.action,
-                build=_render_commands(roles, role, "build", context),
-                validate=_render_commands(roles, role, "validate", context),
-                apply=_render_commands(roles, role, "apply", context),
-                verify=_render_commands(roles, role, "verify", context),
-            )
-        )
+        result.append(make_activation(roles, roles[name], context))
     return tuple(result)
