@@ -4,10 +4,16 @@ A `Finding` is a problem known by its place in the data (a path of keys and inde
 file); `locate` turns it into a `Diagnostic` with a line and column once the file's positions
 are read. Positions are only read for files that have findings, so the happy path never pays
 for them. `InventoryError` carries every error of a run, not only the first.
+
+The inventory is untrusted and CI prints these messages, so every `Diagnostic` passes through
+`clean_message` when it is made: a quoted value is shortened to its first line and
+`QUOTE_MAX` characters, a line break ends the message, other invisible characters are escaped,
+and no message is longer than `MESSAGE_MAX`. Code that builds messages never has to remember.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -15,6 +21,79 @@ from typing import Literal
 Severity = Literal["error", "warning"]
 PathItem = str | int
 DataPath = tuple[PathItem, ...]
+
+QUOTE_MAX = 80  # characters of one value a message may quote
+WORD_MAX = 120  # longest run without a space kept in a message (an unquoted value)
+# Long enough for the longest legitimate message (an unknown key listing ~500 characters of
+# allowed keys), short enough that no file can be echoed.
+MESSAGE_MAX = 1000
+_ELLIPSIS = "…"
+
+# A Python repr of a string, as messages quote values: not glued to a word on its left (so the
+# apostrophe of "domain's" opens nothing). The end of the text also closes one: a message cut
+# inside a long value still has that value shortened (and every opening quote ends a match, so
+# the scan stays linear).
+_QUOTED = re.compile(r"""(?<![\w'"])(?:'(?:[^'\\\n]|\\.)*(?:'|$)|"(?:[^"\\\n]|\\.)*(?:"|$))""")
+_LINE_BREAK = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+_LONG_WORD = re.compile(rf"\S{{{WORD_MAX + 1},}}")
+
+
+def shorten(text: str, limit: int = QUOTE_MAX) -> str:
+    """`text` up to its first line break and at most `limit` characters, "…" where cut."""
+    match = _LINE_BREAK.search(text, 0, limit + 1)
+    cut = text[: match.start()] if match else text[:limit]
+    return text if cut == text else cut + _ELLIPSIS
+
+
+def quote_value(value: object) -> str:
+    """A scalar as a message quotes it (repr, shortened); containers by their kind only, since
+    the repr of an aliased structure can be huge."""
+    if isinstance(value, str):
+        return repr(shorten(value))
+    if value is None or isinstance(value, bool | int | float):
+        return shorten(repr(value))
+    return f"a {type(value).__name__}"
+
+
+def _shorten_quoted(match: re.Match[str]) -> str:
+    literal = match.group()
+    if len(literal) <= QUOTE_MAX + 2:
+        return literal
+    quote = literal[0]
+    body = literal[1:-1] if literal.endswith(quote) and len(literal) > 1 else literal[1:]
+    newline = body.find("\\n", 0, QUOTE_MAX)  # the repr's escaped line break ends the value
+    body = body[:newline] if newline >= 0 else body[:QUOTE_MAX]
+    # Never leave half an escape sequence (a lone backslash would escape the closing quote).
+    body = body[: len(body) - (len(body) - len(body.rstrip("\\"))) % 2]
+    return f"{quote}{body}{_ELLIPSIS}{quote}"
+
+
+def _escape_invisible(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def clean_name(text: str) -> str:
+    """A file name or key for a message: invisible characters escaped (a line break in a file
+    name must not start a line of its own), bounded."""
+    text = _escape_invisible(text[: MESSAGE_MAX + 1])
+    return text if len(text) <= MESSAGE_MAX else text[:MESSAGE_MAX] + _ELLIPSIS
+
+
+def clean_message(text: str) -> str:
+    """`text` safe to print: quoted values shortened, one line, visible, bounded."""
+    if len(text) > 2 * MESSAGE_MAX:
+        text = text[: 2 * MESSAGE_MAX]  # bound the work below; a cut value is shortened next
+    if len(text) > QUOTE_MAX:
+        text = _QUOTED.sub(_shorten_quoted, text)
+    match = _LINE_BREAK.search(text)
+    if match:  # a value that reached the message unquoted: keep its first line only
+        text = text[: match.start()] + _ELLIPSIS
+    text = _escape_invisible(text)
+    if len(text) > WORD_MAX:
+        text = _LONG_WORD.sub(lambda m: m.group()[:QUOTE_MAX] + _ELLIPSIS, text)
+    return text if len(text) <= MESSAGE_MAX else text[:MESSAGE_MAX] + _ELLIPSIS
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +106,12 @@ class Diagnostic:
     field: str
     message: str
     severity: Severity = "error"
+
+    def __post_init__(self) -> None:
+        # Frozen: the cleaned values replace the given ones once, here.
+        object.__setattr__(self, "file", clean_name(self.file))
+        object.__setattr__(self, "field", clean_message(self.field))
+        object.__setattr__(self, "message", clean_message(self.message))
 
     def format(self) -> str:
         where = self.file
@@ -91,6 +176,7 @@ def format_path(path: Sequence[PathItem]) -> str:
         if isinstance(item, int):
             out += f"[{item}]"
         else:
+            item = shorten(clean_name(item))  # a key is inventory data too
             out += f".{item}" if out else item
     return out
 

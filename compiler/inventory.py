@@ -6,10 +6,20 @@ host's policy layers, runs the cross-file checks, and only then reads exact posi
 files that have diagnostics. Every error of the run is raised together in `InventoryError`;
 warnings (legacy hashes, dangling redirect targets...) come back with the inventory.
 Pure: reads local files only (and writes the cache when asked to).
+
+The inventory is untrusted (a pull request writes it; CI loads it). The directory given to
+`load_inventory` is trusted; below it, only regular files are read: `mailcfg.yml`, `domains`
+and each domain file are opened relative to their directory's descriptor without following
+a symbolic link (a link anywhere there is an error, so no file outside the inventory is ever
+read or echoed), nothing else (FIFO, device) is opened, and a file over `MAX_FILE_BYTES` is
+refused.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +40,7 @@ from compiler.diagnostics import (
     Finding,
     InventoryError,
     locate_findings,
+    quote_value,
 )
 from compiler.gcpause import gc_paused
 from compiler.parsecache import CachedDomain, DomainCache
@@ -43,6 +54,14 @@ from schemas.policy import ServerPolicy
 
 INVENTORY_FILE = "mailcfg.yml"
 DOMAINS_DIR = "domains"
+# Bounds memory: a YAML file costs up to ~75 bytes of parser memory per byte. The benchmark's
+# largest file (50,000 accounts in one file) is 9.1 MB.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+_REGULAR_ONLY = "mailcfg reads only regular files inside the inventory"
+# O_NOFOLLOW: a file swapped for a link after its lstat still is not followed; O_NONBLOCK: nor
+# does a FIFO swapped in block the open.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DOMAIN_SUFFIXES = (".yml", ".yaml")
 _LEGACY_PREFIXES = tuple(f"{{{scheme}}}" for scheme in LEGACY_SCHEMES)
 
@@ -101,14 +120,19 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
     cache = DomainCache.open(cache_dir) if cache_dir is not None else None
 
     main_name = str(main)
-    raw_main = _read(run, main, stats, missing=f"no {INVENTORY_FILE} in {root}")
-    inv_file: InventoryFile | None = None
-    if raw_main is not _FAILED:
-        inv_file, findings = validate_data(InventoryFile, raw_main, file=main_name)
-        run.findings.extend(findings)
-        run.findings.extend(check_postfix_main(raw_main, file=main_name))
+    root_fd = _open_root(root)
+    try:
+        raw_main = _read(run, root_fd, main, stats, missing=f"no {INVENTORY_FILE} in {root}")
+        inv_file: InventoryFile | None = None
+        if raw_main is not _FAILED:
+            inv_file, findings = validate_data(InventoryFile, raw_main, file=main_name)
+            run.findings.extend(findings)
+            run.findings.extend(check_postfix_main(raw_main, file=main_name))
 
-    sources, keys = _load_domains(run, root / DOMAINS_DIR, cache, stats)
+        sources, keys = _load_domains(run, root_fd, root / DOMAINS_DIR, cache, stats)
+    finally:
+        if root_fd is not None:
+            os.close(root_fd)
     if cache is not None:
         cache.save()
 
@@ -164,19 +188,89 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
 _FAILED: Any = object()
 
 
-def _read(run: _Run, file: Path, stats: LoadStats, *, missing: str) -> Any:
-    """Read and parse one file; record a located diagnostic and return _FAILED on failure."""
+class _Refused(Exception):
+    """An entry of the inventory that is not read; the message says why."""
+
+
+def _open_root(root: Path) -> int | None:
+    """The inventory directory (trusted, so followed if it is a link), or None if absent."""
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why an entry of this mode is not read, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return f"is a symbolic link; {_REGULAR_ONLY}"
+    if stat.S_ISDIR(mode):
+        return f"is a directory; {_REGULAR_ONLY}"
+    return f"is not a regular file (a FIFO, socket or device); {_REGULAR_ONLY}"
+
+
+def _read_regular(name: str, dir_fd: int) -> bytes:
+    """The bytes of the regular file `name` in the directory `dir_fd`; raise `_Refused` for
+    anything else (a link is never followed, a FIFO or device never opened) or an oversized
+    file, FileNotFoundError when it is absent."""
+    problem = _not_regular(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    if problem:
+        raise _Refused(problem)
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # replaced by a link since the lstat
+            raise _Refused(_not_regular(stat.S_IFLNK)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        problem = _not_regular(st.st_mode)
+        if problem:
+            raise _Refused(problem)
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_FILE_BYTES:
+            chunk = os.read(fd, max(st.st_size + 1 - total, 1 << 16))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+        raise _Refused(
+            f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, the limit for "
+            "one inventory file; split it"
+        )
+    finally:
+        os.close(fd)
+
+
+def _read_bytes(run: _Run, dir_fd: int | None, file: Path, *, missing: str) -> bytes | None:
+    """The content of one inventory file, or None with a diagnostic recorded."""
     name = str(file)
     try:
-        data = file.read_bytes()
+        if dir_fd is None:
+            raise FileNotFoundError
+        data = _read_regular(file.name, dir_fd)
     except FileNotFoundError:
-        run.located.append(Diagnostic(name, None, None, "", missing))
-        return _FAILED
+        message = missing
+    except _Refused as exc:
+        message = str(exc)
     except OSError as exc:
-        run.located.append(Diagnostic(name, None, None, "", f"cannot read: {exc.strerror}"))
+        message = f"cannot read: {exc.strerror}"
+    else:
+        run.contents[name] = data
+        return data
+    run.located.append(Diagnostic(name, None, None, "", message))
+    return None
+
+
+def _read(run: _Run, dir_fd: int | None, file: Path, stats: LoadStats, *, missing: str) -> Any:
+    """Read and parse one file; record a located diagnostic and return _FAILED on failure."""
+    data = _read_bytes(run, dir_fd, file, missing=missing)
+    if data is None:
         return _FAILED
-    run.contents[name] = data
-    return _parse(run, name, data, stats)
+    return _parse(run, str(file), data, stats)
 
 
 def _parse(run: _Run, name: str, data: bytes, stats: LoadStats) -> Any:
@@ -192,31 +286,81 @@ def _parse(run: _Run, name: str, data: bytes, stats: LoadStats) -> Any:
             Diagnostic(name, 1, 1, "", "the file is empty; expected a mapping of keys to values")
         )
         return _FAILED
+    if not isinstance(result.data, Mapping):
+        message = f"expected a mapping of keys to values, found {_kind_of(result.data, data)}"
+        run.located.append(Diagnostic(name, 1, 1, "", message))
+        return _FAILED
     return result.data
 
 
-def _domain_files(directory: Path) -> list[Path]:
+def _open_domains(run: _Run, root_fd: int | None, directory: Path) -> int | None:
+    """The `domains` directory's descriptor; None when there is none or it is refused (a link
+    or not a directory: recorded as an error)."""
+    if root_fd is None:
+        return None
     try:
-        entries = sorted(directory.iterdir())
+        mode = os.stat(directory.name, dir_fd=root_fd, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
+            problem = _not_regular(mode) if stat.S_ISLNK(mode) else "is not a directory"
+            raise _Refused(problem)
+        return os.open(directory.name, _DIR_FLAGS, dir_fd=root_fd)
     except FileNotFoundError:
-        return []
-    return [
-        p
-        for p in entries
-        if p.suffix in _DOMAIN_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    ]
+        return None
+    except _Refused as exc:
+        message = str(exc)
+    except OSError as exc:
+        message = f"cannot read: {exc.strerror}"
+    run.located.append(Diagnostic(str(directory), None, None, "", message))
+    return None
+
+
+def _kind_of(value: Any, data: bytes) -> str:
+    """What a file holds instead of a mapping. A plain scalar folds every line of whatever
+    file this is (a copied key...) into one string: only a one-line file's value is quoted,
+    otherwise its first line."""
+    if isinstance(value, list):
+        return "a list"
+    lines = data.strip().split(b"\n", 1)
+    if len(lines) == 1:
+        return f"the value {quote_value(value)}"
+    first_line = lines[0][:1024].decode("utf-8-sig", "replace")
+    return f"a value of several lines; the file starts with {quote_value(first_line)}"
+
+
+def _domain_files(dir_fd: int) -> list[str]:
+    """Names of the domain files: `*.yml` / `*.yaml`, not hidden (whatever their type: a
+    link or a directory with such a name is reported, not skipped)."""
+    return sorted(
+        name
+        for name in os.listdir(dir_fd)
+        if name.endswith(_DOMAIN_SUFFIXES) and not name.startswith(".")
+    )
 
 
 def _load_domains(
-    run: _Run, directory: Path, cache: DomainCache | None, stats: LoadStats
+    run: _Run, root_fd: int | None, directory: Path, cache: DomainCache | None, stats: LoadStats
 ) -> tuple[list[DomainSource], dict[str, str]]:
     """The valid domain files, and each one's cache key by file name."""
+    dir_fd = _open_domains(run, root_fd, directory)
+    if dir_fd is None:
+        return [], {}
+    try:
+        return _load_domain_files(run, dir_fd, directory, cache, stats)
+    finally:
+        os.close(dir_fd)
+
+
+def _load_domain_files(
+    run: _Run, dir_fd: int, directory: Path, cache: DomainCache | None, stats: LoadStats
+) -> tuple[list[DomainSource], dict[str, str]]:
     sources: list[DomainSource] = []
     keys: dict[str, str] = {}
-    for file in _domain_files(directory):
+    for filename in _domain_files(dir_fd):
+        file = directory / filename
         name = str(file)
-        data = file.read_bytes()
-        run.contents[name] = data
+        data = _read_bytes(run, dir_fd, file, missing="the file disappeared while reading")
+        if data is None:
+            continue
         key = cache.key(data) if cache is not None else ""
         entry = cache.get(key) if cache is not None else None
         if entry is not None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from compiler.diagnostics import DataPath, Finding, PathItem
+from compiler.diagnostics import DataPath, Finding, PathItem, quote_value
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -36,7 +36,7 @@ def validate_data(
 
 
 def _not_a_mapping(data: Any) -> str:
-    kind = "a list" if isinstance(data, list) else f"the value {data!r}"
+    kind = "a list" if isinstance(data, list) else f"the value {quote_value(data)}"
     if data is None:
         kind = "nothing (empty)"
     return f"expected a mapping of keys to values, found {kind}"
@@ -91,15 +91,19 @@ def _message(model: type[BaseModel], err: ErrorDetails, path: DataPath) -> str:
     if kind == "extra_forbidden":
         owner = _model_at(model, path[:-1])
         allowed = f"; allowed: {', '.join(owner.model_fields)}" if owner else ""
-        return f"unknown key {path[-1]!r}{allowed}"
+        return f"unknown key {quote_value(path[-1])}{allowed}"
     if kind == "missing":
-        return f"required key {path[-1]!r} is missing" if path else "required value is missing"
+        return (
+            f"required key {quote_value(path[-1])} is missing"
+            if path
+            else "required value is missing"
+        )
     if kind in ("value_error", "assertion_error"):
         return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     value = err.get("input")
     secret = any(item in _SECRET_FIELDS for item in path)
-    if not secret and isinstance(value, str | int | float | bool) and len(repr(value)) <= 80:
-        return f"{msg} (got {value!r})"
+    if not secret and isinstance(value, str | int | float | bool):
+        return f"{msg} (got {quote_value(value)})"
     return msg
 
 

@@ -15,6 +15,18 @@ which also produces the error message and position of syntax errors.
 
 Positions (`load_positions`, `locate`) come from ruamel.yaml's round-trip loader, used only
 for files that have a diagnostic.
+
+The input is untrusted, so both paths hold the same limits, checked while the file is read and
+before any Python object is built (`_GuardedComposer` on the ruamel paths; on the fast path the
+byte scan sends every anchor, alias, tag and merge key to the slow path, rapidyaml's emitter
+refuses more than `MAX_DEPTH` nested collections, and the tree's size is checked):
+- no anchors or aliases (an inventory needs none; aliases are how a "billion laughs" bomb of a
+  few hundred bytes expands to gigabytes in whatever walks the data), no merge keys (`<<`);
+- no tags other than YAML 1.2 core ones (`!!str`, `!!int`...): never `!!python/...`,
+  `!!binary`, `!!set` or local `!tags`;
+- at most `MAX_DEPTH` nested collections and `MAX_NODES` values, so no recursion limit is hit
+  and memory stays proportional to a bounded file;
+- no integer Python cannot print (more than ~4,300 digits).
 """
 
 from __future__ import annotations
@@ -31,8 +43,11 @@ from typing import Any
 import ryml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent, ScalarEvent
+from ruamel.yaml.reader import ReaderError
 
 from compiler.diagnostics import DataPath
 
@@ -50,6 +65,24 @@ _RISKY = re.compile(
     rb"|^(?:---|\.\.\.|%)",
     re.M,
 )
+
+
+# rapidyaml's JSON emitter refuses deeper trees (its own limit, checked in C); the slow path
+# counts the same way: collections inside collections, the top-level one is 1, and a 65th one
+# passes only when it is empty (rapidyaml sees an empty collection as a leaf).
+MAX_DEPTH = 64
+# Values in one file (mapping keys not counted, as in rapidyaml's tree): twice the 50,000
+# accounts of the benchmark's single 9.1 MB file (about 290,000).
+MAX_NODES = 1_000_000
+# Python refuses to read or print a decimal integer of more digits
+# (sys.int_info.default_max_str_digits); 0x/0o/0b numbers are held to the same bound.
+_INT_DIGITS_MAX = 4300
+_INT_LIMIT = 10**_INT_DIGITS_MAX
+_YAML_TAG_PREFIX = "tag:yaml.org,2002:"
+_CORE_TAGS = frozenset(
+    f"{_YAML_TAG_PREFIX}{name}" for name in ("str", "int", "float", "bool", "null", "map", "seq")
+)
+_PLAIN_VALUES = "an inventory holds plain values: strings, numbers, booleans, lists and mappings"
 
 
 class YamlSyntaxError(Exception):
@@ -89,6 +122,77 @@ _Yaml12Constructor.add_constructor(
 )
 
 
+class _Refused(MarkedYAMLError):
+    """A construct the inventory does not allow (not a syntax error: the message says why)."""
+
+
+def _construct_bounded_int(constructor: SafeConstructor, node: Any) -> int:
+    """An int Python can still print and compare cheaply."""
+    try:
+        value = SafeConstructor.construct_yaml_int(constructor, node)
+    except ValueError:  # over Python's digit limit for a decimal string
+        value = None
+    if value is None or abs(value) >= _INT_LIMIT:
+        raise _Refused(
+            None,
+            None,
+            f"this number is too large (at most {_INT_DIGITS_MAX:,} digits)",
+            node.start_mark,
+        )
+    return value
+
+
+_Yaml12Constructor.add_constructor("tag:yaml.org,2002:int", _construct_bounded_int)
+
+
+class _GuardedComposer(Composer):
+    """ruamel's composer with the inventory's limits, checked on each event before its node
+    is built: no anchor, alias, merge key or non-core tag, bounded depth and node count."""
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self.level = 0  # of the node being composed: the top-level node is 1
+        self.nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        is_key = index is None and parent is not None and not isinstance(parent.value, list)
+        self._check_event(event, is_key)
+        self.level += 1
+        if self.level > MAX_DEPTH + 1:  # a value inside the 65th nested collection
+            self._refuse(event, f"more than {MAX_DEPTH} nested lists or mappings")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.level -= 1
+
+    def _check_event(self, event: Any, is_key: bool) -> None:
+        if isinstance(event, AliasEvent) or event.anchor is not None:
+            self._refuse(
+                event,
+                "anchors and aliases (&name, *name) are not allowed in an inventory; "
+                "write each value out",
+            )
+        tag = event.tag
+        if tag is not None and tag != "!" and tag not in _CORE_TAGS:
+            shown = (
+                tag.replace(_YAML_TAG_PREFIX, "!!", 1) if tag.startswith(_YAML_TAG_PREFIX) else tag
+            )
+            self._refuse(event, f"the tag {shown} is not allowed; {_PLAIN_VALUES}")
+        if isinstance(event, ScalarEvent) and event.value == "<<" and event.style is None:
+            self._refuse(
+                event, "merge keys (<<) are not allowed in an inventory; write each key out"
+            )
+        if not is_key:
+            self.nodes += 1
+            if self.nodes > MAX_NODES:
+                self._refuse(event, f"the file holds more than {MAX_NODES:,} values")
+
+    @staticmethod
+    def _refuse(event: Any, message: str) -> None:
+        raise _Refused(None, None, message, event.start_mark)
+
+
 @contextmanager
 def _stderr_silenced() -> Iterator[None]:
     """rapidyaml prints its parse errors on fd 2 before raising; the slow path reports them
@@ -124,29 +228,46 @@ def _may_be_risky(data: bytes) -> bool:
     return hint and _RISKY.search(data) is not None
 
 
+# Characters YAML does not allow in a file; rapidyaml lets some through, ruamel's reader
+# refuses them with their place. C0 controls but tab/LF/CR, and DEL, found by one translate pass;
+# C1 controls but NEL, U+FFFE and U+FFFF, by a regex after a memchr for their lead bytes.
+_CONTROL_BYTES = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+_UNPRINTABLE_UTF8 = re.compile(rb"\xc2[\x80-\x84\x86-\x9f]|\xef\xbf[\xbe\xbf]")
+
+
+def _may_be_unprintable(data: bytes) -> bool:
+    return len(data.translate(None, _CONTROL_BYTES)) != len(data) or (
+        (b"\xc2" in data or b"\xef\xbf" in data) and _UNPRINTABLE_UTF8.search(data) is not None
+    )
+
+
 def _parse_fast(data: bytes) -> Any:
-    if _may_be_risky(data):
+    if _may_be_risky(data) or _may_be_unprintable(data):
         return _SLOW
     try:
         with _stderr_silenced():
             tree = ryml.parse_in_arena(data)
+            if tree.size() > MAX_NODES:
+                raise YamlSyntaxError(f"the file holds more than {MAX_NODES:,} values")
+            node = tree.root_id()
+            if tree.is_stream(node):
+                return _SLOW  # explicit documents: let the slow path count and check them
+            # Raises past MAX_DEPTH nested collections: the slow path then says where.
+            text = ryml.emit_json(tree, node)
     except ryml.ExceptionBasic:
         return _SLOW
-    node = tree.root_id()
-    if tree.is_stream(node):
-        return _SLOW  # explicit documents: let the slow path count and check them
-    text = ryml.emit_json(tree, node)
     if text is None:
         return None
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates)
-    except (ValueError, _DuplicateKey):
+    except (ValueError, RecursionError, _DuplicateKey):
         return _SLOW
 
 
 def _new_safe_loader() -> YAML:
     yaml = YAML(typ="safe", pure=True)
     yaml.Constructor = _Yaml12Constructor
+    yaml.Composer = _GuardedComposer
     yaml.allow_duplicate_keys = False
     return yaml
 
@@ -154,7 +275,9 @@ def _new_safe_loader() -> YAML:
 def _mark_error(exc: MarkedYAMLError) -> YamlSyntaxError:
     mark = exc.problem_mark or exc.context_mark
     problem = exc.problem or ""
-    if problem.startswith("found duplicate key"):
+    if isinstance(exc, _Refused):
+        message = problem
+    elif problem.startswith("found duplicate key"):
         key = problem.removeprefix("found duplicate key ").split(" with value")[0]
         message = f"duplicate key {key}; each key may appear once in a mapping"
     else:
@@ -174,19 +297,37 @@ def _decode(data: bytes) -> str:
         raise YamlSyntaxError("file is not valid UTF-8", line, col) from None
 
 
+def _reader_error(exc: ReaderError, text: str) -> YamlSyntaxError:
+    """A character YAML does not allow (NUL, most control characters), at its place."""
+    pos = exc.position if isinstance(exc.position, int) else 0
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    char = exc.character if isinstance(exc.character, int) else 0
+    return YamlSyntaxError(
+        f"invalid YAML: the character U+{char:04X} is not allowed in a YAML file", line, col
+    )
+
+
 def _parse_slow(data: bytes) -> Any:
     text = _decode(data)
+    first: Any = None
+    count = 0
     try:
-        docs = list(_new_safe_loader().load_all(text))
+        # The composer's node count bounds all documents together; only the first is kept.
+        for doc in _new_safe_loader().load_all(text):
+            first = doc if count == 0 else first
+            count += 1
     except MarkedYAMLError as exc:
         raise _mark_error(exc) from None
+    except ReaderError as exc:
+        raise _reader_error(exc, text) from None
     except YAMLError as exc:
         raise YamlSyntaxError(f"invalid YAML: {exc}") from None
-    if len(docs) > 1:
+    if count > 1:
         raise YamlSyntaxError(
-            f"the file holds {len(docs)} YAML documents; exactly one is allowed", 1, 1
+            f"the file holds {count} YAML documents; exactly one is allowed", 1, 1
         )
-    return docs[0] if docs else None
+    return first
 
 
 def parse_yaml(data: bytes) -> ParseResult:
@@ -201,9 +342,11 @@ def parse_yaml(data: bytes) -> ParseResult:
 def load_positions(data: bytes) -> Any:
     """The round-trip tree of `data` (mappings and sequences carry `.lc` positions), or None
     when the file does not parse."""
+    yaml = YAML(typ="rt")
+    yaml.Composer = _GuardedComposer  # this file may be a bomb that failed validation
     try:
-        return YAML(typ="rt").load(_decode(data))
-    except (YAMLError, YamlSyntaxError):
+        return yaml.load(_decode(data))
+    except (YAMLError, YamlSyntaxError, ValueError, RecursionError):
         return None
 
 

@@ -30,7 +30,6 @@ def test_fast_path_matches_ruamel(data: bytes) -> None:
         (b"a: ~\n", {"a": None}),
         (b"a: True\nb: FALSE\n", {"a": True, "b": False}),
         (b"a: 0x10\nb: 0o7\n", {"a": 16, "b": 7}),
-        (b"a: &x [1]\nb: *x\n", {"a": [1], "b": [1]}),
         (b"a: !!str 1\n", {"a": "1"}),
         (b"---\na: 1\n", {"a": 1}),
     ],
