@@ -1,15 +1,17 @@
 """The agent's config file (`agent.json`): everything the runtime needs, rendered by the compiler.
 
 This is the only channel from compiler to agent. The agent validates it with `AgentConfig`
-(`AgentConfig.model_validate_json`) and never reads the inventory.
+(`AgentConfig.model_validate_json`) and never reads the inventory. Its fields use the inventory's
+types, so a value the agent would refuse at start is refused by `mailcfg validate` first.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from schemas.common import Address, DomainName, Frozen, SafeLine, SafeText
+from schemas.common import Address, DomainName, Frozen, Identifier, ReplyText, SafeLine, SafeText
 from schemas.domain import SenderList
+from schemas.hostvalues import AbsPath, StateDsn
 from schemas.policy import FailAction, FilterLine, Limits, SpamPolicy
 
 AGENT_CONFIG_VERSION = 1
@@ -26,16 +28,16 @@ class AgentAccount(Frozen):
 
 class AgentConfig(Frozen):
     version: int = AGENT_CONFIG_VERSION
-    host: str
+    host: Identifier
     hostname: DomainName
     listen: SafeLine  # "unix:/run/mailcfg/policy.sock" or "tcp:127.0.0.1:10031"
-    state: SafeLine  # "sqlite:///path/state.db" or "redis://host:port/db"
+    state: StateDsn  # "sqlite:///path/state.db" or "redis://host:port/db"
     local_domains: list[DomainName]
     accounts: dict[Address, AgentAccount] = Field(default_factory=dict)
     redirects: dict[Address, list[Address]] = Field(default_factory=dict)
     global_filter: list[FilterLine] = Field(default_factory=list)
-    global_filter_reject_text: SafeLine
-    whitelist_reject_text: SafeLine
+    global_filter_reject_text: ReplyText
+    whitelist_reject_text: ReplyText
     whitelist_notice: bool = False
     whitelist_notice_text: SafeText | None = None  # None: built-in text (runtime.notify)
     spam: SpamPolicy = SpamPolicy()
@@ -46,6 +48,6 @@ class AgentConfig(Frozen):
     # Where the agent submits notices and alerts (local Postfix, trusted by mynetworks).
     notify_smtp: SafeLine = "127.0.0.1:25"
     # Logs the follower reads (Postfix maillog_file or syslog's mail log; Dovecot's log_path).
-    logs: list[SafeLine] = Field(default_factory=list)
-    postfix_config_dir: SafeLine = "/etc/postfix"
-    state_dir: SafeLine = "/var/lib/mailcfg/agent"
+    logs: list[AbsPath] = Field(default_factory=list)
+    postfix_config_dir: AbsPath = "/etc/postfix"
+    state_dir: AbsPath = "/var/lib/mailcfg/agent"

@@ -14,27 +14,32 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from schemas.common import (
     Address,
+    Admin,
     DomainName,
     Frozen,
-    SafeLine,
     SafeText,
     SenderPattern,
-    Token,
+    Subject,
+    check_domain,
     check_local_part,
+    show_value,
 )
 from schemas.password import PasswordHash
 from schemas.policy import LimitsOverride
 
-_SIZE_RE = re.compile(r"^(\d+)\s*([KMGT]?)B?$", re.I)
+# ASCII digits only (`\d` and int() also take other scripts' digits), at most 20 of them.
+_SIZE_RE = re.compile(r"([0-9]{1,20}) *([KMGT]?)B?", re.I)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def parse_size(value: object) -> object:
     """Accept 1073741824, "1G", "512M", "0" (unlimited)."""
     if isinstance(value, str):
-        m = _SIZE_RE.match(value.strip())
+        m = _SIZE_RE.fullmatch(value.strip())
         if not m:
-            raise ValueError(f"{value!r} is not a size (bytes, or a number with K, M, G or T)")
+            raise ValueError(
+                f"{show_value(value)} is not a size (bytes, or a number with K, M, G or T)"
+            )
         return int(m.group(1)) * _UNITS[m.group(2).upper()]
     return value
 
@@ -43,10 +48,11 @@ Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 
 
 def _name(value: str) -> str:
-    """Local part, or the full address (domain checked against the file's domain later)."""
+    """Local part, or the full address (its domain is checked against the file's domain
+    later)."""
     if "@" in value:
         local, _, domain = value.rpartition("@")
-        return f"{check_local_part(local)}@{domain.lower()}"
+        return f"{check_local_part(local)}@{check_domain(domain)}"
     return check_local_part(value)
 
 
@@ -65,8 +71,8 @@ _NO_SENDERS = SenderList()
 
 class Autoresponder(Frozen):
     enabled: bool = True
-    subject: SafeLine
-    body: SafeText
+    subject: Subject  # one line, at most SUBJECT_MAX characters
+    body: SafeText  # at most TEXT_MAX characters
     only_whitelisted: bool = False
     start: dt.date | None = None
     end: dt.date | None = None
@@ -108,7 +114,7 @@ class Redirect(Frozen):
 
 class Domain(Frozen):
     domain: DomainName
-    admins: list[Token] = Field(default_factory=list)  # CODEOWNERS owners (@user, @org/team, mail)
+    admins: list[Admin] = Field(default_factory=list)  # CODEOWNERS owners (@user, @org/team, mail)
     accounts: list[Account] = Field(default_factory=list)
     redirects: list[Redirect] = Field(default_factory=list)
 

@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from schemas.common import DomainName, Frozen, Port, Token
+from schemas.common import DomainName, Frozen, Identifier, Port
 from schemas.domain import Domain
+from schemas.hostvalues import ControllerPath, HostAddress, HostRoot, UserName
 from schemas.policy import ServerPolicy
 
 
@@ -28,24 +29,25 @@ class TransportKind(StrEnum):
 
 
 class SshSpec(Frozen):
-    user: Token = "root"
+    user: UserName = "root"
     port: Port = 22
     sudo: bool = False  # use sudo for a non-root user
-    identity_file: Token | None = None
-    known_hosts: Token | None = None  # default ~/.ssh/known_hosts
+    # Files of the controller, opened by paramiko (no shell): `~` and spaces are fine.
+    identity_file: ControllerPath | None = None
+    known_hosts: ControllerPath | None = None  # default ~/.ssh/known_hosts
     trust_on_first_use: bool = False  # strict host-key checking unless explicitly relaxed
     connect_timeout: float = Field(default=10.0, gt=0)
     command_timeout: float = Field(default=120.0, gt=0)
 
 
 class HostSpec(Frozen):
-    address: Token
+    address: HostAddress  # an IP address or host name (SSH connects there)
     hostname: DomainName  # myhostname / HELO
     transport: TransportKind = TransportKind.SSH
-    root: Token | None = None  # local transport: directory standing for "/" of the host
+    root: HostRoot | None = None  # local transport: directory standing for "/" of the host
     ssh: SshSpec = SshSpec()
     roles: list[Role] = Field(default_factory=lambda: [Role.POSTFIX, Role.DOVECOT, Role.AGENT])
-    groups: list[Token] = Field(default_factory=list)
+    groups: list[Identifier] = Field(default_factory=list)
     domains: list[DomainName] | Literal["all"] = "all"
     policy: dict[str, Any] = Field(default_factory=dict)
 
@@ -58,8 +60,9 @@ class InventoryFile(Frozen):
     """`mailcfg.yml` as written."""
 
     schema_version: Literal[1] = 1
-    hosts: dict[Token, HostSpec]
-    groups: dict[Token, GroupSpec] = Field(default_factory=dict)
+    # Host and group names are also path components (`render --out DIR/<host>`).
+    hosts: dict[Identifier, HostSpec]
+    groups: dict[Identifier, GroupSpec] = Field(default_factory=dict)
     policy: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -68,7 +71,7 @@ class Inventory(Frozen):
     cross-checked."""
 
     schema_version: Literal[1] = 1
-    hosts: dict[str, HostSpec]
-    groups: dict[str, GroupSpec] = Field(default_factory=dict)
+    hosts: dict[Identifier, HostSpec]
+    groups: dict[Identifier, GroupSpec] = Field(default_factory=dict)
     policy: ServerPolicy = ServerPolicy()
     domains: dict[str, Domain] = Field(default_factory=dict)

@@ -1,7 +1,8 @@
 """Password hash values: which Dovecot schemes are accepted, which are legacy.
 
 Only hashes are ever stored in YAML; a value without a known `{SCHEME}` prefix is rejected
-as a probable plaintext password.
+as a probable plaintext password. Every pattern is matched in full (a hash followed by a
+newline would add a line to the Dovecot passwd-file) and is ASCII by construction.
 """
 
 from __future__ import annotations
@@ -11,24 +12,28 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+from schemas.common import PASSWORD_HASH_MAX
+
 STRONG_SCHEMES = {
-    "SHA512-CRYPT": re.compile(r"^\$6\$(rounds=\d+\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$"),
-    "BLF-CRYPT": re.compile(r"^\$2[abxy]?\$\d\d\$[./0-9A-Za-z]{53}$"),
+    "SHA512-CRYPT": re.compile(r"\$6\$(rounds=[0-9]+\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}"),
+    "BLF-CRYPT": re.compile(r"\$2[abxy]?\$[0-9][0-9]\$[./0-9A-Za-z]{53}"),
     "ARGON2ID": re.compile(
-        r"^\$argon2id\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$"
+        r"\$argon2id\$v=[0-9]+\$m=[0-9]+,t=[0-9]+,p=[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
     ),
 }
 LEGACY_SCHEMES = {
-    "MD5-CRYPT": re.compile(r"^\$1\$[./0-9A-Za-z]{1,8}\$[./0-9A-Za-z]{22}$"),
-    "PLAIN-MD5": re.compile(r"^([0-9a-fA-F]{32}|[A-Za-z0-9+/]{22}==)$"),
-    "NTLM": re.compile(r"^[0-9a-fA-F]{32}$"),
+    "MD5-CRYPT": re.compile(r"\$1\$[./0-9A-Za-z]{1,8}\$[./0-9A-Za-z]{22}"),
+    "PLAIN-MD5": re.compile(r"[0-9a-fA-F]{32}|[A-Za-z0-9+/]{22}=="),
+    "NTLM": re.compile(r"[0-9a-fA-F]{32}"),
 }
-_PREFIX = re.compile(r"^\{([A-Z0-9-]+)\}(.*)$", re.S)
+_PREFIX = re.compile(r"\{([A-Z0-9-]+)\}(.*)", re.S)
 
 
 def split_hash(value: str) -> tuple[str, str]:
     """Return (scheme, hash body); raise ValueError if `value` is not a recognised hash."""
-    m = _PREFIX.match(value)
+    if len(value) > PASSWORD_HASH_MAX:
+        raise ValueError(f"a password hash has at most {PASSWORD_HASH_MAX} characters")
+    m = _PREFIX.fullmatch(value)
     if not m:
         raise ValueError(
             "password must be a hash with a scheme prefix such as {SHA512-CRYPT}$6$..., "
@@ -40,7 +45,7 @@ def split_hash(value: str) -> tuple[str, str]:
     if pattern is None:
         allowed = ", ".join(sorted([*STRONG_SCHEMES, *LEGACY_SCHEMES]))
         raise ValueError(f"unknown password scheme {{{scheme}}}; allowed: {allowed}")
-    if not pattern.match(body):
+    if not pattern.fullmatch(body):
         raise ValueError(f"malformed {{{scheme}}} hash")
     return scheme, body
 

@@ -11,9 +11,22 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import re2
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field
 
-from schemas.common import Address, DomainName, Frozen, Port, SafeLine, SafeText, Token
+from schemas.common import Address, DomainName, Frozen, Port, ReplyText, SafeLine, SafeText, Token
+from schemas.hostvalues import (
+    AbsPath,
+    DnsblRange,
+    DovecotTime,
+    ListenAddress,
+    Nameserver,
+    PostfixTime,
+    SocketPath,
+    StateDsn,
+    TlsProtocol,
+    TrustedNetwork,
+    UserName,
+)
 
 # A filter regex is matched against every inbound sender on the agent's event loop, and is
 # written by whoever may edit mailcfg.yml: RE2 matches in time linear in the sender's length
@@ -68,7 +81,7 @@ class Listener(Frozen):
 
     enabled: bool = True
     port: Port
-    address: Token = "all"
+    address: ListenAddress = "all"  # "all", an IPv4 or IPv6 address, or a host name
 
 
 class Listeners(Frozen):
@@ -84,9 +97,12 @@ class Listeners(Frozen):
 
 
 class Tls(Frozen):
-    cert: Token = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
-    key: Token = "/etc/ssl/private/ssl-cert-snakeoil.key"
-    min_protocol: Token = "TLSv1.2"
+    """Certificate and key files on the host; the oldest TLS version offered (TLS 1.0 and 1.1
+    are deprecated, RFC 8996)."""
+
+    cert: AbsPath = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
+    key: AbsPath = "/etc/ssl/private/ssl-cert-snakeoil.key"
+    min_protocol: TlsProtocol = "TLSv1.2"
 
 
 class KnownDnsbl(StrEnum):
@@ -103,7 +119,7 @@ class Dnsbl(Frozen):
     returns 127.255.255.x for errors, which must never reject)."""
 
     zone: DomainName
-    listed: list[Token] = Field(default_factory=lambda: ["127.0.0.2-127.0.0.254"])
+    listed: list[DnsblRange] = Field(default_factory=lambda: ["127.0.0.2-127.0.0.254"])
 
 
 class SpamPolicy(Frozen):
@@ -112,7 +128,7 @@ class SpamPolicy(Frozen):
     custom_dnsbl: list[Dnsbl] = Field(default_factory=list)
     dns_timeout: float = Field(default=2.0, gt=0, le=30)
     # Nameservers the agent queries (tests point this at a loopback server); empty: system's.
-    nameservers: list[Token] = Field(default_factory=list)
+    nameservers: list[Nameserver] = Field(default_factory=list)
 
 
 class OnExceed(StrEnum):
@@ -150,24 +166,27 @@ class FailAction(StrEnum):
 
 
 class Paths(Frozen):
-    """Where things live on the host. Defaults are Debian's; tests move them to temp roots."""
+    """Where things live on the host. Defaults are Debian's; tests move them to temp roots.
 
-    postfix_config_dir: Token = "/etc/postfix"
-    postfix_queue_dir: Token = "/var/spool/postfix"
-    postfix_data_dir: Token = "/var/lib/postfix"
-    dovecot_config_dir: Token = "/etc/dovecot"
-    dovecot_base_dir: Token = "/run/dovecot"
-    mail_root: Token = "/var/vmail"
-    vmail_user: Token = "vmail"
+    The paths reach shell commands run as root on the host: each is absolute, normalised and
+    free of shell metacharacters (`schemas.hostvalues.AbsPath`)."""
+
+    postfix_config_dir: AbsPath = "/etc/postfix"
+    postfix_queue_dir: AbsPath = "/var/spool/postfix"
+    postfix_data_dir: AbsPath = "/var/lib/postfix"
+    dovecot_config_dir: AbsPath = "/etc/dovecot"
+    dovecot_base_dir: AbsPath = "/run/dovecot"
+    mail_root: AbsPath = "/var/vmail"
+    vmail_user: UserName = "vmail"
     vmail_uid: int = Field(default=5000, ge=1)
     vmail_gid: int = Field(default=5000, ge=1)
-    agent_config_dir: Token = "/etc/mailcfg"
-    agent_state_dir: Token = "/var/lib/mailcfg/agent"
-    agent_socket: Token = "/run/mailcfg/policy.sock"
-    maillog_file: Token | None = None  # None: syslog (/var/log/mail.log)
-    mail_log: Token = "/var/log/mail.log"
-    dovecot_log: Token | None = None
-    systemd_unit_dir: Token = "/etc/systemd/system"
+    agent_config_dir: AbsPath = "/etc/mailcfg"
+    agent_state_dir: AbsPath = "/var/lib/mailcfg/agent"
+    agent_socket: SocketPath = "/run/mailcfg/policy.sock"
+    maillog_file: AbsPath | None = None  # None: syslog (/var/log/mail.log)
+    mail_log: AbsPath = "/var/log/mail.log"
+    dovecot_log: AbsPath | None = None
+    systemd_unit_dir: AbsPath = "/etc/systemd/system"
 
 
 # A network wider than this would let a large part of the internet use a domain's addresses.
@@ -223,7 +242,17 @@ ExternalSendersList = Annotated[list[ExternalSenders], AfterValidator(check_exte
 
 
 class ServerPolicy(Frozen):
-    trusted_networks: list[Token] = Field(default_factory=lambda: ["127.0.0.0/8", "[::1]/128"])
+    trusted_networks: list[TrustedNetwork] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "[::1]/128"],
+        description=(
+            "Clients that may relay without authentication (Postfix mynetworks). Each entry is "
+            "a network a.b.c.d/n or [v6]/n (an address without /n is one host) with no host "
+            "bits set, written back as Postfix reads it. An IPv4 network wider than /8 or an "
+            "IPv6 one wider than /32 (or covering IPv4-mapped addresses wider than /8) is "
+            "refused: it would let a large part of the internet relay through the server; "
+            "0.0.0.0/0 and ::/0 make an open relay."
+        ),
+    )
     listeners: Listeners = Listeners()
     tls: Tls = Tls()
     message_size_limit: int = Field(default=45_000_000, ge=1_000)
@@ -233,35 +262,29 @@ class ServerPolicy(Frozen):
     reject_unknown_sender_domain: bool = True
     smtpd_client_connection_count_limit: int = Field(default=10, ge=1)
     default_process_limit: int = Field(default=100, ge=1)
-    smtpd_timeout: Token = "180s"
-    smtpd_error_sleep_time: Token = "3s"
+    smtpd_timeout: PostfixTime = "180s"
+    smtpd_error_sleep_time: PostfixTime = "3s"
     global_filter: list[FilterLine] = Field(default_factory=list)
-    global_filter_reject_text: SafeLine = "Sender rejected by the server's input filter"
-    whitelist_reject_text: SafeLine = (
+    # Reject texts go into the agent's policy action and then an SMTP reply: printable ASCII,
+    # at most REPLY_TEXT_MAX characters.
+    global_filter_reject_text: ReplyText = "Sender rejected by the server's input filter"
+    whitelist_reject_text: ReplyText = (
         "Recipient accepts mail only from approved senders; ask the recipient to add you"
     )
     whitelist_notice: bool = False  # optional explanation mail to rejected senders
     # Body of that mail; `{sender}` and `{recipient}` are replaced. None: a built-in text
-    # quoting whitelist_reject_text.
+    # quoting whitelist_reject_text. At most TEXT_MAX characters.
     whitelist_notice_text: SafeText | None = None
     spam: SpamPolicy = SpamPolicy()
     limits: Limits = Limits(per_hour=200, per_day=1000, per_month=20000)
     policy_fail_action_inbound: FailAction = FailAction.DUNNO
     policy_fail_action_outbound: FailAction = FailAction.TEMPFAIL
-    policy_state: SafeLine = "sqlite:///var/lib/mailcfg/agent/state.db"
+    policy_state: StateDsn = "sqlite:///var/lib/mailcfg/agent/state.db"
     postmaster: Address | None = None  # default postmaster@<first domain of the host>
     paths: Paths = Paths()
     # Extra main.cf parameters (role defaults < group < host); values are single lines.
     postfix_main: dict[Token, SafeLine] = Field(default_factory=dict)
-    dovecot_auth_failure_delay: Token = "2s"
+    dovecot_auth_failure_delay: DovecotTime = "2s"
     # Per served domain, the outside client networks that may send with its addresses.
     external_senders: ExternalSendersList = Field(default_factory=list)
     keep_releases: int = Field(default=5, ge=1)
-
-    @field_validator("trusted_networks")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for net in value:
-            if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[0-9.]+)(/\d{1,3})?$", net):
-                raise ValueError(f"{net!r} is not a network (a.b.c.d/n or [v6]/n)")
-        return value
