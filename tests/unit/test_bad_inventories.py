@@ -1,8 +1,10 @@
 """The corpus of hostile and broken inventories (`tests/unit/bad_inventories/`, one defect each).
 
 Each case is laid over `_base/` and run through the real command line, `validate` and then
-`render --out`: both must exit 1 without a traceback, name every expected cause and place, and
-write nothing (no rendered file, no cache outside the test's own directory).
+`render --out`: both must exit 1 without a traceback, name every expected cause and place, print
+none of the substrings of its optional `forbid.txt` (what must never leak, e.g. a line of a file
+a symlink points to), and write nothing (no rendered file, no cache outside the test's own
+directory).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from compiler.cli import main
 CORPUS = Path(__file__).parent / "bad_inventories"
 BASE = CORPUS / "_base"
 CASES = sorted(p.name for p in CORPUS.iterdir() if p.is_dir() and not p.name.startswith("_"))
+_CASE_FILES = ("expect.txt", "forbid.txt")
+
+
+def _lines(file: Path) -> list[str]:
+    return [line for line in file.read_text().splitlines() if line.strip()] if file.exists() else []
 
 
 def _lay_out(case: Path, dest: Path) -> Path:
@@ -28,10 +35,12 @@ def _lay_out(case: Path, dest: Path) -> Path:
     shutil.copytree(BASE, inv, symlinks=True)
     for src in sorted(case.rglob("*")):
         rel = src.relative_to(case)
-        if rel.name == "expect.txt":
+        if rel.name in _CASE_FILES and len(rel.parts) == 1:
             continue
         target = inv / rel
         if src.is_symlink():
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)  # a case may replace `domains/` by a link
             target.unlink(missing_ok=True)
             target.symlink_to(os.readlink(src))
         elif src.is_dir():
@@ -53,7 +62,8 @@ def test_bad_inventory_is_refused(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     case = CORPUS / name
-    expected = [line for line in (case / "expect.txt").read_text().splitlines() if line.strip()]
+    expected = _lines(case / "expect.txt")
+    forbidden = _lines(case / "forbid.txt")
     assert expected, f"{name}: expect.txt names nothing"
     inv = _lay_out(case, tmp_path)
     # Relative paths in the inventory (local roots) resolve against the inventory's parent
@@ -68,6 +78,8 @@ def test_bad_inventory_is_refused(
         assert "Traceback" not in output, output
         for line in expected:
             assert line in output, f"{name}: {line!r} not in:\n{output}"
+        for line in forbidden:
+            assert line not in output, f"{name}: {line!r} leaked into:\n{output}"
 
     assert not (tmp_path / "out").exists(), f"{name}: render wrote files for a bad inventory"
     assert not (inv / "hosts").exists(), f"{name}: a local host root was written"
