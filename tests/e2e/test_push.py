@@ -4,10 +4,12 @@ The tests form one story on a shared fleet and run in file order: first apply an
 (including a redirect delivered across hosts), a one-account change, a change Postfix rejects,
 the SSH connection killed during apply, a host down, and a hand edit repaired by apply.
 
-Cross-host delivery without DNS uses what the model offers: a host-level
-`postfix_main: {transport_maps: "inline:{ b.example=smtp:[198.18.0.x] }"}` static route, the
-usual way to route between the hosts of one cluster. The agent role is left out here (no
-systemd in the namespaces to run it); its policy hook is tested by the agent's own e2e tests.
+Cross-host delivery without DNS: an inventory may not route mail (`transport_maps` is refused
+in `postfix_main`), so the fleet runs mailcfg with its own copy of the roles whose postfix
+defaults read `transport_maps` from a `fleet_routes` file the harness puts next to each host's
+main.cf (`b.example smtp:[198.18.0.x]`, the other hosts' domains). The agent role is left out
+here (no systemd in the namespaces to run it); its policy hook is tested by the agent's own
+e2e tests.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class Fleet:
         self.redirects: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         if "a" in names and "b" in names:
             self.redirects["a"].append({"name": "info", "to": ["bob@b.example"]})
+        self.roles = workdir / "roles"
+        copy_roles_with_routes(self.roles)
         for host in self.hosts.values():
             self.prepare(host)
         self.write_inventory()
@@ -122,19 +126,21 @@ class Fleet:
         (b / "vmail").mkdir(parents=True, exist_ok=True)
         os.chown(b / "vmail", self.uid, self.gid)
         make_self_signed_cert(b / "tls", f"mx.{host.domain}")
+        host.postfix_dir.mkdir(parents=True, exist_ok=True)
+        (host.postfix_dir / ROUTES).write_text(
+            "".join(
+                f"{o.domain} smtp:[{o.net.address}]\n" for o in self.hosts.values() if o is not host
+            )
+        )
         make_traversable(b)
 
     def policy_of(self, host: FleetHost) -> dict[str, Any]:
         b = host.base
-        routes = ", ".join(
-            f"{o.domain}=smtp:[{o.net.address}]" for o in self.hosts.values() if o is not host
-        )
         policy: dict[str, Any] = {
             "trusted_networks": ["127.0.0.1/32"],
             "reject_unknown_sender_domain": False,
             "tls": {"cert": str(b / "tls/cert.pem"), "key": str(b / "tls/key.pem")},
             "paths": host_paths(b, self.uid, self.gid),
-            "postfix_main": {"transport_maps": f"inline:{{ {routes} }}"},
         }
         return merge(policy, self.host_policy[host.name])
 
@@ -173,7 +179,7 @@ class Fleet:
     def mailcfg(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "compiler", args[0], str(self.inventory),
-             "--cache", str(self.workdir / "cache"), *args[1:]],
+             "--roles", str(self.roles), "--cache", str(self.workdir / "cache"), *args[1:]],
             capture_output=True, text=True, cwd=self.workdir, timeout=600, check=False,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
@@ -243,6 +249,24 @@ class Fleet:
             imap.starttls(ssl_context=ctx)
             assert imap.login(address, PASSWORD)[0] == "OK"
             assert imap.select("INBOX", readonly=True)[0] == "OK"
+
+
+ROUTES = "fleet_routes"
+
+
+def copy_roles_with_routes(dest: Path) -> None:
+    """The repository's roles, with a postfix default that routes other hosts' domains by the
+    `fleet_routes` file beside main.cf (role defaults are code: they may set transport_maps)."""
+    shutil.copytree(REPO / "roles", dest)
+    defaults = dest / "postfix/defaults.yml"
+    text = defaults.read_text()
+    assert "\npostfix_main:\n" in text
+    defaults.write_text(
+        text.replace(
+            "\npostfix_main:\n",
+            f"\npostfix_main:\n  transport_maps: texthash:${{config_directory}}/{ROUTES}\n",
+        )
+    )
 
 
 def merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
