@@ -13,8 +13,19 @@ from typing import Annotated, Any
 import re2
 from pydantic import AfterValidator, Field
 
-from schemas.common import Address, DomainName, Frozen, Port, ReplyText, SafeLine, SafeText, Token
+from schemas.common import (
+    Address,
+    DomainName,
+    Frozen,
+    Port,
+    ReplyText,
+    SafeLine,
+    SafeText,
+    Token,
+    show_value,
+)
 from schemas.hostvalues import (
+    TRUSTED_MIN_PREFIX,
     AbsPath,
     DnsblRange,
     DovecotTime,
@@ -189,9 +200,10 @@ class Paths(Frozen):
     systemd_unit_dir: AbsPath = "/etc/systemd/system"
 
 
-# A network wider than this would let a large part of the internet use a domain's addresses.
-EXTERNAL_SENDER_MIN_PREFIX = {4: 8, 6: 16}
+# External senders may be as wide as trusted networks (`TRUSTED_MIN_PREFIX`, IPv4 /8, IPv6
+# /32): wider is most of the internet sending as the domain.
 EXTERNAL_SENDER_MAX_NETWORKS = 256
+_MAPPED_V4 = ipaddress.ip_network("::ffff:0:0/96")
 
 
 def check_client_network(value: str) -> str:
@@ -203,14 +215,17 @@ def check_client_network(value: str) -> str:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         raise ValueError(
-            f"{value!r} is not a network (a.b.c.d/n, v6/n or [v6]/n, no host bits set): {exc}"
+            f"{show_value(value)} is not a network (a.b.c.d/n, v6/n or [v6]/n, no host bits "
+            f"set): {show_value(str(exc))}"
         ) from None
-    if net.prefixlen < EXTERNAL_SENDER_MIN_PREFIX[net.version]:
+    least = TRUSTED_MIN_PREFIX[net.version]
+    if net.prefixlen < least:
         raise ValueError(
-            f"{value!r} is too wide: an IPv{net.version} network here is a "
-            f"/{EXTERNAL_SENDER_MIN_PREFIX[net.version]} or narrower (a wider one lets much of "
-            "the internet send as the domain)"
+            f"{value} is too wide: an IPv{net.version} network here is a /{least} or narrower "
+            "(a wider one lets much of the internet send as the domain)"
         )
+    if net.version == 6 and net.overlaps(_MAPPED_V4):
+        raise ValueError(f"{value} holds IPv4-mapped addresses: list the IPv4 network instead")
     return str(net)
 
 
