@@ -38,7 +38,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import ryml
 from ruamel.yaml import YAML
@@ -47,6 +47,7 @@ from ruamel.yaml.composer import Composer
 from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent, ScalarEvent
+from ruamel.yaml.nodes import MappingNode
 from ruamel.yaml.reader import ReaderError
 
 from compiler.diagnostics import DataPath
@@ -71,8 +72,9 @@ _RISKY = re.compile(
 # counts the same way: collections inside collections, the top-level one is 1, and a 65th one
 # passes only when it is empty (rapidyaml sees an empty collection as a leaf).
 MAX_DEPTH = 64
-# Values in one file (mapping keys not counted, as in rapidyaml's tree): twice the 50,000
-# accounts of the benchmark's single 9.1 MB file (about 290,000).
+# Values in one file (mapping keys not counted, as in rapidyaml's tree): 3.5 times the
+# benchmark's single 9.1 MB file of 50,000 accounts (288,000). Bounds the slow path's memory
+# (~1 KB a node) and time.
 MAX_NODES = 1_000_000
 # Python refuses to read or print a decimal integer of more digits
 # (sys.int_info.default_max_str_digits); 0x/0o/0b numbers are held to the same bound.
@@ -156,7 +158,7 @@ class _GuardedComposer(Composer):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.parser.peek_event()
-        is_key = index is None and parent is not None and not isinstance(parent.value, list)
+        is_key = index is None and isinstance(parent, MappingNode)
         self._check_event(event, is_key)
         self.level += 1
         if self.level > MAX_DEPTH + 1:  # a value inside the 65th nested collection
@@ -189,7 +191,7 @@ class _GuardedComposer(Composer):
                 self._refuse(event, f"the file holds more than {MAX_NODES:,} values")
 
     @staticmethod
-    def _refuse(event: Any, message: str) -> None:
+    def _refuse(event: Any, message: str) -> NoReturn:
         raise _Refused(None, None, message, event.start_mark)
 
 
@@ -230,15 +232,17 @@ def _may_be_risky(data: bytes) -> bool:
 
 # Characters YAML does not allow in a file; rapidyaml lets some through, ruamel's reader
 # refuses them with their place. C0 controls but tab/LF/CR, and DEL, found by one translate pass;
-# C1 controls but NEL, U+FFFE and U+FFFF, by a regex after a memchr for their lead bytes.
+# C1 controls but NEL, U+FFFE and U+FFFF, by a regex in the files that are not ASCII.
 _CONTROL_BYTES = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _UNPRINTABLE_UTF8 = re.compile(rb"\xc2[\x80-\x84\x86-\x9f]|\xef\xbf[\xbe\xbf]")
 
 
 def _may_be_unprintable(data: bytes) -> bool:
-    return len(data.translate(None, _CONTROL_BYTES)) != len(data) or (
-        (b"\xc2" in data or b"\xef\xbf" in data) and _UNPRINTABLE_UTF8.search(data) is not None
-    )
+    if len(data.translate(None, _CONTROL_BYTES)) != len(data):
+        return True
+    if data.isascii():
+        return False
+    return (b"\xc2" in data or b"\xef" in data) and _UNPRINTABLE_UTF8.search(data) is not None
 
 
 def _parse_fast(data: bytes) -> Any:
