@@ -15,10 +15,10 @@ gets the fail-safe answer.
 
 Hostile clients can't exhaust it: the listener accepts at most `max_connections` (derived from
 the open-file limit by the caller); at the cap a new connection evicts the connection idle the
-longest (one that never completed a request first), and accepting pauses only while none is
-idle. A connection must complete its first request (and any later one it starts) within
-`request_timeout`; an established one may idle for `idle_timeout`. Accept errors (EMFILE,
-ENFILE, ...) pause accepting for a moment and never close the listener.
+longest, and accepting pauses only while none is idle (all wait for answers). A connection
+must complete its first request (and any later one it starts) within `request_timeout`; an
+established one may idle for `idle_timeout`. Accept errors (EMFILE, ENFILE, ...) pause
+accepting for a moment and never close the listener.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ class PolicyService:
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self.connections = ConnectionTable(max_connections)
+        self.client_warnings = LogThrottle()
         self._batch = _Batch()
         self._flush_scheduled = False
         self._tasks: set[asyncio.Future[None]] = set()
@@ -213,14 +214,11 @@ class PolicyService:
             return []
         try:
             return list(self.store.consume_limits(requests))
-        except Exception:
+        except Exception as exc:
             if len(requests) == 1:
-                log.exception(
-                    "state backend failed for %r; answering the outbound fail-safe action",
-                    requests[0].account,
-                )
+                log_store_failure(requests[0].account, exc)
                 return [None]
-            log.exception("state backend refused a batch of %d; deciding one by one", len(requests))
+        log.warning("state backend refused a batch of %d; deciding one by one", len(requests))
         return self._write_limits_one_by_one(requests)
 
     def _write_limits_one_by_one(
@@ -240,12 +238,7 @@ class PolicyService:
             try:
                 results += self.store.consume_limits([req])
             except Exception as exc:
-                log.error(
-                    "state backend failed for %r (%s: %s); answering the outbound fail-safe action",
-                    req.account,
-                    type(exc).__name__,
-                    exc,
-                )
+                log_store_failure(req.account, exc)
                 results.append(None)
         return results
 
@@ -306,6 +299,43 @@ class PolicyService:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+def log_store_failure(account: str, exc: Exception) -> None:
+    # A hostile request (an account name that is not UTF-8) can cause this at will: one line
+    # each, the traceback only when debugging.
+    log.error(
+        "state backend failed for %r (%s: %s); answering the outbound fail-safe action",
+        account,
+        type(exc).__name__,
+        exc,
+        exc_info=log.isEnabledFor(logging.DEBUG),
+    )
+
+
+class LogThrottle:
+    """Warnings about what clients do, at most `burst` per `interval` seconds and then one
+    count of those dropped: a flood of bad clients must not flood the journal (journald's
+    rate limit would then drop the agent's other messages too)."""
+
+    def __init__(self, burst: int = 10, interval: float = WARN_INTERVAL) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._start = -interval
+        self._count = 0
+        self._dropped = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._start >= self.interval:
+            if self._dropped:
+                log.warning("%d more such warnings not logged", self._dropped)
+            self._start, self._count, self._dropped = now, 0, 0
+        if self._count >= self.burst:
+            self._dropped += 1
+            return
+        self._count += 1
+        log.warning(msg, *args)
+
+
 def send_lock_alert(config: AgentConfig, account: str, res: LimitResult, now: float) -> None:
     reason = f"{res.exceeded} sending limit exceeded" if res.exceeded else "locked"
     send_mail(config.notify_smtp, make_lock_alert(config, account, reason, res.counts, now))
@@ -328,54 +358,48 @@ def send_whitelist_notice(policy: Policy, job: NoticeJob, store: StateStore) -> 
 
 
 class ConnectionTable:
-    """The open connections, in eviction order: those that never completed a request by
-    connection time, then the others by last activity (least recent first). `make_room`
-    keeps the count under `limit` by closing the connection idle the longest."""
+    """The open connections by last activity (connected, or completed a request), least
+    recent first. `make_room` keeps the count under `limit` by closing the connection idle
+    the longest: a client that just connected (its request perhaps not read yet) is never
+    the one to go while an older idle one exists."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(limit, 1)
-        self._fresh: OrderedDict[PolicyConnection, None] = OrderedDict()
-        self._served: OrderedDict[PolicyConnection, None] = OrderedDict()
+        self._order: OrderedDict[PolicyConnection, None] = OrderedDict()
         self.opening = 0  # accepted sockets whose connection is not made yet
         self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self._fresh) + len(self._served)
+        return len(self._order)
 
     def __iter__(self) -> Iterator[PolicyConnection]:
-        yield from list(self._fresh)
-        yield from list(self._served)
+        return iter(list(self._order))
 
     def add(self, conn: PolicyConnection) -> None:
-        self._fresh[conn] = None
+        self._order[conn] = None
 
     def touch(self, conn: PolicyConnection) -> None:
         """`conn` completed a request: it is the most recently active one."""
-        if conn in self._fresh:
-            del self._fresh[conn]
-            self._served[conn] = None
-        elif conn in self._served:
-            self._served.move_to_end(conn)
+        if conn in self._order:
+            self._order.move_to_end(conn)
 
     def discard(self, conn: PolicyConnection) -> None:
-        self._fresh.pop(conn, None)
-        self._served.pop(conn, None)
+        self._order.pop(conn, None)
 
     def full(self) -> bool:
-        return len(self) + self.opening >= self.limit
+        return len(self._order) + self.opening >= self.limit
 
     def make_room(self) -> bool:
         """True if one more connection may be accepted, after evicting an idle one if the
         table is full; False while every connection waits for an answer."""
         if not self.full():
             return True
-        for table in (self._fresh, self._served):
-            for conn in table:
-                if not conn.slots:  # waiting for our answer is not idle
-                    self.discard(conn)
-                    conn.evict()
-                    self.evicted += 1
-                    return True
+        for conn in self._order:
+            if not conn.slots:  # waiting for our answer is not idle
+                self.discard(conn)
+                conn.evict()
+                self.evicted += 1
+                return True
         return False
 
 
@@ -444,7 +468,9 @@ class PolicyConnection(asyncio.Protocol):
         try:
             requests = self.parser.feed(data)
         except ProtocolError as exc:
-            log.warning("policy client %s: %s; closing the connection", self.peer, exc)
+            self.service.client_warnings.warning(
+                "policy client %s: %s; closing the connection", self.peer, exc
+            )
             self.close()
             return
         if requests:
@@ -457,7 +483,7 @@ class PolicyConnection(asyncio.Protocol):
         for req in requests:
             self.slots.append(self.service.handle(req, self))
         if len(self.slots) > MAX_PENDING:
-            log.warning(
+            self.service.client_warnings.warning(
                 "policy client %s: %d unanswered requests; closing the connection",
                 self.peer,
                 len(self.slots),
@@ -605,8 +631,7 @@ class PolicyListener:
         self._paused: asyncio.TimerHandle | None = None
         self._closed = False
         self._connecting: set[asyncio.Task[None]] = set()
-        self._warned = -WARN_INTERVAL
-        self._suppressed = 0
+        self._warnings = LogThrottle(burst=1)
 
     def start(self) -> None:
         for sock in self.socks:
@@ -626,15 +651,7 @@ class PolicyListener:
             self.start()
 
     def _warn(self, msg: str, *args: object) -> None:
-        """At most one warning per WARN_INTERVAL: a flood must not become a log flood."""
-        now = time.monotonic()
-        if now - self._warned < WARN_INTERVAL:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += f" ({self._suppressed} similar events not logged)"
-        self._warned, self._suppressed = now, 0
-        log.warning(msg, *args)
+        self._warnings.warning(msg, *args)
 
     def _accept(self, sock: socket.socket) -> None:
         table = self.service.connections

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dns.exception
+import dns.name
 import dns.nameserver
 import dns.resolver
 import spf
@@ -61,7 +62,13 @@ class _Query(spf.query):  # type: ignore[misc]
         if key in self.cache:
             return list(self.cache[key])
         try:
-            answer = self._resolver.resolve(name, qtype, raise_on_no_answer=False)
+            qname = dns.name.from_text(name)
+        except (dns.exception.DNSException, UnicodeError):
+            # Not a DNS name at all (bytes that are not UTF-8, a label over 63 octets once
+            # IDNA-encoded): it has no records, so SPF says "none" (RFC 7208 4.3).
+            return []
+        try:
+            answer = self._resolver.resolve(qname, qtype, raise_on_no_answer=False)
             rrs = list(answer.rrset or ())
         except dns.resolver.NXDOMAIN:
             rrs = []

@@ -330,13 +330,15 @@ def test_connection_cap_evicts_the_longest_idle(tmp_path: Path) -> None:
         idle = [await h.client() for _ in range(3)]
         await asyncio.sleep(0.05)
         assert len(h.service.connections) == 4
-        # Full: each newcomer evicts the oldest connection that never sent a request.
+        assert await served.ask(inbound("carol@example.com", "friend@ok.org")) == ["DUNNO"]
+        # Full: each newcomer evicts the connection idle the longest (the silent ones, in
+        # the order they came; `served` was active since).
         newcomers = []
         for i in range(3):
             newcomers.append(newcomer := await h.client())
             assert await newcomer.ask(inbound("carol@example.com", "friend@ok.org")) == ["DUNNO"]
             assert await asyncio.wait_for(idle[i].reader.read(), 10) == b""
-        # Now every slot is a served connection: the least recently active one goes.
+        # Now `served` is the one idle the longest.
         late = await h.client()
         assert await late.ask(inbound("carol@example.com", "friend@ok.org")) == ["DUNNO"]
         assert await asyncio.wait_for(served.reader.read(), 10) == b""
