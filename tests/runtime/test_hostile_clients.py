@@ -14,6 +14,7 @@ a new client waits for at most a backlog's worth of accepts; it is never blocked
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -253,3 +254,69 @@ def test_spf_of_a_domain_that_cannot_exist_is_none(nameserver: str, sender: str)
 
     resolver = make_sync_resolver([nameserver], 1.0)
     assert evaluate_spf(resolver, "192.0.2.10", sender, "helo.test", "mx1").result == "none"
+
+
+# The policy service with a connection cap above its open-file limit, so accept() itself
+# runs into EMFILE: the listener must pause and go on, never close.
+_EMFILE_SERVER = """
+import asyncio, logging, resource, sys
+from runtime.policy.engine import Policy
+from runtime.policy.server import PolicyService, new_event_loop, run_policy_service
+from runtime.state.sqlite import SqliteStore
+from tests.runtime.policy_fixtures import make_config
+
+logging.basicConfig(format="%(relativeCreated)d %(levelname)s %(message)s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+store = SqliteStore(sys.argv[2])
+service = PolicyService(Policy(make_config()), store, max_connections=100000)
+
+def ready():
+    print("READY", flush=True)
+
+async def main():
+    await run_policy_service(sys.argv[1], service, asyncio.Event(), on_listening=ready)
+
+loop = new_event_loop()
+loop.run_until_complete(main())
+"""
+
+
+def test_emfile_at_accept_never_closes_the_listener(tmp_path: Path) -> None:
+    sock = str(tmp_path / "p.sock")
+    request = encode(inbound("bob@example.com", "spam@bad.org"))
+    err = tmp_path / "server.err"
+    with err.open("w") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, "-c", _EMFILE_SERVER, f"unix:{sock}", str(tmp_path / "s.db")],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    clients: list[socket.socket] = []
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "READY\n", err.read_text()
+        for _ in range(300):  # far more than the server's 128 descriptors
+            c = socket.socket(socket.AF_UNIX)
+            c.setblocking(False)
+            with contextlib.suppress(BlockingIOError):  # a full backlog: it waits there
+                c.connect(sock)
+            clients.append(c)
+        time.sleep(0.5)
+        assert "Too many open files" in err.read_text()
+        for c in clients[:200]:
+            c.close()
+        del clients[:200]
+        time.sleep(0.3)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(sock)
+            assert ask(s, request).startswith(b"action=REJECT")
+        assert server.poll() is None
+    finally:
+        for c in clients:
+            c.close()
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert "Traceback" not in err.read_text()
