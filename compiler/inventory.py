@@ -230,8 +230,8 @@ def _read_regular(name: str, dir_fd: int) -> bytes:
         if problem:
             raise _Refused(problem)
         chunks: list[bytes] = []
-        total = 0
-        while total <= MAX_FILE_BYTES:
+        total = st.st_size if st.st_size > MAX_FILE_BYTES else 0  # refused unread
+        while total <= MAX_FILE_BYTES:  # also bounds a file that grows while read
             chunk = os.read(fd, max(st.st_size + 1 - total, 1 << 16))
             if not chunk:
                 return b"".join(chunks)
