@@ -116,8 +116,10 @@ _ADDRESSES_ASCII = (
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
 # RFC 5321 dot-atom local part, minus characters that are special in Postfix maps,
-# Dovecot passwd-files or main.cf (":", ",", whitespace, quotes, backslash, "#").
-_LOCAL_RE = re.compile(r"[a-z0-9!$%&*+/=?^_`{|}~-]+(?:\.[a-z0-9!$%&*+/=?^_`{|}~-]+)*")
+# Dovecot passwd-files or main.cf (":", ",", whitespace, quotes, backslash, "#") and "/": an
+# account's name is a path component on the host (its maildir, its Sieve script), where "/"
+# would nest one account inside another.
+_LOCAL_RE = re.compile(r"[a-z0-9!$%&*+=?^_`{|}~-]+(?:\.[a-z0-9!$%&*+=?^_`{|}~-]+)*")
 
 
 # The checks of names and addresses run once per account and redirect (50,000 and more): the
@@ -145,7 +147,7 @@ def check_local_part(value: str) -> str:
     if not _LOCAL_RE.fullmatch(v):
         raise ValueError(
             f"{show_value(value)} is not a valid local part: letters, digits and "
-            ".!$%&*+/=?^_`{|}~- only; no whitespace, ':', ',', quotes or control characters"
+            ".!$%&*+=?^_`{|}~- only; no whitespace, '/', ':', ',', quotes or control characters"
         )
     if len(v) > LOCAL_PART_MAX:
         check_length(v, LOCAL_PART_MAX, "a local part")

@@ -68,7 +68,8 @@ def test_mailcfg_yml_path_is_accepted_too() -> None:
 
 BAD_EXPECTED = [
     "domains/bad.test.yml:3:11: error: accounts[0].name: 'a:b' is not a valid local part: "
-    "letters, digits and .!$%&*+/=?^_`{|}~- only; no whitespace, ':', ',', quotes or control "
+    "letters, digits and .!$%&*+=?^_`{|}~- only; no whitespace, '/', ':', ',', quotes or "
+    "control "
     "characters",
     "domains/bad.test.yml:6:15: error: accounts[1].password: password must be a hash with a "
     "scheme prefix such as {SHA512-CRYPT}$6$..., {BLF-CRYPT} or {ARGON2ID}; plaintext passwords "
@@ -93,7 +94,8 @@ BAD_EXPECTED = [
     "redirects in the loop: loop1@bad.test at domains/bad.test.yml:20:11, loop2@bad.test at "
     "domains/bad.test.yml:22:11, loop3@bad.test at domains/bad.test.yml:24:11",
     "domains/bad.test.yml:27:9: error: redirects[3].to[0]: 'a b' is not a valid local part: "
-    "letters, digits and .!$%&*+/=?^_`{|}~- only; no whitespace, ':', ',', quotes or control "
+    "letters, digits and .!$%&*+=?^_`{|}~- only; no whitespace, '/', ':', ',', quotes or "
+    "control "
     "characters",
     "domains/bad.test.yml:28:11: error: redirects[4].name: redirect loop2@bad.test is declared "
     "twice (first at domains/bad.test.yml:22:11); list every target in one redirect's `to`",
@@ -337,7 +339,7 @@ def test_colon_in_local_part_whitespace_in_target_and_control_char_in_subject(
         "domains/example.com.yml:8:16",
         "domains/example.com.yml:12:10",
     ]
-    assert "no whitespace, ':'" in errors[0]
+    assert "no whitespace, '/', ':'" in errors[0]
     assert "control character" in errors[1]
     assert "is not an address of the form local@domain" in errors[2]
 
