@@ -20,7 +20,7 @@ import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 from pydantic import BaseModel
@@ -31,6 +31,9 @@ from compiler.diagnostics import Diagnostic
 from compiler.packstore import Codec, PackStore, open_pack_store
 from schemas.common import SCHEMA_VERSION
 from schemas.domain import Domain
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 _FORMAT = b"mailcfg-domain-cache-3"
 _LOADER_MODULES = ("inventory.py", "yamlload.py", "validate.py", "parsecache.py", "packstore.py")
@@ -110,7 +113,7 @@ class _ModelPickler(pickle.Pickler):
     object (pickle stores it once): nothing mutates the fields set of a frozen model
     (`model_copy` copies it first), and 50,000 accounts load a third faster."""
 
-    def __init__(self, file: BinaryIO, protocol: int) -> None:
+    def __init__(self, file: SupportsWrite[bytes], protocol: int) -> None:
         super().__init__(file, protocol=protocol)
         self._fields_sets: dict[frozenset[str], set[str]] = {}
 
