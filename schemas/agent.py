@@ -42,7 +42,7 @@ class AgentConfig(Frozen):
     whitelist_notice_text: SafeText | None = None  # None: built-in text (runtime.notify)
     spam: SpamPolicy = SpamPolicy()
     default_limits: Limits
-    fail_action_inbound: FailAction = FailAction.DUNNO
+    fail_action_inbound: FailAction = FailAction.DEFER
     fail_action_outbound: FailAction = FailAction.TEMPFAIL
     postmaster: Address
     # Where the agent submits notices and alerts (local Postfix, trusted by mynetworks).

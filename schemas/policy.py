@@ -292,7 +292,10 @@ class ServerPolicy(Frozen):
     whitelist_notice_text: SafeText | None = None
     spam: SpamPolicy = SpamPolicy()
     limits: Limits = Limits(per_hour=200, per_day=1000, per_month=20000)
-    policy_fail_action_inbound: FailAction = FailAction.DUNNO
+    # What Postfix does when the agent can't decide (down, stalled, a check failed): defer
+    # inbound mail rather than let it past the filter and lists unchecked; senders retry.
+    # DUNNO (accept unchecked) is the admin's explicit choice.
+    policy_fail_action_inbound: FailAction = FailAction.DEFER
     policy_fail_action_outbound: FailAction = FailAction.TEMPFAIL
     policy_state: StateDsn = "sqlite:///var/lib/mailcfg/agent/state.db"
     postmaster: Address | None = None  # default postmaster@<first domain of the host>

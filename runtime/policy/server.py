@@ -9,9 +9,9 @@ trip (while the loop waits, the next batch queues up in the sockets). A reply is
 after its commit, so a `kill -9` never loses a counted, answered decision.
 
 Failures never kill the server: a protocol error closes that connection (logged); an exception
-in a check answers the configured fail-safe action (inbound: DUNNO by default; outbound: DEFER);
-a batch the store refuses is decided again request by request, so only the request that fails
-gets the fail-safe answer.
+in a check answers the configured fail-safe action (by default DEFER_IF_PERMIT inbound and
+DEFER outbound: the agent fails closed); a batch the store refuses is decided again request by
+request, so only the request that fails gets the fail-safe answer.
 
 Hostile clients can't exhaust it: the listener accepts at most `max_connections` (derived from
 the open-file limit by the caller); at the cap a new connection evicts the connection idle the

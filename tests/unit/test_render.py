@@ -55,8 +55,9 @@ def test_only_the_hosts_roles_are_rendered() -> None:
 
 def test_policy_hook_only_with_the_agent_role() -> None:
     with_agent = text(make_cfg(), "/etc/postfix/main.cf")
-    assert "check_policy_service { unix:/run/mailcfg/policy.sock, default_action=DUNNO" in (
-        with_agent
+    assert (
+        "check_policy_service { unix:/run/mailcfg/policy.sock, default_action=DEFER_IF_PERMIT"
+        in (with_agent)
     )
     assert "default_action=DEFER," in with_agent  # outbound (end of data) fail action
     without = text(make_cfg(roles=["postfix", "dovecot"]), "/etc/postfix/main.cf")
@@ -65,10 +66,10 @@ def test_policy_hook_only_with_the_agent_role() -> None:
 
 def test_fail_actions_come_from_the_policy() -> None:
     main = text(
-        make_cfg(policy_fail_action_inbound="DEFER_IF_PERMIT", policy_fail_action_outbound="DUNNO"),
+        make_cfg(policy_fail_action_inbound="DUNNO", policy_fail_action_outbound="DUNNO"),
         "/etc/postfix/main.cf",
     )
-    assert "default_action=DEFER_IF_PERMIT" in main
+    assert "default_action=DEFER_IF_PERMIT" not in main
     assert "mailcfg_submission_eod_restrictions = check_policy_service" in main
     assert "default_action=DUNNO" in main
 
