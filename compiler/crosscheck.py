@@ -378,10 +378,9 @@ def check_hosts(raw: Any, domain_files: Mapping[str, str], *, file: str) -> list
     return findings
 
 
-def check_postfix_main(raw: Any, *, file: str) -> list[Finding]:
-    """`postfix_main` overrides at every layer of the raw inventory file: a parameter name
-    that mailcfg neither sets itself nor denies (`compiler.postfix_params`), and a one-line
-    value that cannot break out of its `name = value` line."""
+def policy_layers(raw: Any) -> list[tuple[DataPath, Any]]:
+    """Every `policy` layer of the raw inventory file with its data path: the inventory's,
+    each group's and each host's (values as written, not yet validated)."""
     if not isinstance(raw, Mapping):
         return []
     layers: list[tuple[DataPath, Any]] = [(("policy",), raw.get("policy"))]
@@ -391,9 +390,16 @@ def check_postfix_main(raw: Any, *, file: str) -> list[Finding]:
             for name, spec in entries.items():
                 if isinstance(spec, Mapping):
                     layers.append(((section, name, "policy"), spec.get("policy")))
+    return layers
+
+
+def check_postfix_main(raw: Any, *, file: str) -> list[Finding]:
+    """`postfix_main` overrides at every layer of the raw inventory file: a parameter name
+    that mailcfg neither sets itself nor denies (`compiler.postfix_params`), and a one-line
+    value that cannot break out of its `name = value` line."""
     findings = []
     managed: frozenset[str] | None = None  # read from main.cf.j2 once, only when needed
-    for prefix, policy in layers:
+    for prefix, policy in policy_layers(raw):
         if not isinstance(policy, Mapping) or not isinstance(policy.get("postfix_main"), Mapping):
             continue
         for key, value in policy["postfix_main"].items():
@@ -439,17 +445,8 @@ def check_external_senders(
     """`external_senders` at every layer of the raw inventory file name domains of the
     inventory (`domain_files`: domain → its file): the switch lets outside clients use a
     served domain's addresses, so a name that is no domain here is a mistake."""
-    if not isinstance(raw, Mapping):
-        return []
-    layers: list[tuple[DataPath, Any]] = [(("policy",), raw.get("policy"))]
-    for section in ("groups", "hosts"):
-        entries = raw.get(section)
-        if isinstance(entries, Mapping):
-            for name, spec in entries.items():
-                if isinstance(spec, Mapping):
-                    layers.append(((section, name, "policy"), spec.get("policy")))
     findings = []
-    for prefix, policy in layers:
+    for prefix, policy in policy_layers(raw):
         entries = policy.get("external_senders") if isinstance(policy, Mapping) else None
         for i, entry in enumerate(entries if isinstance(entries, list) else []):
             domain = entry.get("domain") if isinstance(entry, Mapping) else None
