@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from schemas.common import Address, DomainName, Frozen, Identifier, ReplyText, SafeLine, SafeText
+from schemas.common import Address, DomainName, Frozen, Identifier, ReplyText, SafeText
 from schemas.domain import SenderList
-from schemas.hostvalues import AbsPath, StateDsn
+from schemas.hostvalues import AbsPath, PolicyListen, SmtpEndpoint, StateDsn
 from schemas.policy import FailAction, FilterLine, Limits, SpamPolicy
 
 AGENT_CONFIG_VERSION = 1
@@ -30,7 +30,7 @@ class AgentConfig(Frozen):
     version: int = AGENT_CONFIG_VERSION
     host: Identifier
     hostname: DomainName
-    listen: SafeLine  # "unix:/run/mailcfg/policy.sock" or "tcp:127.0.0.1:10031"
+    listen: PolicyListen  # "unix:/run/mailcfg/policy.sock" or "tcp:127.0.0.1:10031"
     state: StateDsn  # "sqlite:///path/state.db" or "redis://host:port/db"
     local_domains: list[DomainName]
     accounts: dict[Address, AgentAccount] = Field(default_factory=dict)
@@ -46,7 +46,7 @@ class AgentConfig(Frozen):
     fail_action_outbound: FailAction = FailAction.TEMPFAIL
     postmaster: Address
     # Where the agent submits notices and alerts (local Postfix, trusted by mynetworks).
-    notify_smtp: SafeLine = "127.0.0.1:25"
+    notify_smtp: SmtpEndpoint = "127.0.0.1:25"
     # Logs the follower reads (Postfix maillog_file or syslog's mail log; Dovecot's log_path).
     logs: list[AbsPath] = Field(default_factory=list)
     postfix_config_dir: AbsPath = "/etc/postfix"

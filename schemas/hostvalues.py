@@ -184,6 +184,37 @@ def check_listen_address(value: str) -> str:
     return found
 
 
+def _host_port_problem(value: str) -> bool:
+    """True unless `value` is HOST:PORT, HOST an IP address (IPv6 in brackets) or host name."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # an IPv6 address without brackets: where does the port start?
+        return True
+    if not sep or not port.isdigit() or len(port) > 5 or not 0 < int(port) < 65536:
+        return True
+    return _host_or_ip(host) is None
+
+
+def check_smtp_endpoint(value: str) -> str:
+    """An SMTP server the agent submits to: HOST:PORT (IPv6 in brackets)."""
+    if _host_port_problem(value):
+        raise ValueError(f"{show_value(value)} is not HOST:PORT (IPv6 in brackets)")
+    return value
+
+
+def check_policy_listen(value: str) -> str:
+    """Where the agent's policy service listens: `unix:/ABS/PATH` or `tcp:HOST:PORT`."""
+    if value.startswith("unix:"):
+        return "unix:" + check_socket_path(value[5:])
+    if not value.startswith("tcp:") or _host_port_problem(value[4:]):
+        raise ValueError(
+            f"{show_value(value)} is not a listen address: unix:/PATH or tcp:HOST:PORT "
+            "(IPv6 in brackets)"
+        )
+    return value
+
+
 # The narrowest prefix a trusted network may have: a client inside may relay without
 # authentication, so anything wider is most of the internet.
 TRUSTED_MIN_PREFIX = {4: 8, 6: 32}
@@ -357,3 +388,5 @@ DnsblRange = Annotated[str, AfterValidator(check_dnsbl_range)]
 PostfixTime = Annotated[str, AfterValidator(check_postfix_time)]
 DovecotTime = Annotated[str, AfterValidator(check_dovecot_time)]
 StateDsn = Annotated[str, AfterValidator(check_state_dsn)]
+SmtpEndpoint = Annotated[str, AfterValidator(check_smtp_endpoint)]
+PolicyListen = Annotated[str, AfterValidator(check_policy_listen)]

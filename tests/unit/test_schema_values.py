@@ -57,6 +57,10 @@ GOOD: list[tuple[Callable[[str], object], str]] = [
     (hostvalues.check_postfix_time, "180s"),
     (hostvalues.check_dovecot_time, "2s"),
     (hostvalues.check_state_dsn, "sqlite:///var/lib/mailcfg/agent/state.db"),
+    (hostvalues.check_smtp_endpoint, "127.0.0.1:25"),
+    (hostvalues.check_smtp_endpoint, "[::1]:25"),
+    (hostvalues.check_policy_listen, "unix:/run/mailcfg/policy.sock"),
+    (hostvalues.check_policy_listen, "tcp:127.0.0.1:10031"),
     (split_hash, BLF),
     (split_hash, SHA),
 ]
@@ -498,3 +502,29 @@ def test_state_dsns(dsn: str) -> None:
 def test_bad_state_dsns(dsn: str) -> None:
     with pytest.raises(ValidationError, match="state DSN"):
         ServerPolicy(policy_state=dsn)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "unix:relative.sock",
+        "unix:/run/x y.sock",
+        "tcp:127.0.0.1",
+        "tcp:127.0.0.1:0",
+        "tcp:127.0.0.1:65536",
+        "tcp:::1:25",
+        "127.0.0.1:25",
+        "udp:127.0.0.1:25",
+        "",
+    ],
+)
+def test_policy_listen_is_unix_or_tcp(value: str) -> None:
+    """What `mailcfg-agent serve` would refuse to listen on is refused by validation too."""
+    with pytest.raises(ValueError):
+        hostvalues.check_policy_listen(value)
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", "localhost:smtp", "::1:25", "a b:25", "x:99999"])
+def test_smtp_endpoint_is_host_and_port(value: str) -> None:
+    with pytest.raises(ValueError):
+        hostvalues.check_smtp_endpoint(value)
