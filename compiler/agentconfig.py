@@ -33,7 +33,7 @@ ACCOUNT_KEYS = ("blacklist", "enabled", "limits", "whitelist")
 
 def probe_address(listener: Listener) -> str:
     """An address a local client can connect to for `listener`."""
-    return "127.0.0.1" if listener.address in ("all", "*", "0.0.0.0") else listener.address
+    return "127.0.0.1" if listener.address in ("all", "0.0.0.0") else listener.address
 
 
 def host_port(address: str, port: int) -> str:

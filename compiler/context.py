@@ -49,7 +49,7 @@ POLICY_TRY_LIMIT = 2
 
 def postfix_inet(listener: Listener) -> str:
     """master.cf service name of an inet listener: `port`, `addr:port` or `[v6]:port`."""
-    if listener.address in ("all", "*"):
+    if listener.address == "all":
         return str(listener.port)
     address = f"[{listener.address}]" if ":" in listener.address else listener.address
     return f"{address}:{listener.port}"

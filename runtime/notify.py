@@ -40,7 +40,7 @@ _ROBOT_LOCALS = frozenset(
      "majordomo", "bounce", "bounces"}
 )  # fmt: skip
 # Only plain addresses go into a header and an RCPT: anything quoted, spaced or odd is skipped.
-_PLAIN_ADDRESS = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)+$")
+_PLAIN_ADDRESS = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)+")
 
 
 def notice_from(config: AgentConfig) -> str:
@@ -81,7 +81,7 @@ def make_notice_job(
     if not config.whitelist_notice:
         return None
     sender = req.get("sender", "").lower()
-    if not _PLAIN_ADDRESS.match(sender) or is_robot_sender(sender):
+    if not _PLAIN_ADDRESS.fullmatch(sender) or is_robot_sender(sender):
         return None
     if sender == config.postmaster.lower():
         return None

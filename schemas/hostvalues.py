@@ -218,7 +218,8 @@ def check_policy_listen(value: str) -> str:
 # The narrowest prefix a trusted network may have: a client inside may relay without
 # authentication, so anything wider is most of the internet.
 TRUSTED_MIN_PREFIX = {4: 8, 6: 32}
-_MAPPED_V4 = ipaddress.ip_network("::ffff:0:0/96")
+# IPv6 addresses that stand for IPv4 ones: an IPv6 network over them is an IPv4 network too.
+IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _NETWORK_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<bare>[0-9A-Fa-f:.]+))(?P<len>/\d+)?")
 
 
@@ -267,7 +268,7 @@ def _check_breadth(value: str, net: ipaddress.IPv4Network | ipaddress.IPv6Networ
             "addresses relay without authentication; a trusted network is an IPv4 /8 or an "
             "IPv6 /32 or narrower"
         )
-    if net.version == 6 and net.overlaps(_MAPPED_V4) and net.prefixlen < 96 + 8:
+    if net.version == 6 and net.overlaps(IPV4_MAPPED) and net.prefixlen < 96 + 8:
         bits = 32 - max(net.prefixlen - 96, 0)
         raise ValueError(
             f"{value} covers IPv4-mapped addresses (::ffff:0:0/96): it would let "

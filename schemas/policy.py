@@ -25,6 +25,7 @@ from schemas.common import (
     show_value,
 )
 from schemas.hostvalues import (
+    IPV4_MAPPED,
     TRUSTED_MIN_PREFIX,
     AbsPath,
     DnsblRange,
@@ -203,7 +204,6 @@ class Paths(Frozen):
 # External senders may be as wide as trusted networks (`TRUSTED_MIN_PREFIX`, IPv4 /8, IPv6
 # /32): wider is most of the internet sending as the domain.
 EXTERNAL_SENDER_MAX_NETWORKS = 256
-_MAPPED_V4 = ipaddress.ip_network("::ffff:0:0/96")
 
 
 def check_client_network(value: str) -> str:
@@ -224,7 +224,7 @@ def check_client_network(value: str) -> str:
             f"{value} is too wide: an IPv{net.version} network here is a /{least} or narrower "
             "(a wider one lets much of the internet send as the domain)"
         )
-    if net.version == 6 and net.overlaps(_MAPPED_V4):
+    if net.version == 6 and net.overlaps(IPV4_MAPPED):
         raise ValueError(f"{value} holds IPv4-mapped addresses: list the IPv4 network instead")
     return str(net)
 

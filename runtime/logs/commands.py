@@ -34,7 +34,7 @@ from runtime.state.open import StoreError, open_store
 from schemas.agent import AgentConfig
 
 DEFAULT_CONFIG = "/etc/mailcfg/agent.json"
-_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class CommandError(Exception):
@@ -113,7 +113,7 @@ def _refresh_queue(config: AgentConfig, store: StateStore, now: float, command: 
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    if args.day is not None and not _DAY_RE.match(args.day):
+    if args.day is not None and not _DAY_RE.fullmatch(args.day):
         raise CommandError(f"--day {args.day!r}: expected YYYY-MM-DD")
     config = load_agent_config(args.config)
     store = _store_for(args, config)
