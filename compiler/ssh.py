@@ -25,6 +25,7 @@ import os
 import select
 import shlex
 import socket
+import stat
 import time
 from pathlib import Path, PurePosixPath
 
@@ -54,8 +55,11 @@ def record_host_key(known_hosts: Path, name: str, key: paramiko.PKey) -> None:
     so parallel hosts' first connections don't interleave lines."""
     known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     line = HostKeyEntry([name], key).to_line()
-    fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    # Never through a symbolic link, never into anything but a regular file.
+    fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{known_hosts} is not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, line.encode())
     finally:

@@ -117,6 +117,19 @@ def check_controller_path(value: str) -> str:
     return value
 
 
+def check_known_hosts_path(value: str) -> str:
+    """A known_hosts file on the controller. With `trust_on_first_use` mailcfg appends host
+    keys to it, so its name must say it is one (`known_hosts`, `ci_known_hosts`...): an
+    inventory can't turn that append into a write to ~/.bashrc or another file."""
+    check_controller_path(value)
+    if "known_hosts" not in value.rstrip("/").rpartition("/")[2]:
+        raise ValueError(
+            f"{show_value(value)} is not a known_hosts file: its name must contain "
+            "'known_hosts' (mailcfg appends host keys to it on first use)"
+        )
+    return value
+
+
 # --- users ----------------------------------------------------------------------------------
 
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]*")
@@ -380,6 +393,7 @@ AbsPath = Annotated[str, AfterValidator(check_abs_path)]
 SocketPath = Annotated[str, AfterValidator(check_socket_path)]
 HostRoot = Annotated[str, AfterValidator(check_host_root)]
 ControllerPath = Annotated[str, AfterValidator(check_controller_path)]
+KnownHostsPath = Annotated[str, AfterValidator(check_known_hosts_path)]
 UserName = Annotated[str, AfterValidator(check_user_name)]
 HostAddress = Annotated[str, AfterValidator(check_host_address)]
 ListenAddress = Annotated[str, AfterValidator(check_listen_address)]

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from schemas.common import DomainName, Frozen, Identifier, Port
 from schemas.domain import Domain
-from schemas.hostvalues import ControllerPath, HostAddress, HostRoot, UserName
+from schemas.hostvalues import ControllerPath, HostAddress, HostRoot, KnownHostsPath, UserName
 from schemas.policy import ServerPolicy
 
 
@@ -34,7 +34,7 @@ class SshSpec(Frozen):
     sudo: bool = False  # use sudo for a non-root user
     # Files of the controller, opened by paramiko (no shell): `~` and spaces are fine.
     identity_file: ControllerPath | None = None
-    known_hosts: ControllerPath | None = None  # default ~/.ssh/known_hosts
+    known_hosts: KnownHostsPath | None = None  # default ~/.ssh/known_hosts
     trust_on_first_use: bool = False  # strict host-key checking unless explicitly relaxed
     connect_timeout: float = Field(default=10.0, gt=0)
     command_timeout: float = Field(default=120.0, gt=0)

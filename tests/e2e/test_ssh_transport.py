@@ -205,10 +205,10 @@ def test_unknown_host_is_refused_naming_host_and_fingerprint(
 def test_missing_known_hosts_file_is_refused_too(
     lab: NetnsLab, host: NetnsHost, tmp_path: Path
 ) -> None:
-    t = SshTransport("mx1", make_spec(lab, host, known_hosts=str(tmp_path / "absent")))
+    t = SshTransport("mx1", make_spec(lab, host, known_hosts=str(tmp_path / "absent_known_hosts")))
     with pytest.raises(TransportError, match="host key unknown"):
         t.run("true")
-    assert not (tmp_path / "absent").exists()
+    assert not (tmp_path / "absent_known_hosts").exists()
 
 
 def other_key_line(address: str, tmp_path: Path) -> str:

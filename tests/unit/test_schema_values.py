@@ -45,6 +45,8 @@ GOOD: list[tuple[Callable[[str], object], str]] = [
     (hostvalues.check_socket_path, "/run/mailcfg/policy.sock"),
     (hostvalues.check_host_root, "hosts/mx1"),
     (hostvalues.check_controller_path, "~/.ssh/id_ed25519"),
+    (hostvalues.check_known_hosts_path, "~/.ssh/known_hosts"),
+    (hostvalues.check_known_hosts_path, "ci/deploy_known_hosts"),
     (hostvalues.check_user_name, "vmail"),
     (hostvalues.check_host_address, "192.0.2.10"),
     (hostvalues.check_host_address, "mx1.example.com"),
@@ -528,3 +530,10 @@ def test_policy_listen_is_unix_or_tcp(value: str) -> None:
 def test_smtp_endpoint_is_host_and_port(value: str) -> None:
     with pytest.raises(ValueError):
         hostvalues.check_smtp_endpoint(value)
+
+
+@pytest.mark.parametrize("value", ["~/.bashrc", "/etc/cron.d/x", "known_hosts/x", "~/.ssh/"])
+def test_known_hosts_must_be_named_so(value: str) -> None:
+    """Trust on first use appends a line to it: never to a file that is not a known_hosts."""
+    with pytest.raises(ValueError, match="not a known_hosts file"):
+        hostvalues.check_known_hosts_path(value)
