@@ -22,29 +22,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NoReturn
 
-from compiler.apply import ApplyError, list_releases, make_release_id, rollback_release
-from compiler.connect import open_transport
-from compiler.diagnostics import InventoryError
-from compiler.fleet import (
+from compiler.connectors.transport import LocalTransport, Transport, TransportError
+from compiler.load.diagnostics import InventoryError
+from compiler.push.apply import ApplyError, list_releases, make_release_id, rollback_release
+from compiler.push.connect import open_transport
+from compiler.push.fleet import (
     DEFAULT_FORKS,
     HostResult,
     OpenTransport,
     Outcome,
-    Target,
     apply_target,
     format_recap,
     plan_target,
     recap_exit_code,
     run_parallel,
 )
-from compiler.hostcall import HostError
-from compiler.show import FORMATS, Format, format_plan, plan_to_json
-from compiler.transport import LocalTransport, Transport, TransportError
+from compiler.push.hostcall import HostError
+from compiler.push.show import FORMATS, Format, format_plan, plan_to_json
+from compiler.render.targets import Target
 from schemas.inventory import HostSpec
 
 if TYPE_CHECKING:
-    from compiler.inventory import LoadedInventory
-    from compiler.roles import Roles
+    from compiler.load.inventory import LoadedInventory
+    from compiler.render.roles import Roles
 
 
 class UsageError(Exception):
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cache_dir(args: argparse.Namespace, err: IO[str]) -> Path | None:
     """The cache directory to use (`--cache`, else the inventory's own under the XDG cache
     directory), or None after one warning when it is not safe: the run goes on without."""
-    from compiler.cachedir import CacheError, open_cache_dir
+    from compiler.cache.cachedir import CacheError, open_cache_dir
 
     if not args.inventory.is_dir():
         return None  # `_load` reports it
@@ -173,8 +173,8 @@ def _cache_dir(args: argparse.Namespace, err: IO[str]) -> Path | None:
 
 def _manifest(cache: Path | None, host_dir: Path) -> Path | None:
     """The output manifest of `host_dir` under the cache, if its directory is safe."""
-    from compiler.cachedir import CacheError, prepare_cache_dir
-    from compiler.outdir import manifest_path
+    from compiler.cache.cachedir import CacheError, prepare_cache_dir
+    from compiler.render.outdir import manifest_path
 
     if cache is None:
         return None
@@ -187,7 +187,7 @@ def _manifest(cache: Path | None, host_dir: Path) -> Path | None:
 
 
 def _load(args: argparse.Namespace, err: IO[str]) -> LoadedInventory:
-    from compiler.inventory import load_inventory
+    from compiler.load.inventory import load_inventory
 
     if not args.inventory.exists():
         raise UsageError(f"mailcfg: inventory {args.inventory}: no such directory")
@@ -198,7 +198,7 @@ def _load(args: argparse.Namespace, err: IO[str]) -> LoadedInventory:
 
 
 def _roles(args: argparse.Namespace) -> Roles:
-    from compiler.roles import default_roles_dir, load_roles
+    from compiler.render.roles import default_roles_dir, load_roles
 
     return load_roles(args.roles if args.roles else default_roles_dir())
 
@@ -220,9 +220,9 @@ def _compile(
     hosts: Sequence[str] | None = None,
     loaded: LoadedInventory | None = None,
 ) -> tuple[list[Target], list[HostResult]]:
-    from compiler.fragments import SUBDIRECTORY, FragmentCache
-    from compiler.gcpause import gc_paused
-    from compiler.targets import compile_targets
+    from compiler.cache.gcpause import gc_paused
+    from compiler.render.fragments import SUBDIRECTORY, FragmentCache
+    from compiler.render.targets import compile_targets
 
     with gc_paused():
         loaded = loaded or _load(args, err)
@@ -271,8 +271,8 @@ def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 def cmd_render(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """All or nothing: when one host fails to render, no host's files are written (a partial
     output directory would pass for a complete one)."""
-    from compiler.confine import plain_name
-    from compiler.outdir import write_tree
+    from compiler.connectors.confine import plain_name
+    from compiler.render.outdir import write_tree
 
     targets, failures = _compile(args, err)
     for failure in failures:
@@ -411,9 +411,9 @@ def _agent_transport(
     loaded: LoadedInventory, args: argparse.Namespace, host: str
 ) -> tuple[str, Transport]:
     """The host's agent config path (as the host sees it) and a transport to the host."""
-    from compiler.context import AGENT_CONFIG_NAME
-    from compiler.resolve import resolve_host
-    from compiler.roles import role_defaults
+    from compiler.render.context import AGENT_CONFIG_NAME
+    from compiler.render.resolve import resolve_host
+    from compiler.render.roles import role_defaults
 
     spec = loaded.inventory.hosts[host]
     if "agent" not in spec.roles:
@@ -445,7 +445,7 @@ def cmd_unlock(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from compiler.stats import StatsError, format_stats, gather_stats, write_html_report
+    from compiler.tools.stats import StatsError, format_stats, gather_stats, write_html_report
 
     loaded = _load(args, err)
     hosts = args.host or [
@@ -470,7 +470,7 @@ def cmd_stats(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_codeowners(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from compiler.codeowners import make_codeowners
+    from compiler.tools.codeowners import make_codeowners
 
     loaded = _load(args, err)
     out.write(make_codeowners(loaded, args.inventory))
@@ -478,7 +478,7 @@ def cmd_codeowners(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_passwd(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from compiler.passwd import make_password_hash, read_password_from
+    from compiler.tools.passwd import make_password_hash, read_password_from
 
     password = read_password_from(sys.stdin)
     out.write(make_password_hash(password, args.scheme) + "\n")
@@ -486,7 +486,7 @@ def cmd_passwd(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_schema(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from compiler.jsonschema import export_json_schema
+    from compiler.tools.schema import export_json_schema
 
     out.write(json.dumps(export_json_schema(), indent=2, sort_keys=True) + "\n")
     return 0

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate import generate
 
-from compiler.inventory import LoadStats, load_inventory
-from compiler.yamlload import parse_yaml
+from compiler.load.inventory import LoadStats, load_inventory
+from compiler.load.yamlload import parse_yaml
 
 
 def best_of(

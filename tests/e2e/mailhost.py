@@ -66,9 +66,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compiler.render import render_host
-from compiler.resolve import HostConfig, merge_layers, resolve_host
-from compiler.roles import default_roles_dir, load_roles, role_defaults
+from compiler.load.layers import merge_layers
+from compiler.render.render import render_host
+from compiler.render.resolve import HostConfig, resolve_host
+from compiler.render.roles import default_roles_dir, load_roles, role_defaults
 from compiler.types import FileTree
 from schemas.inventory import Inventory
 

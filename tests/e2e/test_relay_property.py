@@ -4,7 +4,7 @@ sender on port 25: a property checked against the real Postfix (and Dovecot, for
 Hypothesis writes inventories as files (served domains, accounts, redirects to local and outside
 addresses, trusted_networks, SMTP listeners on/off on moved ports, `postfix_main` overrides drawn
 from harmless and dangerous candidates, `external_senders`, at the inventory, group and host
-layers, host domain subsets). `compiler.inventory.load_inventory` decides which are valid: only
+layers, host domain subsets). `compiler.load.inventory.load_inventory` decides which are valid: only
 those are booted (`assume`), so a dangerous override the loader let through would be booted and
 caught here. Each booted host is probed from 127.0.0.x addresses outside trusted_networks:
 
@@ -38,9 +38,9 @@ from hypothesis import HealthCheck, Phase, assume, event, given, note, settings
 from hypothesis import strategies as st
 from mailhost import MailHost, boot_mailhost
 
-from compiler.diagnostics import InventoryError
-from compiler.inventory import load_inventory
-from compiler.resolve import resolve_policy
+from compiler.load.diagnostics import InventoryError
+from compiler.load.inventory import load_inventory
+from compiler.render.resolve import resolve_policy
 from schemas.inventory import Inventory
 
 pytestmark = pytest.mark.e2e

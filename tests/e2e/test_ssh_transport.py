@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from netns import NetnsHost, NetnsLab, run_cmd, wait_until
 
-from compiler.ssh import SshTransport
-from compiler.transport import TransportError
+from compiler.connectors.ssh import SshTransport
+from compiler.connectors.transport import TransportError
 from schemas.inventory import HostSpec
 
 pytestmark = pytest.mark.e2e

@@ -9,11 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from compiler.apply import ApplyError, apply_plan, list_releases, make_release_id, rollback_release
-from compiler.hostcall import onhost_script
-from compiler.observe import observe_host
-from compiler.plan import make_plan
-from compiler.transport import CommandResult, LocalTransport
+from compiler.connectors.transport import CommandResult, LocalTransport
+from compiler.push.apply import (
+    ApplyError,
+    apply_plan,
+    list_releases,
+    make_release_id,
+    rollback_release,
+)
+from compiler.push.hostcall import onhost_script
+from compiler.push.observe import observe_host
+from compiler.push.plan import make_plan
 from compiler.types import Activation, FileTree, Plan, RenderedFile
 
 POSTFIX = Activation(

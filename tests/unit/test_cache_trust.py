@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from compiler.cachedir import default_cache_dir, find_cache_root
+from compiler.cache.cachedir import default_cache_dir, find_cache_root
+from compiler.cache.packstore import MAGIC
 from compiler.cli import main
-from compiler.inventory import LoadStats, load_inventory
-from compiler.packstore import MAGIC
-from compiler.parsecache import DomainCache
+from compiler.load.inventory import LoadStats, load_inventory
+from compiler.load.parsecache import DomainCache
 
 BASE = Path(__file__).parent / "bad_inventories" / "_base"
 NOBODY = 65534

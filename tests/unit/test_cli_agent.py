@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from compiler.cli import main
-from compiler.passwd import make_password_hash
+from compiler.tools.passwd import make_password_hash
 from runtime.state.sqlite import SqliteStore
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 
-from compiler.apply import ApplyError
-from compiler.fleet import HostResult, Outcome, format_recap, recap_exit_code, run_parallel
-from compiler.hostcall import HostError
-from compiler.transport import TransportError
+from compiler.connectors.transport import TransportError
+from compiler.push.apply import ApplyError
+from compiler.push.fleet import HostResult, Outcome, format_recap, recap_exit_code, run_parallel
+from compiler.push.hostcall import HostError
 from compiler.types import Release
 
 

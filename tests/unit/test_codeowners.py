@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compiler.codeowners import HEADER, make_codeowners
-from compiler.inventory import load_inventory
+from compiler.load.inventory import load_inventory
+from compiler.tools.codeowners import HEADER, make_codeowners
 
 MAIN = "hosts:\n  mx: {address: 127.0.0.1, hostname: mx.example.com}\n"
 

@@ -16,18 +16,18 @@ from pathlib import Path
 import pytest
 
 from compiler.cli import main
-from compiler.confine import (
+from compiler.connectors.confine import (
     ConfinedDir,
     ConfinementError,
     local_root_problem,
     plain_name,
     split_below,
 )
-from compiler.connect import open_transport
-from compiler.outdir import manifest_path, write_tree
-from compiler.roles import default_roles_dir
-from compiler.targets import PathError, check_tree_paths
-from compiler.transport import LocalTransport, TransportError
+from compiler.connectors.transport import LocalTransport, TransportError
+from compiler.push.connect import open_transport
+from compiler.render.outdir import manifest_path, write_tree
+from compiler.render.roles import default_roles_dir
+from compiler.render.targets import PathError, check_tree_paths
 from compiler.types import FileTree, RenderedFile
 from schemas.inventory import HostSpec
 
@@ -304,7 +304,7 @@ def test_local_transport_put_and_get_stay_below_the_root(tmp_path: Path, elsewhe
 
 
 def test_a_planted_onhost_script_is_replaced_before_it_runs(tmp_path: Path) -> None:
-    from compiler.hostcall import call_onhost, onhost_script
+    from compiler.push.hostcall import call_onhost, onhost_script
 
     script, content = onhost_script()
     root = tmp_path / "hosts" / "mx1"
@@ -321,7 +321,7 @@ def test_a_planted_onhost_script_is_replaced_before_it_runs(tmp_path: Path) -> N
 
 
 def test_onhost_script_refuses_links_in_a_directory_root(tmp_path: Path, elsewhere: Path) -> None:
-    from compiler.hostcall import call_onhost
+    from compiler.push.hostcall import call_onhost
 
     root = tmp_path / "root"
     (root / "var" / "lib" / "mailcfg").mkdir(parents=True)

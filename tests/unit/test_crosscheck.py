@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compiler.crosscheck import DomainSource, check_domains, check_hosts, check_postfix_main
+from compiler.load.crosscheck import DomainSource, check_domains, check_hosts, check_postfix_main
 from schemas.domain import Domain
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.diagnostics import InventoryError
-from compiler.inventory import LoadedInventory, load_inventory
+from compiler.load.diagnostics import InventoryError
+from compiler.load.inventory import LoadedInventory, load_inventory
 
 DATA = Path(__file__).parent / "data" / "inventories"
 REPO = Path(__file__).resolve().parents[2]
@@ -522,7 +522,7 @@ def _server_policy_fields() -> list[str]:
 
 
 def test_host_override_wins_over_group_and_inventory(tmp_path: Path) -> None:
-    from compiler.resolve import resolve_host
+    from compiler.render.resolve import resolve_host
 
     loaded = load_inventory(REPO / "inventory")
     mx2 = resolve_host(loaded.inventory, "mx2")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from compiler import parsecache
-from compiler.diagnostics import InventoryError
-from compiler.inventory import LoadStats, load_inventory
-from compiler.parsecache import DomainCache
+from compiler.load import parsecache
+from compiler.load.diagnostics import InventoryError
+from compiler.load.inventory import LoadStats, load_inventory
+from compiler.load.parsecache import DomainCache
 
 BLF = "{BLF-CRYPT}$2b$12$1.bvD2JGivMxXj64XddFyOe2th8Ti5BNJWgAYM4gEHsd1m4j0GoYm"
 MD5 = "{MD5-CRYPT}$1$/0FlUclv$hAvuorFl2DVrbFFfv3GLw/"

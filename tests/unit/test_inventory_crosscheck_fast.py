@@ -11,7 +11,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compiler.crosscheck import (
+from compiler.load.crosscheck import (
     DomainSource,
     _check_domains_fully,
     _check_domains_quickly,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from compiler.jsonschema import export_json_schema
+from compiler.tools.schema import export_json_schema
 
 
 def test_schema_has_both_files_and_is_json() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.yamlload import YamlSyntaxError, _parse_slow, load_positions, locate, parse_yaml
+from compiler.load.yamlload import YamlSyntaxError, _parse_slow, load_positions, locate, parse_yaml
 
 SAME = [
     b"a: 1\nb: yes\nc: no\nd: true\ne: false\nf: null\ng: '1'\nh: 1.5\n",

@@ -16,9 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from compiler.diagnostics import MESSAGE_MAX, QUOTE_MAX, Diagnostic, InventoryError, clean_message
-from compiler.inventory import MAX_FILE_BYTES, load_inventory
-from compiler.yamlload import MAX_DEPTH, YamlSyntaxError, load_positions, parse_yaml
+from compiler.load.diagnostics import (
+    MESSAGE_MAX,
+    QUOTE_MAX,
+    Diagnostic,
+    InventoryError,
+    clean_message,
+)
+from compiler.load.inventory import MAX_FILE_BYTES, load_inventory
+from compiler.load.yamlload import MAX_DEPTH, YamlSyntaxError, load_positions, parse_yaml
 
 BASE = Path(__file__).parent / "bad_inventories" / "_base"
 LINK_ERROR = "is a symbolic link; mailcfg reads only regular files inside the inventory"
@@ -329,7 +335,7 @@ def test_a_bomb_that_fails_validation_is_reported_without_expanding(tmp_path: Pa
 
 
 def test_too_many_values_are_refused() -> None:
-    from compiler import yamlload
+    from compiler.load import yamlload
 
     data = b"a: [" + b"1," * (yamlload.MAX_NODES + 10) + b"]\n"
     with pytest.raises(YamlSyntaxError) as info:

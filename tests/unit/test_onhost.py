@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from compiler import onhost
-from compiler.apply import make_bundle
-from compiler.hostcall import activation_to_json
+from compiler.push.apply import make_bundle
+from compiler.push.hostcall import activation_to_json
+from compiler.push.hostside import onhost
 from compiler.types import Activation, FileTree, Plan, RenderedFile
 
 STATE = "var/lib/mailcfg"

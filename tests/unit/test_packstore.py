@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from compiler.packstore import MAGIC, TAG_SIZE, Codec, PackStore, open_pack_store
+from compiler.cache.packstore import MAGIC, TAG_SIZE, Codec, PackStore, open_pack_store
 
 TAG = "0123456789abcdef"
 

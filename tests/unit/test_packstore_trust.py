@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from compiler.cachedir import KEY_NAME, find_cache_root, read_cache_key
-from compiler.packstore import MAGIC, TAG_SIZE, Codec, PackStore, open_pack_store
+from compiler.cache.cachedir import KEY_NAME, find_cache_root, read_cache_key
+from compiler.cache.packstore import MAGIC, TAG_SIZE, Codec, PackStore, open_pack_store
 
 TAG = "0123456789abcdef"
 PACK = f"pack-{TAG}.pickle"

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from compiler.passwd import PasswordError, make_password_hash, read_password_from
+from compiler.tools.passwd import PasswordError, make_password_hash, read_password_from
 from schemas.password import is_legacy_hash, split_hash
 
 DOVEADM = shutil.which("doveadm")

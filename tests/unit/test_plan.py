@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from compiler.plan import make_plan
+from compiler.push.plan import make_plan
 from compiler.types import (
     Activation,
     FileTree,

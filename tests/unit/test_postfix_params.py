@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from compiler.diagnostics import InventoryError
-from compiler.inventory import load_inventory
-from compiler.postfix_params import (
+from compiler.load.diagnostics import InventoryError
+from compiler.load.inventory import load_inventory
+from compiler.load.postfix_params import (
     DENIED_NAMES,
     DENIED_PATTERNS,
     MAIN_CF_TEMPLATE,
@@ -23,9 +23,9 @@ from compiler.postfix_params import (
     refusal_of,
     template_parameters,
 )
-from compiler.render import render_host
-from compiler.resolve import resolve_host
-from compiler.roles import default_roles_dir, load_roles, role_defaults
+from compiler.render.render import render_host
+from compiler.render.resolve import resolve_host
+from compiler.render.roles import default_roles_dir, load_roles, role_defaults
 from schemas.domain import Account, Domain
 from schemas.inventory import HostSpec, Inventory
 

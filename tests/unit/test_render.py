@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from compiler.agentconfig import make_agent_config
-from compiler.render import render_host
-from compiler.resolve import HostConfig, resolve_host
-from compiler.roles import (
+from compiler.render.agentconfig import make_agent_config
+from compiler.render.render import render_host
+from compiler.render.resolve import HostConfig, resolve_host
+from compiler.render.roles import (
     RoleError,
     default_roles_dir,
     load_roles,

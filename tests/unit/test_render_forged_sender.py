@@ -12,10 +12,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from compiler.inventory import load_inventory
-from compiler.render import render_host
-from compiler.resolve import resolve_host
-from compiler.roles import default_roles_dir, load_roles, role_defaults
+from compiler.load.inventory import load_inventory
+from compiler.render.render import render_host
+from compiler.render.resolve import resolve_host
+from compiler.render.roles import default_roles_dir, load_roles, role_defaults
 from schemas.domain import Account, Domain
 from schemas.inventory import HostSpec, Inventory
 

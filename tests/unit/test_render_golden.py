@@ -15,9 +15,9 @@ from types import ModuleType
 
 import pytest
 
-from compiler.render import render_host
-from compiler.resolve import resolve_host
-from compiler.roles import default_roles_dir, load_roles, role_defaults
+from compiler.render.render import render_host
+from compiler.render.resolve import resolve_host
+from compiler.render.roles import default_roles_dir, load_roles, role_defaults
 from compiler.types import FileTree
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"

@@ -16,21 +16,21 @@ from types import ModuleType
 
 import pytest
 
-from compiler.agentconfig import (
+from compiler.cli import main
+from compiler.load.inventory import LoadStats, load_inventory
+from compiler.render.agentconfig import (
     ACCOUNT_KEYS,
     dump_agent_config,
     make_agent_config,
     render_agent_config,
 )
-from compiler.cli import main
-from compiler.context import DomainSetCache, make_domain_set_data
-from compiler.fragments import FragmentCache, make_domain_fragment
-from compiler.inventory import LoadStats, load_inventory
-from compiler.outdir import write_tree
-from compiler.render import render_host
-from compiler.resolve import HostConfig, ServedAccountsCache, resolve_host
-from compiler.roles import default_roles_dir, load_roles, role_defaults
-from compiler.tables import format_lines, format_map, make_table_texts, make_tables
+from compiler.render.context import DomainSetCache, make_domain_set_data
+from compiler.render.fragments import FragmentCache, make_domain_fragment
+from compiler.render.outdir import write_tree
+from compiler.render.render import render_host
+from compiler.render.resolve import HostConfig, ServedAccountsCache, resolve_host
+from compiler.render.roles import default_roles_dir, load_roles, role_defaults
+from compiler.render.tables import format_lines, format_map, make_table_texts, make_tables
 from compiler.types import FileTree, RenderedFile
 from schemas.agent import AgentAccount, AgentConfig
 from schemas.domain import SenderList

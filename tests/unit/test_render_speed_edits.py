@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from compiler import fragments as fragments_module
-from compiler import outdir
 from compiler.cli import main
-from compiler.context import _join_fragments, make_domain_set_data
-from compiler.fragments import make_domain_fragment
-from compiler.inventory import load_inventory
-from compiler.resolve import resolve_host
-from compiler.roles import default_roles_dir
+from compiler.load.inventory import load_inventory
+from compiler.render import fragments as fragments_module
+from compiler.render import outdir
+from compiler.render.context import _join_fragments, make_domain_set_data
+from compiler.render.fragments import make_domain_fragment
+from compiler.render.resolve import resolve_host
+from compiler.render.roles import default_roles_dir
 from compiler.types import FileTree, RenderedFile
 
 ROOT = Path(__file__).resolve().parents[2]

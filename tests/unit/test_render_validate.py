@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from compiler.render import render_host
-from compiler.resolve import resolve_host
-from compiler.roles import default_roles_dir, load_roles, make_activations, role_defaults
+from compiler.render.render import render_host
+from compiler.render.resolve import resolve_host
+from compiler.render.roles import default_roles_dir, load_roles, make_activations, role_defaults
 from schemas.domain import Account, Domain, Redirect
 from schemas.inventory import HostSpec, Inventory
 

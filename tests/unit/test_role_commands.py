@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from compiler import onhost
-from compiler.context import make_base_context
-from compiler.resolve import HostConfig, resolve_host
-from compiler.roles import (
+from compiler.push.hostside import onhost
+from compiler.render.context import make_base_context
+from compiler.render.resolve import HostConfig, resolve_host
+from compiler.render.roles import (
     RoleError,
     default_roles_dir,
     load_roles,

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from compiler.plan import make_plan
-from compiler.show import FORMATS, format_plan, summarize_plan
+from compiler.push.plan import make_plan
+from compiler.push.show import FORMATS, format_plan, summarize_plan
 from compiler.types import (
     Activation,
     ChangeKind,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.sieve import (
+from compiler.render.sieve import (
     invert_redirects,
     make_vacation_script,
     quote_sieve,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.stats import (
+from compiler.connectors.transport import LocalTransport
+from compiler.tools.stats import (
     COUNTERS,
     StatsError,
     StatsRow,
@@ -21,7 +22,6 @@ from compiler.stats import (
     render_html_report,
     write_html_report,
 )
-from compiler.transport import LocalTransport
 from runtime.state.base import STAT_COUNTERS
 from runtime.state.sqlite import SqliteStore
 

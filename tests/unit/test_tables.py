@@ -1,9 +1,9 @@
-"""Lookup tables derived from the model (compiler.tables)."""
+"""Lookup tables derived from the model (compiler.render.tables)."""
 
 from __future__ import annotations
 
-from compiler.resolve import resolve_host
-from compiler.tables import PasswdEntry, make_tables, quota_rule
+from compiler.render.resolve import resolve_host
+from compiler.render.tables import PasswdEntry, make_tables, quota_rule
 from schemas.domain import Account, Domain, Redirect
 from schemas.inventory import HostSpec, Inventory
 

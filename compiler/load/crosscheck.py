@@ -1,0 +1,472 @@
+"""Rules that span objects or files, which a single model cannot check.
+
+Domain files: the file name equals the domain, a file declares only objects of its own domain,
+an address is an account at most once and a redirect source at most once (an account and a
+redirect of the same name are allowed: the redirect wins), no redirect loops (any cycle, also
+multi-hop and across files). Inventory file: hosts name known groups and domains; `postfix_main`
+overrides are plain `name = value` lines of parameters an inventory may set
+(`compiler.load.postfix_params`). Everything here returns unlocated `Finding`s.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Container, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+from compiler.connectors.confine import local_root_problem
+from compiler.load.diagnostics import DataPath, Finding, Ref
+from compiler.load.postfix_params import managed_parameters, refusal_of
+from schemas.common import check_domain
+from schemas.domain import Domain
+
+_MAIN_CF_NAME = re.compile(r"[a-z][a-z0-9_]*")  # re.fullmatch: no trailing-newline escape
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSource:
+    """A validated domain and where it came from. A file with invalid accounts or redirects
+    is still cross-checked with the valid ones: `account_index`/`redirect_index` then give
+    each kept item's index in the file."""
+
+    file: str
+    stem: str  # the file name without extension: must equal the domain
+    domain: Domain
+    account_index: tuple[int, ...] | None = None
+    redirect_index: tuple[int, ...] | None = None
+
+    def account_at(self, i: int) -> int:
+        return self.account_index[i] if self.account_index is not None else i
+
+    def redirect_at(self, i: int) -> int:
+        return self.redirect_index[i] if self.redirect_index is not None else i
+
+
+def _account_ref(src: DomainSource, i: int) -> Ref:
+    return Ref(src.file, ("accounts", src.account_at(i), "name"))
+
+
+def _redirect_ref(src: DomainSource, i: int) -> Ref:
+    return Ref(src.file, ("redirects", src.redirect_at(i), "name"))
+
+
+def check_domains(sources: Sequence[DomainSource]) -> list[Finding]:
+    """Every finding of the domain rules (see the module docstring) over `sources`."""
+    quick = _check_domains_quickly(sources)
+    return quick if quick is not None else _check_domains_fully(sources)
+
+
+def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | None:
+    """The findings when the domains break no rule (dangling targets, a warning, may be
+    found), or None: then `_check_domains_fully` finds the errors and where they are.
+    Whole-inventory set operations instead of a step per account and redirect: a warm
+    load after one edit checks every domain again, cached or not."""
+    accounts: list[str] = []
+    redirects: list[str] = []
+    targets: list[list[str]] = []  # each redirect's `to`, parallel to `redirects`
+    for src in sources:
+        dom = src.domain
+        name = dom.domain
+        if src.stem != name:
+            return None
+        suffix = "@" + name
+        names = [a.name for a in dom.accounts]
+        names += [r.name for r in dom.redirects]
+        if "@" in "".join(names):  # some names are full addresses
+            if any("@" in n and n.rpartition("@")[2] != name for n in names):
+                return None  # an object of another domain
+            addresses = [n if "@" in n else n + suffix for n in names]
+        else:
+            addresses = (f"{suffix}\n".join(names) + suffix).split("\n") if names else []
+        count = len(dom.accounts)
+        accounts += addresses[:count]
+        redirects += addresses[count:]
+        targets += [r.to for r in dom.redirects]
+    account_set = set(accounts)
+    redirect_set = set(redirects)
+    if len(account_set) != len(accounts) or len(redirect_set) != len(redirects):
+        return None  # declared twice
+    every_target = set(chain.from_iterable(targets))
+    if not every_target.isdisjoint(redirect_set):
+        graph: dict[str, list[str]] = {}
+        for source, to in zip(redirects, targets, strict=True):
+            onward = [t for t in to if t in redirect_set]
+            if onward:
+                graph[source] = onward
+        if any(len(c) > 1 or c[0] in graph.get(c[0], ()) for c in _strongly_connected(graph)):
+            return None  # a redirect loop
+    local = {src.domain.domain for src in sources}
+    dangling = {
+        t for t in every_target - account_set - redirect_set if t.rpartition("@")[2] in local
+    }
+    if not dangling:
+        return []
+    # Only the files that hold a dangling target (in file order, as the full check).
+    holders = [
+        src for src in sources if any(not dangling.isdisjoint(r.to) for r in src.domain.redirects)
+    ]
+    return _dangling_targets(holders, account_set, redirect_set, local)
+
+
+def _check_domains_fully(sources: Sequence[DomainSource]) -> list[Finding]:
+    findings: list[Finding] = []
+    # address → where it is first declared; `Ref`s are made only for findings (this loop
+    # sees every account and redirect of the inventory, tens of thousands).
+    accounts: dict[str, tuple[DomainSource, int]] = {}
+    redirect_at: dict[str, tuple[DomainSource, int]] = {}
+    redirect_to: dict[str, tuple[str, ...]] = {}
+    for src in sources:
+        dom = src.domain
+        if src.stem != dom.domain:
+            findings.append(
+                Finding(
+                    src.file,
+                    ("domain",),
+                    f"the file declares domain {dom.domain!r} but is named {src.stem!r}; "
+                    f"a domain file must be named after its domain ({dom.domain}.yml)",
+                )
+            )
+        suffix = "@" + dom.domain
+        for i, acc in enumerate(dom.accounts):
+            address = _declared_address(src, i, acc.name, suffix, _account_ref, findings)
+            first = accounts.get(address)
+            if first is None:
+                accounts[address] = (src, i)
+                continue
+            findings.append(
+                Finding(
+                    src.file,
+                    _account_ref(src, i).path,
+                    f"account {address} is declared twice (first at {{0}}); "
+                    "an address may have one account",
+                    refs=(_account_ref(*first),),
+                )
+            )
+        for i, red in enumerate(dom.redirects):
+            address = _declared_address(src, i, red.name, suffix, _redirect_ref, findings)
+            first = redirect_at.get(address)
+            if first is None:
+                redirect_at[address] = (src, i)
+                redirect_to[address] = tuple(red.to)
+                continue
+            findings.append(
+                Finding(
+                    src.file,
+                    _redirect_ref(src, i).path,
+                    f"redirect {address} is declared twice (first at {{0}}); "
+                    "list every target in one redirect's `to`",
+                    refs=(_redirect_ref(*first),),
+                )
+            )
+    findings.extend(_redirect_loops(redirect_at, redirect_to))
+    local = {src.domain.domain for src in sources}
+    findings.extend(_dangling_targets(sources, accounts, redirect_to, local))
+    return findings
+
+
+def _declared_address(
+    src: DomainSource,
+    index: int,
+    name: str,
+    suffix: str,
+    ref: Callable[[DomainSource, int], Ref],
+    findings: list[Finding],
+) -> str:
+    """The full address of a declared name; a full address of another domain is reported
+    (its path is built only then: most names are local parts)."""
+    if "@" not in name:
+        return name + suffix
+    findings.extend(_foreign(src, ref(src, index).path, name))
+    return name
+
+
+def _foreign(src: DomainSource, path: DataPath, name: str) -> list[Finding]:
+    if "@" not in name:
+        return []
+    other = name.rpartition("@")[2]
+    if other == src.domain.domain:
+        return []
+    return [
+        Finding(
+            src.file,
+            path,
+            f"{name} belongs to domain {other}, not {src.domain.domain}; declare it in that "
+            f"domain's file (domains/{other}.yml)",
+        )
+    ]
+
+
+def _redirect_loops(
+    redirect_at: Mapping[str, tuple[DomainSource, int]],
+    redirects: Mapping[str, tuple[str, ...]],
+) -> list[Finding]:
+    # Only redirects that point at other redirects can be part of a loop.
+    graph: dict[str, list[str]] = {}
+    for src, to in redirects.items():
+        onward = [t for t in to if t in redirects]
+        if onward:
+            graph[src] = onward
+    findings = []
+    for component in _strongly_connected(graph):
+        start = min(component)
+        if len(component) == 1 and start not in graph.get(start, ()):
+            continue
+        cycle = _cycle_through(start, graph, set(component))
+        hops = " → ".join([*cycle, cycle[0]])
+        refs = tuple(_redirect_ref(*redirect_at[a]) for a in cycle)
+        where = ", ".join(f"{a} at {{{i}}}" for i, a in enumerate(cycle))
+        first = refs[0]
+        to_index = redirects[start].index(cycle[1] if len(cycle) > 1 else start)
+        findings.append(
+            Finding(
+                first.file,
+                (*first.path[:-1], "to", to_index),
+                f"redirect loop: {hops} (mail would circle until it bounces); "
+                f"redirects in the loop: {where}",
+                refs=refs,
+            )
+        )
+    return findings
+
+
+def _strongly_connected(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Tarjan's algorithm, iterative (redirect chains can be longer than the recursion limit)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            targets = graph.get(node, ())
+            if i < len(targets):
+                work.append((node, i + 1))
+                nxt = targets[i]
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    component.append(top)
+                    if top == node:
+                        break
+                out.append(component)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return out
+
+
+def _cycle_through(start: str, graph: Mapping[str, Sequence[str]], allowed: set[str]) -> list[str]:
+    """A shortest cycle start → ... → start inside one strongly connected component."""
+    previous: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt_frontier = []
+        for node in frontier:
+            for t in graph.get(node, ()):
+                if t == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(previous[path[-1]])
+                    return list(reversed(path))
+                if t in allowed and t not in previous:
+                    previous[t] = node
+                    nxt_frontier.append(t)
+        frontier = nxt_frontier
+    return [start]
+
+
+def _dangling_targets(
+    sources: Sequence[DomainSource],
+    accounts: Container[str],
+    redirects: Container[str],
+    local: Container[str],
+) -> list[Finding]:
+    """Redirect targets in a local domain (`local`: every checked domain) that are neither
+    an account nor a redirect."""
+    findings = []
+    for src in sources:
+        for i, red in enumerate(src.domain.redirects):
+            for j, target in enumerate(red.to):
+                domain = target.rpartition("@")[2]
+                if domain in local and target not in accounts and target not in redirects:
+                    findings.append(
+                        Finding(
+                            src.file,
+                            ("redirects", src.redirect_at(i), "to", j),
+                            f"{target} is in local domain {domain} but is neither an account "
+                            "nor a redirect there; mail to it will bounce",
+                            severity="warning",
+                        )
+                    )
+    return findings
+
+
+def check_hosts(raw: Any, domain_files: Mapping[str, str], *, file: str) -> list[Finding]:
+    """Hosts of the raw inventory file name existing groups and domains (`domain_files`:
+    domain → its file); every domain is served by some host; a local `root` is no system
+    directory and a relative one stays below the current directory
+    (`compiler.connectors.confine.local_root_problem`). Works on raw data so that it also runs
+    when other parts of the file are invalid."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("hosts"), Mapping):
+        return []
+    groups = raw.get("groups")
+    known_groups = set(groups) if isinstance(groups, Mapping) else set()
+    known = set(domain_files)
+    served: set[str] = set()
+    findings = []
+    for name, host in raw["hosts"].items():
+        if not isinstance(host, Mapping):
+            continue
+        root = host.get("root")
+        if isinstance(root, str):
+            problem = local_root_problem(root)
+            if problem:
+                findings.append(Finding(file, ("hosts", name, "root"), problem))
+        host_groups = host.get("groups", [])
+        for i, group in enumerate(host_groups if isinstance(host_groups, list) else []):
+            if isinstance(group, str) and group not in known_groups:
+                allowed = ", ".join(sorted(map(str, known_groups))) or "none are defined"
+                findings.append(
+                    Finding(
+                        file,
+                        ("hosts", name, "groups", i),
+                        f"unknown group {group!r}; groups: {allowed}",
+                    )
+                )
+        domains = host.get("domains", "all")
+        if domains == "all" or not isinstance(domains, list):
+            served |= known
+            continue
+        for i, domain in enumerate(domains):
+            if not isinstance(domain, str):
+                continue
+            served.add(domain.lower())
+            if domain.lower() not in known:
+                findings.append(
+                    Finding(
+                        file,
+                        ("hosts", name, "domains", i),
+                        f"unknown domain {domain!r}: there is no domains/{domain}.yml",
+                    )
+                )
+    for domain in sorted(known - served):
+        findings.append(
+            Finding(
+                domain_files[domain],
+                ("domain",),
+                f"domain {domain} is served by no host (add it to a host's `domains`)",
+                severity="warning",
+            )
+        )
+    return findings
+
+
+def policy_layers(raw: Any) -> list[tuple[DataPath, Any]]:
+    """Every `policy` layer of the raw inventory file with its data path: the inventory's,
+    each group's and each host's (values as written, not yet validated)."""
+    if not isinstance(raw, Mapping):
+        return []
+    layers: list[tuple[DataPath, Any]] = [(("policy",), raw.get("policy"))]
+    for section in ("groups", "hosts"):
+        entries = raw.get(section)
+        if isinstance(entries, Mapping):
+            for name, spec in entries.items():
+                if isinstance(spec, Mapping):
+                    layers.append(((section, name, "policy"), spec.get("policy")))
+    return layers
+
+
+def check_postfix_main(raw: Any, *, file: str) -> list[Finding]:
+    """`postfix_main` overrides at every layer of the raw inventory file: a parameter name
+    that mailcfg neither sets itself nor denies (`compiler.load.postfix_params`), and a one-line
+    value that cannot break out of its `name = value` line."""
+    findings = []
+    managed: frozenset[str] | None = None  # read from main.cf.j2 once, only when needed
+    for prefix, policy in policy_layers(raw):
+        if not isinstance(policy, Mapping) or not isinstance(policy.get("postfix_main"), Mapping):
+            continue
+        for key, value in policy["postfix_main"].items():
+            path = (*prefix, "postfix_main", key)
+            if not isinstance(key, str) or not _MAIN_CF_NAME.fullmatch(key):
+                findings.append(
+                    Finding(
+                        file,
+                        path,
+                        f"{key!r} is not a main.cf parameter name "
+                        "(lower-case letters, digits and '_')",
+                        at_key=True,
+                    )
+                )
+            else:
+                managed = managed if managed is not None else managed_parameters()
+                refusal = refusal_of(key, managed)
+                if refusal:
+                    findings.append(Finding(file, path, refusal, at_key=True))
+            if isinstance(value, str):
+                problem = _main_cf_value_problem(value)
+                if problem:
+                    findings.append(Finding(file, path, f"{value!r}: {problem}"))
+    return findings
+
+
+def _main_cf_value_problem(value: str) -> str | None:
+    if re.search(r"[\"'\\]", value):
+        return "quotes and backslashes have no meaning in main.cf and are not allowed"
+    depth = 0
+    for ch in value:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            break
+    if depth != 0:
+        return "unbalanced '{' '}' (main.cf braces group a value; they must pair up)"
+    return None
+
+
+def check_external_senders(
+    raw: Any, domain_files: Mapping[str, str], *, file: str
+) -> list[Finding]:
+    """`external_senders` at every layer of the raw inventory file name domains of the
+    inventory (`domain_files`: domain → its file): the switch lets outside clients use a
+    served domain's addresses, so a name that is no domain here is a mistake."""
+    findings = []
+    for prefix, policy in policy_layers(raw):
+        entries = policy.get("external_senders") if isinstance(policy, Mapping) else None
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            domain = entry.get("domain") if isinstance(entry, Mapping) else None
+            if not isinstance(domain, str) or _malformed_domain(domain):
+                continue  # the schema reports it
+            if check_domain(domain) not in domain_files:
+                findings.append(
+                    Finding(
+                        file,
+                        (*prefix, "external_senders", i, "domain"),
+                        f"unknown domain {domain!r}: there is no domains/{domain}.yml "
+                        "(external_senders lists client networks for a served domain)",
+                    )
+                )
+    return findings
+
+
+def _malformed_domain(value: str) -> bool:
+    try:
+        check_domain(value)
+    except ValueError:
+        return True
+    return False

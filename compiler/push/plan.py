@@ -1,0 +1,120 @@
+"""Make a plan: the file changes and activations that take a host from its observed state to
+the desired tree. Pure: no clock, no I/O; the same inputs give the same plan.
+
+- create: a desired file that is absent on the host;
+- update: content differs, or only mode/owner/group (`meta_only`);
+- delete: a file the current release manages that is no longer desired and still exists;
+- drift: any of those where the host's file is not what the current release installed (edited
+  or removed by hand), so the plan shows that the apply overwrites a manual change.
+Activations are those of the roles with changes, plus any an interrupted apply still owes.
+The content of sensitive files never enters the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from compiler.types import (
+    ActivationsFor,
+    ChangeKind,
+    FileChange,
+    FileTree,
+    HostState,
+    ManagedFile,
+    ObservedFile,
+    Plan,
+    RenderedFile,
+)
+
+
+def make_plan(host: str, tree: FileTree, state: HostState, activations_for: ActivationsFor) -> Plan:
+    """The plan for `host` (`activations_for(roles)` gives the activations of changed roles)."""
+    changes = tuple(_file_changes(tree, state))
+    roles = {c.role for c in changes}
+    activations = activations_for(roles) if roles else ()
+    owed = tuple(a for a in state.pending if a.role not in {b.role for b in activations})
+    return Plan(
+        host=host,
+        changes=changes,
+        activations=activations + owed,
+        tree_digest=tree.digest,
+        current_release=state.release_id,
+    )
+
+
+def _file_changes(tree: FileTree, state: HostState) -> Iterator[FileChange]:
+    for path in sorted(set(tree) | set(state.managed)):
+        want = tree.get(path)
+        if want is not None:
+            change = _change_to(want, state.files.get(path), state.managed.get(path), state)
+        else:
+            change = _deletion(path, state.files.get(path), state.managed[path], state)
+        if change is not None:
+            yield change
+
+
+def _change_to(
+    want: RenderedFile, have: ObservedFile | None, installed: ManagedFile | None, state: HostState
+) -> FileChange | None:
+    sensitive = want.sensitive or (installed is not None and installed.sensitive)
+    if have is None:
+        return FileChange(
+            path=want.path,
+            kind=ChangeKind.CREATE,
+            before=None,
+            after=None if sensitive else want.content,
+            role=want.role,
+            sensitive=sensitive,
+            drift=installed is not None,  # managed, but removed by hand
+        )
+    same_content = have.sha256 == want.sha256
+    same_meta = (have.mode, have.owner, have.group) == (want.mode, want.owner, want.group)
+    if same_content and same_meta:
+        return None
+    if sensitive:
+        before, after = None, None
+    elif same_content:
+        before, after = want.content, want.content
+    else:
+        before, after = state.previous.get(want.path), want.content
+    return FileChange(
+        path=want.path,
+        kind=ChangeKind.UPDATE,
+        before=before,
+        after=after,
+        role=want.role,
+        sensitive=sensitive,
+        drift=installed is not None and _differs(have, installed),
+        meta_only=same_content,
+        meta_before="" if same_meta else _meta(have.mode, have.owner, have.group),
+        meta_after="" if same_meta else _meta(want.mode, want.owner, want.group),
+    )
+
+
+def _deletion(
+    path: str, have: ObservedFile | None, installed: ManagedFile, state: HostState
+) -> FileChange | None:
+    if have is None:
+        return None  # already gone
+    return FileChange(
+        path=path,
+        kind=ChangeKind.DELETE,
+        before=None if installed.sensitive else state.previous.get(path),
+        after=None,
+        role=installed.role,
+        sensitive=installed.sensitive,
+        drift=_differs(have, installed),
+    )
+
+
+def _meta(mode: int, owner: str, group: str) -> str:
+    return f"{mode:04o} {owner}:{group}"
+
+
+def _differs(have: ObservedFile, installed: ManagedFile) -> bool:
+    return (have.sha256, have.mode, have.owner, have.group) != (
+        installed.sha256,
+        installed.mode,
+        installed.owner,
+        installed.group,
+    )

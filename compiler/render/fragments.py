@@ -1,0 +1,177 @@
+"""Per-domain render fragments: what a host's domain-sized files take from one domain alone.
+
+A fragment holds a domain's ready-made rows: for its enabled accounts (declaration order) the
+Dovecot passwd line, the virtual_mailbox_maps and sender_login_maps lines, the agent.json entry
+without its limits (split around them), the accounts refused IMAP or POP3; for its redirects
+(declaration order) the virtual_alias_maps line and the agent.json entry; and the Sieve script
+of each enabled autoresponder, made with the aliases that reach it through the domain's own
+redirects (`compiler.render.context` uses it when no other domain's redirect leads into the domain).
+`compiler.render.context` puts every host's files together from the fragments of the domains it
+serves, in address order.
+
+`FragmentCache` keeps fragments on disk (a `compiler.cache.packstore` store), keyed by the domain
+file's content key from the parse cache (file bytes + schema and loader code) under a
+fingerprint of the code that makes them, so after editing one domain file only that domain's
+rows are made again. Fragments are pickles: `compiler.cache.packstore` loads only files tagged with
+the user's key (`compiler.cache.cachedir`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import compiler
+from compiler.cache.packstore import Codec, PackStore, open_pack_store
+from compiler.render.agentconfig import make_account_entries, make_redirect_entries
+from compiler.render.sieve import invert_redirects, make_vacation_script, reaching_addresses
+from compiler.render.tables import maildir_of, make_passwd_lines
+from schemas.domain import Domain
+
+_FORMAT = b"mailcfg-fragment-3"
+_CODE = (
+    "render/fragments.py",
+    "render/tables.py",
+    "render/agentconfig.py",
+    "render/sieve.py",
+    "cache/packstore.py",
+)
+SUBDIRECTORY = "fragments"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponderScript:
+    """An enabled autoresponder's Sieve script, made with `aliases` (the addresses that
+    reach the account through its own domain's redirects)."""
+
+    address: str
+    aliases: tuple[str, ...]
+    script: str
+
+
+@dataclass(frozen=True, slots=True)
+class DomainFragment:
+    """Rows of one domain. The account tuples run parallel to `addresses` (its enabled
+    accounts), the redirect tuples parallel to `sources` (its redirects, each source once
+    with its last declaration, as `resolve.index_domains` keeps them)."""
+
+    addresses: tuple[str, ...]
+    passwd: tuple[str, ...]
+    mailbox_rows: tuple[str, ...]  # `address maildir`
+    sender_rows: tuple[str, ...]  # `address address`
+    agent_before: tuple[str, ...]  # `    "address": {"blacklist": ..., "limits": `
+    agent_after: tuple[str, ...]  # `, "whitelist": ...}`
+    no_imap: tuple[str, ...]
+    no_pop3: tuple[str, ...]
+    sources: tuple[str, ...]
+    alias_rows: tuple[str, ...]  # `source target, target`
+    agent_redirects: tuple[str, ...]  # `    "source": ["target", "target"]`
+    outside_targets: tuple[str, ...]  # redirect targets in other domains
+    responders: tuple[ResponderScript, ...]
+
+
+def make_domain_fragment(domain: Domain) -> DomainFragment:
+    """The fragment of `domain`, its addresses as `resolve.index_domains` names them."""
+    accounts = [(domain.address_of(acc.name), acc) for acc in domain.accounts if acc.enabled]
+    before, after = make_account_entries(accounts)
+    redirects: dict[str, tuple[str, ...]] = {}
+    for red in domain.redirects:
+        redirects[domain.address_of(red.name)] = tuple(red.to)
+    reverse = invert_redirects(redirects)
+    responders = []
+    for address, acc in accounts:
+        responder = acc.autoresponder
+        if responder is None or not responder.enabled:
+            continue
+        aliases = reaching_addresses(address, reverse)
+        script = make_vacation_script(address, responder, aliases=aliases, whitelist=acc.whitelist)
+        responders.append(ResponderScript(address, tuple(aliases), script))
+    suffix = "@" + domain.domain
+    return DomainFragment(
+        addresses=tuple(a for a, _ in accounts),
+        passwd=tuple(make_passwd_lines(accounts)),
+        mailbox_rows=tuple(f"{a} {maildir_of(a)}" for a, _ in accounts),
+        sender_rows=tuple(f"{a} {a}" for a, _ in accounts),
+        agent_before=tuple(before),
+        agent_after=tuple(after),
+        no_imap=tuple(a for a, acc in accounts if not acc.imap),
+        no_pop3=tuple(a for a, acc in accounts if not acc.pop3),
+        sources=tuple(redirects),
+        alias_rows=tuple(f"{s} {', '.join(to)}" for s, to in redirects.items()),
+        agent_redirects=tuple(make_redirect_entries(redirects.items())),
+        outside_targets=tuple(
+            sorted({t for to in redirects.values() for t in to if not t.endswith(suffix)})
+        ),
+        responders=tuple(responders),
+    )
+
+
+def code_fingerprint() -> str:
+    h = hashlib.sha256(_FORMAT)
+    h.update(f"{sys.version_info[:2]}".encode())
+    directory = Path(compiler.__file__).parent
+    for name in _CODE:
+        h.update(name.encode())
+        h.update((directory / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+# On disk a fragment is a plain tuple of its fields (its scripts tuples too): pickle restores
+# tuples and strings without a Python call per object, a dataclass with one (a fifth slower).
+def _to_row(fragment: DomainFragment) -> tuple[object, ...]:
+    fields = [getattr(fragment, name) for name in DomainFragment.__slots__]
+    fields[-1] = tuple((r.address, r.aliases, r.script) for r in fragment.responders)
+    return tuple(fields)
+
+
+def _from_row(row: Any) -> DomainFragment:
+    fields: list[Any] = list(row)
+    fields[-1] = tuple(ResponderScript(*r) for r in fields[-1])
+    return DomainFragment(*fields)
+
+
+_CODEC: Codec[DomainFragment] = Codec(decode=_from_row, encode=_to_row)
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentCache:
+    """Fragments of the domains of one loaded inventory, from disk when their key is known.
+    `keys` maps each `Domain` object of that inventory (by identity; `domains` keeps them
+    alive) to its content key; a domain without a key is simply made.
+
+    A cold run writes one file, a run after an edit one small file per fragment made (see
+    `compiler.cache.packstore`). Should the pack be written again, it keeps the fragments of every
+    domain of the inventory that are at hand, not only those of the hosts rendered, so that
+    rendering some hosts does not drop the others' fragments."""
+
+    domains: Mapping[str, Domain]
+    keys: dict[int, str]
+    store: PackStore[DomainFragment]
+
+    MAX_LOOSE = 64
+
+    @classmethod
+    def open(
+        cls, directory: Path, domains: Mapping[str, Domain], domain_keys: Mapping[str, str]
+    ) -> FragmentCache:
+        store = open_pack_store(directory, code_fingerprint(), _CODEC, max_loose=cls.MAX_LOOSE)
+        keys = {id(d): domain_keys[name] for name, d in domains.items() if name in domain_keys}
+        return cls(domains, keys, store)
+
+    def get(self, domain: Domain) -> DomainFragment:
+        key = self.keys.get(id(domain))
+        if key is None or self.domains.get(domain.domain) is not domain:
+            return make_domain_fragment(domain)
+        fragment = self.store.get(key)
+        if fragment is None:
+            fragment = make_domain_fragment(domain)
+            self.store.put(key, fragment)
+        return fragment
+
+    def save(self) -> None:
+        """Store the fragments made by this run."""
+        self.store.save(keep=self.keys.values())

@@ -1,0 +1,84 @@
+"""Render a host's file tree from its `HostConfig` and the roles.
+
+Each role of the host renders the files its role.yml lists; every path belongs to exactly one
+role. No I/O but reading templates; the result is deterministic (FileTree iterates sorted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+
+from compiler.render.context import DomainSetCache, make_context
+from compiler.render.resolve import HostConfig
+from compiler.render.roles import Role, RoleError, RoleFile, Roles, compile_snippet, render_prepared
+from compiler.types import FileTree, RenderedFile
+
+
+class RenderError(Exception):
+    """A host cannot be rendered; the message names the host and the cause."""
+
+
+def _template(roles: Roles, role: Role, spec: RoleFile) -> jinja2.Template:
+    try:
+        return roles.env.get_template(f"{role.name}/{spec.template}")
+    except jinja2.TemplateError as exc:
+        raise RoleError(f"roles/{role.name}/templates/{spec.template}: {exc}") from exc
+
+
+def render_role(roles: Roles, role: Role, context: dict[str, Any]) -> list[RenderedFile]:
+    files = []
+    for i, spec in enumerate(role.files):
+        where = f"roles/{role.name}/role.yml: files[{i}]"
+        template = _template(roles, role, spec)
+        path_template = compile_snippet(roles, spec.path, f"{where}.path")
+        # One variables dict per file spec, globals included, for all its items.
+        variables = dict(template.globals, **context)
+        variables.update(path_template.globals)
+        if spec.rows:
+            variables["rows"] = getattr(context["tables"], spec.rows)
+        items = context[spec.each] if spec.each else [None]
+        for item in items:
+            variables["item"] = item
+            try:
+                path = render_prepared(path_template, variables).strip()
+            except jinja2.TemplateError as exc:
+                raise RoleError(f"{where}.path: {exc}") from exc
+            if not path.startswith("/"):
+                raise RoleError(f"{where}: path {path!r} is not absolute")
+            try:
+                text = render_prepared(template, variables)
+            except jinja2.TemplateError as exc:
+                raise RoleError(f"roles/{role.name}/templates/{spec.template}: {exc}") from exc
+            files.append(
+                RenderedFile(
+                    path=path,
+                    content=text.encode("utf-8"),
+                    mode=spec.mode,
+                    owner=spec.owner,
+                    group=spec.group,
+                    role=role.name,
+                    sensitive=spec.sensitive,
+                )
+            )
+    return files
+
+
+def render_host(cfg: HostConfig, roles: Roles, cache: DomainSetCache | None = None) -> FileTree:
+    """Every file the host needs, from the roles listed in its spec. Hosts rendered with one
+    `cache` share the work that depends on their domains only."""
+    context = make_context(cfg, cache)
+    files: dict[str, RenderedFile] = {}
+    for name in sorted(set(cfg.spec.roles)):
+        if name not in roles.roles:
+            raise RenderError(f"host {cfg.name}: role {name!r} not found in {roles.path}")
+        for rendered in render_role(roles, roles[name], context):
+            other = files.get(rendered.path)
+            if other is not None:
+                raise RenderError(
+                    f"host {cfg.name}: {rendered.path} is rendered by roles {other.role!r} and "
+                    f"{rendered.role!r}; each path must belong to one role"
+                )
+            files[rendered.path] = rendered
+    return FileTree(dict(sorted(files.items())))
