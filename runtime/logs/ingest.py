@@ -26,10 +26,9 @@ from typing import Any, Protocol, runtime_checkable
 from runtime.logs.follower import Chunk, FollowedFile, Watcher, file_identity, make_watcher
 from runtime.logs.parser import DayResolver, LineParser
 from runtime.logs.stats import AccountPolicy, Charge, Tally, queue_gauge
-from runtime.state.base import StateStore, Window
-from runtime.state.limits import WINDOW_NAMES, bucket_keys
+from runtime.state.base import StateStore
+from runtime.state.limits import charge_sent_mail, limit_rule
 from schemas.agent import AgentConfig
-from schemas.policy import CountBy, Limits, OnExceed
 
 log = logging.getLogger(__name__)
 
@@ -59,56 +58,30 @@ def store_rows(store: StateStore, rows: Rows) -> None:
         store.add_stats(day, account, counters)
 
 
-def limit_windows(limits: Limits) -> list[Window]:
-    windows = []
-    for name, limit in (
-        ("hour", limits.per_hour),
-        ("day", limits.per_day),
-        ("month", limits.per_month),
-    ):
-        if limit is not None:
-            windows.append(Window(name, limit))
-    return windows
-
-
 def apply_charges(
     config: AgentConfig, store: StateStore, charges: Iterable[Charge], now: float
 ) -> list[str]:
-    """Charge sendmail-submitted mail to the senders' limits; lock over-limit accounts as the
-    policy service would. Returns the accounts newly locked.
-
-    A message counts in the windows that contain its submission time (the log line's), so a
-    backlog read late (agent restarted, logs caught up) cannot lock an account for an hour
-    that is already over: only windows still current are checked, and mail of an earlier
-    month is history and not charged. The store keeps one bucket per window (the current
-    one), so the amount is added to the current buckets."""
+    """Charge sendmail-submitted mail to the senders' limits and lock over-limit accounts, by
+    the rules the policy service applies (`runtime.state.limits.charge_sent_mail`: a message
+    counts in the windows that still contain its submission time, the log line's). Returns
+    the accounts newly locked."""
     locked: list[str] = []
-    current = bucket_keys(now)
     for charge in charges:
         account = config.accounts.get(charge.account)
         limits = account.limits if account is not None else config.default_limits
-        sent = bucket_keys(min(charge.time, now))
-        if sent[2] != current[2]:
-            continue
-        windows = [
-            w
-            for w in limit_windows(limits)
-            if sent[_WINDOW_INDEX[w.name]] == current[_WINDOW_INDEX[w.name]]
-        ]
-        amount = charge.recipients if limits.count == CountBy.RECIPIENTS else 1
-        result = store.consume(charge.account, max(amount, 1), windows, now, force=True)
-        if result.exceeded is not None and limits.on_exceed == OnExceed.LOCK:
-            reason = (
-                f"over the per-{result.exceeded} sending limit (mail {charge.qid} submitted "
-                "with sendmail)"
-            )
-            if store.lock(charge.account, reason, now):
-                log.warning("locked %s: %s", charge.account, reason)
-                locked.append(charge.account)
+        reason = charge_sent_mail(
+            store,
+            charge.account,
+            limit_rule(limits),
+            charge.recipients,
+            charge.time,
+            now,
+            charge.qid,
+        )
+        if reason is not None:
+            log.warning("locked %s: %s", charge.account, reason)
+            locked.append(charge.account)
     return locked
-
-
-_WINDOW_INDEX = {name: i for i, name in enumerate(WINDOW_NAMES)}
 
 
 # -- backfill -----------------------------------------------------------------------------

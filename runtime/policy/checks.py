@@ -2,7 +2,8 @@
 
 Inbound order (the original Mailcfg panel's): global input filter → recipient's blacklist →
 recipient's whitelist → SPF → DNS blacklists. Each check returns a `Verdict` or None ("no
-opinion, go on"). Outbound: sending limits per authenticated account.
+opinion, go on"). Outbound: the reply to a sending-limit decision (the limit rules themselves
+are runtime.state.limits').
 
 The global filter's regexes are RE2 (`schemas.policy.compile_filter_regex`, the one compile
 `mailcfg validate` uses too): matched in time linear in the sender's length whatever the
@@ -24,10 +25,9 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.state.base import Window
 from runtime.state.limits import LimitResult
 from schemas.domain import SenderList
-from schemas.policy import Limits, compile_filter_regex, filter_regex
+from schemas.policy import compile_filter_regex, filter_regex
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,17 +191,6 @@ def check_dnsbl_listing(zone: str | None, client: str, account: str | None) -> V
 
 
 # -- outbound limits ----------------------------------------------------------------------
-
-
-def limit_windows(limits: Limits) -> list[Window]:
-    out = []
-    if limits.per_hour is not None:
-        out.append(Window("hour", limits.per_hour))
-    if limits.per_day is not None:
-        out.append(Window("day", limits.per_day))
-    if limits.per_month is not None:
-        out.append(Window("month", limits.per_month))
-    return out
 
 
 def check_limit_result(res: LimitResult, account: str) -> Verdict:

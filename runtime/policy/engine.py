@@ -26,15 +26,12 @@ from runtime.policy.checks import (
     check_spf_result,
     check_whitelists,
     compile_filter,
-    limit_windows,
 )
 from runtime.policy.dnsbl import DnsblChecker, DnsblZone, make_resolver, parse_ranges
 from runtime.policy.recipients import UNKNOWN, LocalRecipient, index_recipients
 from runtime.policy.spf import SpfChecker, SpfResult, evaluate_spf
-from runtime.state.base import Window
-from runtime.state.limits import LimitRequest
-from schemas.agent import AgentAccount, AgentConfig
-from schemas.policy import CountBy, Limits, OnExceed
+from runtime.state.limits import LimitRequest, LimitRule, limit_rule
+from schemas.agent import AgentConfig
 
 # What an A answer of a known list means as a listing; Spamhaus' 127.255.255.x error codes
 # (open resolver, over quota) fall outside it.
@@ -51,24 +48,16 @@ class MessageMemo:
     prepended: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class AccountPolicy:
-    account: AgentAccount
-    windows: tuple[Window, ...]
-    lock: bool
-    by_messages: bool
-
-
 class Policy:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.local_domains = frozenset(config.local_domains)
         self.filter = compile_filter(config.global_filter, config.global_filter_reject_text)
-        self.accounts: Mapping[str, AccountPolicy] = {
-            addr: self._account_policy(acc.limits, acc) for addr, acc in config.accounts.items()
+        self.limits: Mapping[str, LimitRule] = {
+            addr: limit_rule(acc.limits) for addr, acc in config.accounts.items()
         }
         self.recipients: Mapping[str, LocalRecipient] = index_recipients(config)
-        self.default = self._account_policy(config.default_limits, None)
+        self.default_limits = limit_rule(config.default_limits)
         spam = config.spam
         zones = [DnsblZone(z.value, parse_ranges(_DEFAULT_LISTED)) for z in spam.dnsbl]
         zones += [DnsblZone(z.zone, parse_ranges(z.listed)) for z in spam.custom_dnsbl]
@@ -87,15 +76,6 @@ class Policy:
             else None
         )
 
-    @staticmethod
-    def _account_policy(limits: Limits, account: AgentAccount | None) -> AccountPolicy:
-        return AccountPolicy(
-            account=account or AgentAccount(limits=limits),
-            windows=tuple(limit_windows(limits)),
-            lock=limits.on_exceed is OnExceed.LOCK,
-            by_messages=limits.count is CountBy.MESSAGES,
-        )
-
     # -- classification -------------------------------------------------------------------
 
     def outbound_request(self, req: Mapping[str, str], now: float) -> LimitRequest | None:
@@ -103,16 +83,12 @@ class Policy:
         if not user or req.get("protocol_state", "").upper() != "END-OF-MESSAGE":
             return None
         account = user.lower()
-        pol = self.accounts.get(account, self.default)
-        amount = 1
-        if not pol.by_messages:
-            try:
-                amount = max(1, int(req.get("recipient_count", "1")))
-            except ValueError:
-                amount = 1
-        return LimitRequest(
-            account, amount, pol.windows, now, lock=pol.lock, reason="sending limit exceeded"
-        )
+        rule = self.limits.get(account, self.default_limits)
+        try:
+            recipients = int(req.get("recipient_count", "1"))
+        except ValueError:
+            recipients = 1
+        return rule.request(account, recipients, now)
 
     def inbound_recipient(self, req: Mapping[str, str]) -> str | None:
         """The recipient of a local domain a RCPT request from outside is addressed to,

@@ -1,10 +1,19 @@
-"""Sending-limit windows and the batched check-and-count step the policy service uses.
+"""The sending-limit rules, in one place for the policy service and the log-driven limits:
+which windows an account's limits set, what one message charges, when a window is exceeded,
+when an account is locked (and the reason recorded), and the batched check-and-count step.
 
 Windows are fixed calendar buckets in the host's local time: the hour (`2024-05-01 13h`), the
 day and the month. A counter resets when its bucket changes; all windows are counted on every
 call, limits are checked only for the windows passed in. Fixed buckets (not sliding) make the
 count one integer per window, an atomic compare-and-add on any backend, and match how an admin
 reads "200 per day". The price: up to 2x the hourly limit can pass around a bucket boundary.
+
+An account's `Limits` become a `LimitRule` (`limit_rule`). The policy service turns a request
+into a `LimitRequest` (`LimitRule.request`): refused, and with `lock` the account locked, when a
+window has no room. The log follower charges mail already sent with `charge_sent_mail`: always
+counted (it is gone), then locked when a window is over and the rule says lock. Both count
+`recipients` (at least 1) or 1 per message as the rule says, and a window is exceeded by the
+same test (`first_exceeded`; the Redis script has the same test in Lua).
 
 `LimitStore.consume_limits` evaluates a batch of requests in one backend transaction (SQLite) or
 one round trip of atomic scripts (Redis): per request, a locked account is refused, otherwise
@@ -20,8 +29,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from runtime.state.base import StateStore, Window
+from schemas.policy import CountBy, Limits, OnExceed
 
 WINDOW_NAMES: tuple[str, ...] = ("hour", "day", "month")
+# Position of each window in `WINDOW_NAMES`, in `bucket_keys` and in the stores' count rows.
+WINDOW_INDEX: Mapping[str, int] = {name: i for i, name in enumerate(WINDOW_NAMES)}
+# The lock reason of a refusal by the policy service.
+LOCK_REASON = "sending limit exceeded"
 
 
 def bucket_keys(now: float) -> tuple[int, int, int]:
@@ -49,6 +63,39 @@ class BucketClock:
             self._keys = bucket_keys(second)
             self._second = second
         return self._keys
+
+
+def limit_windows(limits: Limits) -> tuple[Window, ...]:
+    """The windows `limits` sets, in `WINDOW_NAMES` order (the first full one is named)."""
+    return tuple(
+        Window(name, limit)
+        for name, limit in zip(
+            WINDOW_NAMES, (limits.per_hour, limits.per_day, limits.per_month), strict=True
+        )
+        if limit is not None
+    )
+
+
+def first_exceeded(counts: Sequence[int], amount: int, windows: Sequence[Window]) -> str | None:
+    """The first of `windows` without room for `amount` more, given the current `counts`
+    (in `WINDOW_NAMES` order), or None when every window has room."""
+    for w in windows:
+        if counts[WINDOW_INDEX[w.name]] + amount > w.limit:
+            return w.name
+    return None
+
+
+def current_windows(
+    windows: Sequence[Window], sent: float, now: float
+) -> tuple[Window, ...] | None:
+    """The windows that still contain `sent` at `now` (a backlog read late must not lock an
+    account for an hour already over); None when `sent` is of an earlier month (history: not
+    charged). A `sent` after `now` (clock skew) counts as `now`."""
+    current = bucket_keys(now)
+    then = bucket_keys(min(sent, now))
+    if then[2] != current[2]:
+        return None
+    return tuple(w for w in windows if then[WINDOW_INDEX[w.name]] == current[WINDOW_INDEX[w.name]])
 
 
 def check_windows(windows: Sequence[Window]) -> None:
@@ -88,6 +135,62 @@ class LimitResult:
     exceeded: str | None
     newly_locked: bool
     counts: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRule:
+    """An account's sending limits as both the policy service and the log follower apply
+    them: its windows, whether an exceeded window locks the account, and what is counted."""
+
+    windows: tuple[Window, ...]
+    lock: bool
+    by_messages: bool
+
+    def amount(self, recipients: int) -> int:
+        """Units one message to `recipients` recipients charges: 1 per message, or its
+        recipients (at least 1)."""
+        return 1 if self.by_messages else max(1, recipients)
+
+    def request(self, account: str, recipients: int, now: float) -> LimitRequest:
+        """The policy service's check-and-count of one message before it is sent."""
+        return LimitRequest(
+            account, self.amount(recipients), self.windows, now, lock=self.lock, reason=LOCK_REASON
+        )
+
+
+def limit_rule(limits: Limits) -> LimitRule:
+    return LimitRule(
+        windows=limit_windows(limits),
+        lock=limits.on_exceed is OnExceed.LOCK,
+        by_messages=limits.count is CountBy.MESSAGES,
+    )
+
+
+def sendmail_lock_reason(window: str, qid: str) -> str:
+    return f"over the per-{window} sending limit (mail {qid} submitted with sendmail)"
+
+
+def charge_sent_mail(
+    store: StateStore,
+    account: str,
+    rule: LimitRule,
+    recipients: int,
+    sent: float,
+    now: float,
+    qid: str,
+) -> str | None:
+    """Charge mail already sent (seen in the log, never checked by the policy service) to
+    `account`: counted in the windows still current (`current_windows`) whatever their room,
+    and the account locked when one is now over and the rule says lock. Returns the lock
+    reason when this call locked the account, else None."""
+    windows = current_windows(rule.windows, sent, now)
+    if windows is None:
+        return None
+    result = store.consume(account, rule.amount(recipients), windows, now, force=True)
+    if result.exceeded is None or not rule.lock:
+        return None
+    reason = sendmail_lock_reason(result.exceeded, qid)
+    return reason if store.lock(account, reason, now) else None
 
 
 class LimitStore(StateStore, Protocol):

@@ -22,6 +22,7 @@ import redis
 
 from runtime.state.base import Consumption, StatRow, Window
 from runtime.state.limits import (
+    WINDOW_INDEX,
     WINDOW_NAMES,
     BucketClock,
     LimitRequest,
@@ -90,8 +91,6 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
-_INDEX = {"hour": 0, "day": 1, "month": 2}
-
 
 def _text(value: bytes | str) -> str:
     """Replies are bytes (no decode_responses); redis-py types them as bytes | str."""
@@ -122,7 +121,7 @@ class RedisStore:
         for r in requests:
             limits = [-1, -1, -1]
             for w in r.windows:
-                limits[_INDEX[w.name]] = w.limit
+                limits[WINDOW_INDEX[w.name]] = w.limit
             hk, dk, mk = bucket(r.now)
             keys.append(usage + r.account)
             argv.append(

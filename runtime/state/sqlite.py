@@ -39,6 +39,7 @@ from runtime.state.limits import (
     bucket_keys,
     check_batch,
     check_windows,
+    first_exceeded,
 )
 
 _SCHEMA = """
@@ -142,12 +143,7 @@ class SqliteStore:
         force: bool,
     ) -> tuple[bool, str | None, dict[str, int]]:
         keys, counts = self._usage(account, now)
-        exceeded = None
-        for w in windows:
-            i = _INDEX[w.name]
-            if counts[i] + amount > w.limit:
-                exceeded = w.name
-                break
+        exceeded = first_exceeded(counts, amount, windows)
         if exceeded is None or force:
             counts = [c + amount for c in counts]
             self._db.execute(
@@ -205,13 +201,7 @@ class SqliteStore:
                     dn = row[4] if row[3] == dk else 0
                     mn = row[6] if row[5] == mk else 0
                     amount = r.amount
-                    exceeded = None
-                    for w in r.windows:
-                        name = w.name
-                        n = hn if name == "hour" else dn if name == "day" else mn
-                        if n + amount > w.limit:
-                            exceeded = name
-                            break
+                    exceeded = first_exceeded((hn, dn, mn), amount, r.windows)
                     if exceeded is None:
                         hn += amount
                         dn += amount
@@ -381,7 +371,6 @@ class SqliteStore:
                 raise
 
 
-_INDEX = {"hour": 0, "day": 1, "month": 2}
 _CACHE_MAX = 200_000  # accounts; beyond that the cache starts over (about 40 MB)
 _LOCKED = LimitResult(False, True, None, False, MappingProxyType({}))
 

@@ -16,14 +16,13 @@ from runtime.policy.checks import (
     check_spf_result,
     check_whitelist,
     compile_filter,
-    limit_windows,
     sender_listed,
 )
 from runtime.policy.dnsbl import DnsblChecker, DnsblZone, make_resolver, parse_ranges, reverse_name
 from runtime.policy.engine import MessageMemo, Policy, is_remote
 from runtime.policy.spf import SpfChecker
 from runtime.state.base import Window
-from runtime.state.limits import LimitResult
+from runtime.state.limits import LimitResult, limit_windows
 from schemas.domain import SenderList
 from schemas.policy import Limits, compile_filter_regex
 from tests.runtime.dnsserver import Zone, dns_server
@@ -144,10 +143,10 @@ def test_spf_result_mapping() -> None:
 
 
 def test_limit_windows_and_verdicts() -> None:
-    assert limit_windows(Limits(per_hour=1, per_month=3)) == [
+    assert limit_windows(Limits(per_hour=1, per_month=3)) == (
         Window("hour", 1),
         Window("month", 3),
-    ]
+    )
     assert check_limit_result(LimitResult(True, False, None, False, {}), "a").action == "DUNNO"
     locked = check_limit_result(LimitResult(False, True, None, False, {}), "a@x.org")
     assert locked.action.startswith("DEFER 4.7.1") and "locked" in locked.action
