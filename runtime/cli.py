@@ -20,12 +20,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from runtime.config import ConfigError, ConfigWatcher, load_agent_config, prepare_policy
 from runtime.daemon import Daemon, connection_cap
-from runtime.policy.server import (
-    PolicyService,
-    new_event_loop,
-    parse_listen,
-    run_policy_service,
-)
+from runtime.policy.connection import new_event_loop, parse_listen, run_policy_service
+from runtime.policy.service import PolicyService
 from runtime.state.limits import LimitStore
 from runtime.state.open import StoreError, open_store
 from schemas.agent import AgentConfig

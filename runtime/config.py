@@ -24,8 +24,8 @@ from pathlib import Path
 import pyinotify
 from pydantic import ValidationError
 
+from runtime.policy.connection import parse_listen
 from runtime.policy.engine import Policy
-from runtime.policy.server import parse_listen
 from schemas.agent import AgentConfig
 
 log = logging.getLogger(__name__)

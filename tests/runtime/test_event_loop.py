@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from runtime.policy.server import new_event_loop
+from runtime.policy.connection import new_event_loop
 
 
 def test_falls_back_to_asyncio_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:

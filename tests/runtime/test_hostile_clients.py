@@ -261,7 +261,8 @@ def test_spf_of_a_domain_that_cannot_exist_is_none(nameserver: str, sender: str)
 _EMFILE_SERVER = """
 import asyncio, logging, resource, sys
 from runtime.policy.engine import Policy
-from runtime.policy.server import PolicyService, new_event_loop, run_policy_service
+from runtime.policy.connection import new_event_loop, run_policy_service
+from runtime.policy.service import PolicyService
 from runtime.state.sqlite import SqliteStore
 from tests.runtime.policy_fixtures import make_config
 

@@ -27,8 +27,9 @@ from runtime.notify import (
     send_mail,
 )
 from runtime.policy.checks import check_blacklist, check_whitelist
+from runtime.policy.connection import run_policy_service
 from runtime.policy.engine import Policy
-from runtime.policy.server import PolicyService, run_policy_service
+from runtime.policy.service import PolicyService
 from runtime.state.base import StateStore
 from runtime.state.sqlite import SqliteStore
 from schemas.agent import AgentConfig

@@ -15,8 +15,9 @@ import pytest
 
 from runtime.cli import main as agent_main
 from runtime.cli import serve_policy
+from runtime.policy.connection import run_policy_service
 from runtime.policy.engine import Policy
-from runtime.policy.server import PolicyService, run_policy_service
+from runtime.policy.service import PolicyService
 from runtime.state.limits import LimitResult
 from runtime.state.sqlite import SqliteStore
 from schemas.agent import AgentConfig
