@@ -1,4 +1,5 @@
-"""The `mailcfg` command line: argument parsing and output only; the work is in library calls.
+"""The `mailcfg` command line: argument parsing and output only; the work is in library calls
+(`compiler.build` assembles them).
 
 Exit codes: 0 success (no changes); 1 any error (bad arguments, invalid inventory, a failed or
 unreachable host); 2 only with `plan --detailed-exitcode`, when there are changes.
@@ -13,38 +14,22 @@ exactly the one shown: each host refuses it if its release changed in between.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import shlex
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NoReturn
 
-from compiler.connectors.transport import LocalTransport, Transport, TransportError
+from compiler.build import BuildSession
+from compiler.connectors.transport import TransportError
 from compiler.load.diagnostics import InventoryError
-from compiler.push.apply import ApplyError, list_releases, make_release_id, rollback_release
-from compiler.push.connect import open_transport
-from compiler.push.fleet import (
-    DEFAULT_FORKS,
-    HostResult,
-    OpenTransport,
-    Outcome,
-    apply_target,
-    format_recap,
-    plan_target,
-    recap_exit_code,
-    run_parallel,
-)
+from compiler.push.apply import ApplyError, format_releases
+from compiler.push.fleet import DEFAULT_FORKS, format_plans, format_recap, recap_exit_code
 from compiler.push.hostcall import HostError
-from compiler.push.show import FORMATS, Format, format_plan, plan_to_json
-from compiler.render.targets import Target
-from schemas.inventory import HostSpec
+from compiler.push.show import FORMATS
 
 if TYPE_CHECKING:
-    from compiler.load.inventory import LoadedInventory
-    from compiler.render.roles import Roles
+    from compiler.push.fleet import HostResult
 
 
 class UsageError(Exception):
@@ -128,8 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = _COMMANDS[args.command]
-        if hasattr(args, "cache"):
-            args.cache = _cache_dir(args, err)
+        if hasattr(args, "inventory"):
+            args.session = BuildSession.open(
+                args.inventory,
+                roles_dir=args.roles,
+                cache_dir=args.cache,
+                warn=lambda line: print(line, file=err),
+            )
         return handler(args, out, err)
     except UsageError as exc:
         print(exc, file=err)
@@ -154,111 +144,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-# --- shared steps -------------------------------------------------------------------------------
-
-
-def _cache_dir(args: argparse.Namespace, err: IO[str]) -> Path | None:
-    """The cache directory to use (`--cache`, else the inventory's own under the XDG cache
-    directory), or None after one warning when it is not safe: the run goes on without."""
-    from compiler.cache.cachedir import CacheError, open_cache_dir
-
-    if not args.inventory.is_dir():
-        return None  # `_load` reports it
-    try:
-        return open_cache_dir(args.cache, args.inventory)
-    except CacheError as exc:
-        print(f"mailcfg: warning: {exc}; running without a cache", file=err)
-        return None
-
-
-def _manifest(cache: Path | None, host_dir: Path) -> Path | None:
-    """The output manifest of `host_dir` under the cache, if its directory is safe."""
-    from compiler.cache.cachedir import CacheError, prepare_cache_dir
-    from compiler.render.outdir import manifest_path
-
-    if cache is None:
-        return None
-    path = manifest_path(cache, host_dir)
-    try:
-        prepare_cache_dir(path.parent, tighten=False)
-    except CacheError:
-        return None
-    return path
-
-
-def _load(args: argparse.Namespace, err: IO[str]) -> LoadedInventory:
-    from compiler.load.inventory import load_inventory
-
-    if not args.inventory.exists():
-        raise UsageError(f"mailcfg: inventory {args.inventory}: no such directory")
-    loaded = load_inventory(args.inventory, cache_dir=args.cache)
-    for warning in loaded.warnings:
-        print(warning.format(), file=err)
-    return loaded
-
-
-def _roles(args: argparse.Namespace) -> Roles:
-    from compiler.render.roles import default_roles_dir, load_roles
-
-    return load_roles(args.roles if args.roles else default_roles_dir())
-
-
-def _hosts(loaded: LoadedInventory, wanted: Sequence[str]) -> list[str]:
-    known = loaded.inventory.hosts
-    unknown = [h for h in wanted if h not in known]
-    if unknown:
-        raise UsageError(
-            f"mailcfg: unknown host(s) {', '.join(unknown)}; the inventory has "
-            f"{', '.join(sorted(known)) or 'none'}"
-        )
-    return sorted(set(wanted)) if wanted else sorted(known)
-
-
-def _compile(
-    args: argparse.Namespace,
-    err: IO[str],
-    hosts: Sequence[str] | None = None,
-    loaded: LoadedInventory | None = None,
-) -> tuple[list[Target], list[HostResult]]:
-    from compiler.cache.gcpause import gc_paused
-    from compiler.render.fragments import SUBDIRECTORY, FragmentCache
-    from compiler.render.targets import compile_targets
-
-    with gc_paused():
-        loaded = loaded or _load(args, err)
-        selected = _hosts(loaded, args.host if hosts is None else hosts)
-        inventory = loaded.inventory
-        fragments = (
-            FragmentCache.open(args.cache / SUBDIRECTORY, inventory.domains, loaded.domain_keys)
-            if args.cache is not None
-            else None
-        )
-        targets, failures = compile_targets(inventory, _roles(args), selected, fragments=fragments)
-        # The inventory and targets live until the process exits: keep their ~10^5 objects
-        # out of every later collection (plan and apply go on allocating).
-        gc.freeze()
-    return targets, [HostResult(f.host, Outcome.FAILED, message=f.message) for f in failures]
-
-
-def _opener(base_dir: Path) -> OpenTransport:
-    def open_host(name: str, spec: HostSpec) -> Transport:
-        return open_transport(name, spec, base_dir=base_dir)
-
-    return open_host
-
-
-def _by_host(results: Sequence[HostResult]) -> list[HostResult]:
-    return sorted(results, key=lambda r: r.host)
-
-
 # --- commands -----------------------------------------------------------------------------------
 
 
-def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    loaded = _load(args, err)
-    targets, failures = _compile(args, err, sorted(loaded.inventory.hosts), loaded)
+def _print_failures(failures: Sequence[HostResult], err: IO[str]) -> None:
     for failure in failures:
         print(f"{failure.host}: error: {failure.message}", file=err)
+
+
+def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    session: BuildSession = args.session
+    loaded = session.load()
+    targets, failures = session.compile()
+    _print_failures(failures, err)
     if failures:
         print(f"mailcfg: {len(failures)} host(s) failed to render", file=err)
         return 1
@@ -271,54 +169,21 @@ def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 def cmd_render(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """All or nothing: when one host fails to render, no host's files are written (a partial
     output directory would pass for a complete one)."""
-    from compiler.connectors.confine import plain_name
-    from compiler.render.outdir import write_tree
-
-    targets, failures = _compile(args, err)
-    for failure in failures:
-        print(f"{failure.host}: error: {failure.message}", file=err)
+    session: BuildSession = args.session
+    targets, failures = session.compile(args.host)
+    _print_failures(failures, err)
     if failures:
         print(f"mailcfg: {len(failures)} host(s) failed to render; nothing written", file=err)
         return 1
-    # A host key names one directory below --out (the load refuses others already); checked
-    # for every host before the first is written. write_tree also refuses a symbolic link.
-    for target in targets:
-        plain_name(target.name)
-    for target in targets:
-        host_dir = args.out / target.name
-        manifest = _manifest(args.cache, host_dir)
-        count = write_tree(target.tree, args.out, manifest, name=target.name)
-        print(f"{target.name}: {count} file(s) in {host_dir}", file=out)
+    for target, count in session.write_trees(targets, args.out):
+        print(f"{target.name}: {count} file(s) in {args.out / target.name}", file=out)
     return 0
 
 
-def _plan_all(args: argparse.Namespace, err: IO[str]) -> tuple[list[Target], list[HostResult]]:
-    targets, failures = _compile(args, err)
-    by_name = {t.name: t for t in targets}
-    opener = _opener(Path.cwd())
-    results = run_parallel(
-        sorted(by_name), lambda h: plan_target(by_name[h], opener), forks=args.forks
-    )
-    return targets, _by_host(results + failures)
-
-
 def cmd_plan(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    _, results = _plan_all(args, err)
-    fmt: Format = args.format
-    if fmt == "json":
-        doc = {
-            "plans": [plan_to_json(r.plan) for r in results if r.plan is not None],
-            "errors": [
-                {"host": r.host, "outcome": r.outcome.value, "message": r.message}
-                for r in results
-                if r.plan is None
-            ],
-        }
-        out.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    else:
-        for r in results:
-            if r.plan is not None:
-                out.write(format_plan(r.plan, fmt))
+    session: BuildSession = args.session
+    results = session.plan(*session.compile(args.host), forks=args.forks)
+    out.write(format_plans(results, args.format))
     failed = [r for r in results if r.plan is None]
     if failed:
         err.write(format_recap(failed))
@@ -328,10 +193,10 @@ def cmd_plan(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_apply(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    targets, planned = _plan_all(args, err)
-    for r in planned:
-        if r.plan is not None:
-            out.write(format_plan(r.plan, "diff"))
+    session: BuildSession = args.session
+    targets, failures = session.compile(args.host)
+    planned = session.plan(targets, failures, forks=args.forks)
+    out.write(format_plans(planned, "diff"))
     to_apply = {r.host: r.plan for r in planned if r.plan is not None and r.plan.has_changes}
     not_applied = [r for r in planned if r.host not in to_apply]
     if not to_apply:
@@ -344,99 +209,32 @@ def cmd_apply(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             out.write("not applied\n")
             return 1
-    by_name = {t.name: t for t in targets}
-    opener = _opener(Path.cwd())
-
-    def job(host: str) -> HostResult:
-        plan = to_apply[host]
-        assert plan is not None
-        release_id = make_release_id(datetime.now(UTC), plan.tree_digest)
-        return apply_target(
-            by_name[host], plan, opener, release_id=release_id, keep_releases=args.keep_releases
-        )
-
-    applied = run_parallel(sorted(to_apply), job, forks=args.forks)
-    results = _by_host(applied + not_applied)
+    applied = session.apply(targets, to_apply, forks=args.forks, keep_releases=args.keep_releases)
+    results = sorted(applied + not_applied, key=lambda r: r.host)
     out.write(format_recap(results))
     return recap_exit_code(results)
 
 
-def _single_host(args: argparse.Namespace, err: IO[str]) -> tuple[Target, Transport]:
-    targets, failures = _compile(args, err, hosts=[args.host])
-    if failures:
-        raise UsageError(f"mailcfg: {failures[0].host}: {failures[0].message}")
-    target = targets[0]
-    return target, open_transport(target.name, target.spec, base_dir=Path.cwd())
-
-
 def cmd_releases(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    _, transport = _single_host(args, err)
-    try:
-        releases = list_releases(transport)
-    finally:
-        transport.close()
-    if not releases:
-        out.write(f"{args.host}: no releases\n")
-    for r in releases:
-        when = (
-            datetime.fromtimestamp(r.installed_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-            if r.installed_at
-            else "-"
-        )
-        mark = "*" if r.current else " "
-        out.write(f"{mark} {r.id}  {when}  digest {r.tree_digest[:12]}  {r.files} file(s)\n")
+    out.write(format_releases(args.host, args.session.releases(args.host)))
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    target, transport = _single_host(args, err)
-    every_role = {f.role for f in target.tree.values()} | {r.value for r in target.spec.roles}
+    def warn(w: str) -> None:
+        print(f"{args.host}: warning: {w}", file=err)
+
     try:
-        release = rollback_release(
-            transport,
-            activations=target.activations_for(every_role),
-            to=args.to,
-            warn=lambda w: print(f"{args.host}: warning: {w}", file=err),
-        )
+        release = args.session.rollback(args.host, args.to, warn)
     except ApplyError as exc:
         print(f"mailcfg: {args.host}: rollback failed at {exc.step}: {exc.message}", file=err)
         return 1
-    finally:
-        transport.close()
     out.write(f"{args.host}: now at release {release.id} (was {release.previous_id})\n")
     return 0
 
 
-def _agent_transport(
-    loaded: LoadedInventory, args: argparse.Namespace, host: str
-) -> tuple[str, Transport]:
-    """The host's agent config path (as the host sees it) and a transport to the host."""
-    from compiler.render.context import AGENT_CONFIG_NAME
-    from compiler.render.resolve import resolve_host
-    from compiler.render.roles import role_defaults
-
-    spec = loaded.inventory.hosts[host]
-    if "agent" not in spec.roles:
-        raise UsageError(f"mailcfg: {host}: has no agent role")
-    cfg = resolve_host(loaded.inventory, host, role_defaults(_roles(args)))
-    path = f"{cfg.policy.paths.agent_config_dir.rstrip('/')}/{AGENT_CONFIG_NAME}"
-    transport = open_transport(host, spec, base_dir=Path.cwd())
-    if isinstance(transport, LocalTransport):
-        # A local root (never "/") stands for the host's "/": the agent runs on this machine
-        # with the config rendered under the root.
-        path = str(transport.root / path.lstrip("/"))
-    return path, transport
-
-
 def cmd_unlock(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    loaded = _load(args, err)
-    _hosts(loaded, [args.host])
-    config, transport = _agent_transport(loaded, args, args.host)
-    try:
-        command = shlex.join(["mailcfg-agent", "unlock", args.address, "--config", config])
-        result = transport.run(command)
-    finally:
-        transport.close()
+    result = args.session.unlock(args.host, args.address)
     out.write(result.stdout)
     if not result.ok:
         err.write(f"{args.host}: {(result.stderr or result.stdout).strip()}\n")
@@ -445,23 +243,13 @@ def cmd_unlock(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from compiler.tools.stats import StatsError, format_stats, gather_stats, write_html_report
+    from compiler.tools.stats import StatsError, format_stats, write_html_report
 
-    loaded = _load(args, err)
-    hosts = args.host or [
-        name for name, spec in loaded.inventory.hosts.items() if "agent" in spec.roles
-    ]
-    _hosts(loaded, hosts)
-    rows = []
-    for host in hosts:
-        config, transport = _agent_transport(loaded, args, host)
-        try:
-            rows += gather_stats([transport], args.day, args.account, agent_config=config)
-        except StatsError as exc:
-            print(f"mailcfg: {exc}", file=err)
-            return 1
-        finally:
-            transport.close()
+    try:
+        rows = args.session.agent_stats(args.host, args.day, args.account)
+    except StatsError as exc:
+        print(f"mailcfg: {exc}", file=err)
+        return 1
     out.write(format_stats(rows, args.format))
     if args.html:
         write_html_report(rows, args.html)
@@ -472,8 +260,7 @@ def cmd_stats(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 def cmd_codeowners(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     from compiler.tools.codeowners import make_codeowners
 
-    loaded = _load(args, err)
-    out.write(make_codeowners(loaded, args.inventory))
+    out.write(make_codeowners(args.session.load(), args.inventory))
     return 0
 
 

@@ -154,6 +154,22 @@ def rollback_release(
     return Release(str(answer["release_id"]), "", _opt(answer.get("previous")))
 
 
+def format_releases(host: str, releases: Sequence[ReleaseInfo]) -> str:
+    """One line per release (`*` marks the current one), or that there is none."""
+    if not releases:
+        return f"{host}: no releases\n"
+    lines = []
+    for r in releases:
+        when = (
+            datetime.fromtimestamp(r.installed_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            if r.installed_at
+            else "-"
+        )
+        mark = "*" if r.current else " "
+        lines.append(f"{mark} {r.id}  {when}  digest {r.tree_digest[:12]}  {r.files} file(s)\n")
+    return "".join(lines)
+
+
 def list_releases(transport: Transport) -> tuple[ReleaseInfo, ...]:
     """Releases stored on the host, oldest first."""
     answer = call_onhost(transport, "releases", {})

@@ -7,19 +7,24 @@ exception out of `run_parallel`. Results come back in input order, so output is 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from compiler.connectors.transport import Transport, TransportError
 from compiler.push.apply import ApplyError, apply_plan
 from compiler.push.hostcall import HostError
 from compiler.push.observe import observe_host
 from compiler.push.plan import make_plan
-from compiler.render.targets import Target
+from compiler.push.show import Format, format_plan, plan_to_json
 from compiler.types import Plan, Release
 from schemas.inventory import HostSpec
+
+if TYPE_CHECKING:
+    from compiler.render.targets import Target
 
 DEFAULT_FORKS = 10
 OpenTransport = Callable[[str, HostSpec], Transport]
@@ -119,6 +124,22 @@ def _describe_failure(exc: HostError) -> str:
         if exc.rollback_errors:
             text += "; rollback problems: " + "; ".join(exc.rollback_errors)
     return text
+
+
+def format_plans(results: Sequence[HostResult], fmt: Format) -> str:
+    """The plans of `results` in `fmt`; as JSON, one document with the hosts without a plan
+    as errors."""
+    if fmt == "json":
+        doc = {
+            "plans": [plan_to_json(r.plan) for r in results if r.plan is not None],
+            "errors": [
+                {"host": r.host, "outcome": r.outcome.value, "message": r.message}
+                for r in results
+                if r.plan is None
+            ],
+        }
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    return "".join(format_plan(r.plan, fmt) for r in results if r.plan is not None)
 
 
 def format_recap(results: Sequence[HostResult]) -> str:

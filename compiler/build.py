@@ -1,0 +1,311 @@
+"""One build session: where its caches live, and the pipeline assembled from the stages.
+
+The CLI and library users enter here, so both get the fast path: the parse cache (load), the
+per-domain fragments (render) and the output manifests (`render --out`), with the garbage
+collector paused while the model graph is built. A session loads the inventory and the roles
+once; every command then compiles, plans, applies or asks a host's agent through it.
+
+    session = BuildSession.open(Path("inventory"))           # default cache, no warnings
+    targets, failures = session.compile()                    # every host
+
+Cache directory layout: one directory per inventory (`--cache`, else one under
+`$XDG_CACHE_HOME/mailcfg`; `cache.cachedir` decides whether it is safe, and the HMAC key is
+never in it):
+
+    <cache>/                   the parse cache's packs (`load.parsecache`)
+    <cache>/fragments/         per-domain rows of the domain-set tables (`render.fragments`)
+    <cache>/outdir/<id>.json   the manifest of each `render --out` directory (`render.outdir`)
+
+An unsafe cache directory is reported once through `warn` and the session runs without one.
+
+Garbage-collector policy: paused while the inventory is loaded and the targets are compiled
+(`cache.gcpause`; ~10^5 acyclic objects), and the result frozen (`gc.freeze`) after: it lives
+until the process exits, and plan and apply go on allocating.
+"""
+
+from __future__ import annotations
+
+import gc
+import shlex
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compiler.cache.cachedir import CacheError, open_cache_dir, prepare_cache_dir
+from compiler.connectors.transport import CommandResult, LocalTransport, Transport
+from compiler.push.apply import ReleaseInfo, list_releases, make_release_id, rollback_release
+from compiler.push.connect import open_transport
+from compiler.push.fleet import (
+    DEFAULT_FORKS,
+    HostResult,
+    OpenTransport,
+    Outcome,
+    apply_target,
+    plan_target,
+    run_parallel,
+)
+from compiler.types import Plan, Release
+
+if TYPE_CHECKING:
+    from compiler.load.inventory import LoadedInventory
+    from compiler.render.roles import Roles
+    from compiler.render.targets import Target
+    from compiler.tools.stats import StatsRow
+    from schemas.inventory import HostSpec
+
+FRAGMENTS_SUBDIRECTORY = "fragments"
+Warn = Callable[[str], None]
+
+
+class BuildError(ValueError):
+    """A request the inventory cannot serve: no inventory, an unknown host, a host that does
+    not render or has no agent. The message names it; the CLI prints it as one line."""
+
+
+def _ignore(_: str) -> None:
+    pass
+
+
+@dataclass(slots=True)
+class BuildSession:
+    """One run over one inventory: its cache directory (None: no cache), its roles directory
+    (None: the built-in one) and the directory a relative local root is taken from."""
+
+    inventory_dir: Path
+    roles_dir: Path | None = None
+    cache: Path | None = None
+    base_dir: Path = field(default_factory=Path.cwd)
+    warn: Warn = _ignore
+    _loaded: LoadedInventory | None = None
+    _roles: Roles | None = None
+
+    @classmethod
+    def open(
+        cls,
+        inventory_dir: Path,
+        *,
+        roles_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        use_cache: bool = True,
+        warn: Warn = _ignore,
+    ) -> BuildSession:
+        """A session with the cache `cache_dir` (None: the inventory's default one), made and
+        checked; without a cache after one warning when it is not safe, or if not `use_cache`."""
+        cache = None
+        if use_cache and inventory_dir.is_dir():  # else `load` reports the inventory
+            try:
+                cache = open_cache_dir(cache_dir, inventory_dir)
+            except CacheError as exc:
+                warn(f"mailcfg: warning: {exc}; running without a cache")
+        return cls(inventory_dir, roles_dir, cache, warn=warn)
+
+    # --- load and render ------------------------------------------------------------------------
+
+    def load(self) -> LoadedInventory:
+        """The inventory, loaded once (its warnings go to `warn`)."""
+        if self._loaded is None:
+            from compiler.load.inventory import load_inventory
+
+            if not self.inventory_dir.exists():
+                raise BuildError(f"inventory {self.inventory_dir}: no such directory")
+            self._loaded = load_inventory(self.inventory_dir, cache_dir=self.cache)
+            for warning in self._loaded.warnings:
+                self.warn(warning.format())
+        return self._loaded
+
+    def roles(self) -> Roles:
+        if self._roles is None:
+            from compiler.render.roles import default_roles_dir, load_roles
+
+            self._roles = load_roles(self.roles_dir if self.roles_dir else default_roles_dir())
+        return self._roles
+
+    def hosts(self, wanted: Sequence[str] = ()) -> list[str]:
+        """`wanted` (every host when empty), sorted; an unknown one is a `BuildError`."""
+        known = self.load().inventory.hosts
+        unknown = [h for h in wanted if h not in known]
+        if unknown:
+            raise BuildError(
+                f"unknown host(s) {', '.join(unknown)}; the inventory has "
+                f"{', '.join(sorted(known)) or 'none'}"
+            )
+        return sorted(set(wanted)) if wanted else sorted(known)
+
+    def compile(self, hosts: Sequence[str] = ()) -> tuple[list[Target], list[HostResult]]:
+        """Targets of `hosts` (every host when empty), and a failed result for each host
+        that does not render."""
+        from compiler.cache.gcpause import gc_paused
+        from compiler.render.fragments import FragmentCache
+        from compiler.render.targets import compile_targets
+
+        with gc_paused():
+            loaded = self.load()
+            selected = self.hosts(hosts)
+            inventory = loaded.inventory
+            fragments = (
+                FragmentCache.open(
+                    self.cache / FRAGMENTS_SUBDIRECTORY, inventory.domains, loaded.domain_keys
+                )
+                if self.cache is not None
+                else None
+            )
+            targets, failures = compile_targets(
+                inventory, self.roles(), selected, fragments=fragments
+            )
+            # The inventory and targets live until the process exits: keep their ~10^5 objects
+            # out of every later collection (plan and apply go on allocating).
+            gc.freeze()
+        return targets, [HostResult(f.host, Outcome.FAILED, message=f.message) for f in failures]
+
+    def compile_one(self, host: str) -> Target:
+        targets, failures = self.compile([host])
+        if failures:
+            raise BuildError(f"{failures[0].host}: {failures[0].message}")
+        return targets[0]
+
+    def write_trees(self, targets: Sequence[Target], out: Path) -> Iterator[tuple[Target, int]]:
+        """Write each target's tree to `out/<host>/`, yielding how many files it holds. Every
+        host key is checked to name one directory below `out` before the first is written
+        (the load refuses others already); `write_tree` also refuses a symbolic link."""
+        from compiler.connectors.confine import plain_name
+        from compiler.render.outdir import write_tree
+
+        for target in targets:
+            plain_name(target.name)
+        for target in targets:
+            manifest = self._manifest(out / target.name)
+            yield target, write_tree(target.tree, out, manifest, name=target.name)
+
+    def _manifest(self, host_dir: Path) -> Path | None:
+        """The output manifest of `host_dir` under the cache, if its directory is safe."""
+        from compiler.render.outdir import manifest_path
+
+        if self.cache is None:
+            return None
+        path = manifest_path(self.cache, host_dir)
+        try:
+            prepare_cache_dir(path.parent, tighten=False)
+        except CacheError:
+            return None
+        return path
+
+    # --- hosts ----------------------------------------------------------------------------------
+
+    def open_host(self, name: str) -> Transport:
+        return open_transport(name, self.load().inventory.hosts[name], base_dir=self.base_dir)
+
+    def _opener(self) -> OpenTransport:
+        base_dir = self.base_dir
+
+        def open_host(name: str, spec: HostSpec) -> Transport:
+            return open_transport(name, spec, base_dir=base_dir)
+
+        return open_host
+
+    def plan(
+        self, targets: Sequence[Target], failures: Sequence[HostResult], forks: int = DEFAULT_FORKS
+    ) -> list[HostResult]:
+        """Observe and plan every target in parallel; results (failures too) by host."""
+        by_name = {t.name: t for t in targets}
+        opener = self._opener()
+        results = run_parallel(
+            sorted(by_name), lambda h: plan_target(by_name[h], opener), forks=forks
+        )
+        return _by_host([*results, *failures])
+
+    def apply(
+        self,
+        targets: Sequence[Target],
+        plans: Mapping[str, Plan],
+        *,
+        forks: int = DEFAULT_FORKS,
+        keep_releases: int = 5,
+    ) -> list[HostResult]:
+        """Apply each host's shown plan in parallel, each as a new release."""
+        by_name = {t.name: t for t in targets}
+        opener = self._opener()
+
+        def job(host: str) -> HostResult:
+            plan = plans[host]
+            release_id = make_release_id(datetime.now(UTC), plan.tree_digest)
+            return apply_target(
+                by_name[host], plan, opener, release_id=release_id, keep_releases=keep_releases
+            )
+
+        return run_parallel(sorted(plans), job, forks=forks)
+
+    def releases(self, host: str) -> tuple[ReleaseInfo, ...]:
+        target = self.compile_one(host)
+        transport = open_transport(target.name, target.spec, base_dir=self.base_dir)
+        try:
+            return list_releases(transport)
+        finally:
+            transport.close()
+
+    def rollback(self, host: str, to: str | None, warn: Warn) -> Release:
+        """Reinstall release `to` (default: the previous one) with the activations of every
+        role of the host; an `ApplyError` names the failed step."""
+        target = self.compile_one(host)
+        transport = open_transport(target.name, target.spec, base_dir=self.base_dir)
+        every_role = {f.role for f in target.tree.values()} | {r.value for r in target.spec.roles}
+        try:
+            return rollback_release(
+                transport, activations=target.activations_for(every_role), to=to, warn=warn
+            )
+        finally:
+            transport.close()
+
+    def agent_transport(self, host: str) -> tuple[str, Transport]:
+        """The host's agent config path (as the host sees it) and a transport to the host."""
+        from compiler.render.context import AGENT_CONFIG_NAME
+        from compiler.render.resolve import resolve_host
+        from compiler.render.roles import role_defaults
+
+        loaded = self.load()
+        spec = loaded.inventory.hosts[host]
+        if "agent" not in spec.roles:
+            raise BuildError(f"{host}: has no agent role")
+        cfg = resolve_host(loaded.inventory, host, role_defaults(self.roles()))
+        path = f"{cfg.policy.paths.agent_config_dir.rstrip('/')}/{AGENT_CONFIG_NAME}"
+        transport = open_transport(host, spec, base_dir=self.base_dir)
+        if isinstance(transport, LocalTransport):
+            # A local root (never "/") stands for the host's "/": the agent runs on this machine
+            # with the config rendered under the root.
+            path = str(transport.root / path.lstrip("/"))
+        return path, transport
+
+    def unlock(self, host: str, address: str) -> CommandResult:
+        """Ask the host's agent to lift `address`'s sending lock."""
+        self.hosts([host])
+        config, transport = self.agent_transport(host)
+        try:
+            command = shlex.join(["mailcfg-agent", "unlock", address, "--config", config])
+            return transport.run(command)
+        finally:
+            transport.close()
+
+    def agent_stats(
+        self, hosts: Sequence[str], day: str | None, account: str | None
+    ) -> list[StatsRow]:
+        """The daily statistics of the agents of `hosts` (every host with an agent when
+        empty); a host that does not answer is a `StatsError`."""
+        from compiler.tools.stats import gather_stats
+
+        hosts = list(hosts) or [
+            name for name, spec in self.load().inventory.hosts.items() if "agent" in spec.roles
+        ]
+        self.hosts(hosts)
+        rows: list[StatsRow] = []
+        for host in hosts:
+            config, transport = self.agent_transport(host)
+            try:
+                rows += gather_stats([transport], day, account, agent_config=config)
+            finally:
+                transport.close()
+        return rows
+
+
+def _by_host(results: Sequence[HostResult]) -> list[HostResult]:
+    return sorted(results, key=lambda r: r.host)
