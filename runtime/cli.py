@@ -38,10 +38,12 @@ async def serve_policy(
     *,
     on_listening: Callable[[], None] | None = None,
     max_connections: int | None = None,
+    on_hangup: Callable[[Callable[[], None] | None], None] | None = None,
 ) -> None:
-    """Run the policy service until `stop` is set, reloading `config_path` when it changes.
-    The caller owns `store` (so the log follower can share it in the same process). A reload
-    passes the same checks as a start (`prepare_policy`) or the current config stays."""
+    """Run the policy service until `stop` is set, reloading `config_path` when it changes
+    (and when `on_hangup`, say `Daemon.on_hangup`, calls the reload it was given). The caller
+    owns `store` (so the log follower can share it in the same process). A reload passes the
+    same checks as a start (`prepare_policy`) or the current config stays."""
     config = load_agent_config(config_path)
     service = PolicyService(
         prepare_policy(config), store, max_connections=max_connections or connection_cap()
@@ -55,9 +57,13 @@ async def serve_policy(
         service.set_policy(policy)
 
     watcher = ConfigWatcher(config_path, reload, asyncio.get_running_loop())
+    if on_hangup is not None:
+        on_hangup(watcher.schedule)
     try:
         await run_policy_service(listen or config.listen, service, stop, on_listening=on_listening)
     finally:
+        if on_hangup is not None:
+            on_hangup(None)
         watcher.close()
 
 
@@ -82,6 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
             store,
             daemon.stop,
             on_listening=lambda: daemon.ready(f"answering on {listen}"),
+            on_hangup=daemon.on_hangup,
         )
         await daemon.run(service, helpers)
 

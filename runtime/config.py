@@ -1,9 +1,13 @@
 """Loading the agent config (`agent.json`) and reloading it when the compiler installs a new one.
 
-The compiler installs the file by atomic rename, so the watcher watches the directory for
-IN_MOVED_TO / IN_CLOSE_WRITE of the file's name (a watch on the file itself would follow the
-replaced inode). SIGHUP triggers the same reload. A new config that does not load is logged and
-the old one stays in force.
+`load_agent_config` is the one loader of the file (the policy service, the log commands and
+every other command read it through here). The compiler installs the file by atomic rename:
+`ConfigWatcher` wakes up through the log follower's watcher interface
+(`runtime.logs.follower.make_watcher`: inotify on the file's directory when pyinotify is
+there, else polling) and reloads when the file at the path is another one or has changed
+(device, inode, size, times), so a watch never follows a replaced inode. A reload asked for
+otherwise (SIGHUP: the daemon calls `schedule`) reloads in any case. A new config that does
+not load is logged and the old one stays in force.
 
 One validation for start and reload: `load_agent_config` (the `AgentConfig` schema, the same
 pydantic types `mailcfg validate` checks the inventory with) and then `prepare_policy` (what
@@ -16,17 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import threading
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyinotify
 from pydantic import ValidationError
 
-from runtime.policy.connection import parse_listen
-from runtime.policy.engine import Policy
+from runtime.logs.follower import Watcher, make_watcher
 from schemas.agent import AgentConfig
+
+if TYPE_CHECKING:
+    from runtime.policy.engine import Policy
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,10 @@ def load_agent_config(path: str | Path) -> AgentConfig:
 def prepare_policy(config: AgentConfig) -> Policy:
     """Everything the agent checks beyond the schema before it serves `config`, at start and
     at reload alike; ConfigError if the agent can't run with it."""
+    # Imported here: the log commands load configs too and need none of the policy checks.
+    from runtime.policy.connection import parse_listen
+    from runtime.policy.engine import Policy
+
     try:
         parse_listen(config.listen)
     except ValueError as exc:
@@ -64,11 +73,25 @@ def prepare_policy(config: AgentConfig) -> Policy:
         raise ConfigError(f"agent config not usable: {type(exc).__name__}: {exc}") from exc
 
 
+POLL_INTERVAL = 1.0  # seconds between checks of the file when there is no inotify
+
+FileSignature = tuple[int, int, int, int, int] | None
+
+
+def file_signature(path: Path) -> FileSignature:
+    """What changes when the file at `path` is replaced or rewritten; None if it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class ConfigWatcher:
-    """Calls `on_config(AgentConfig)` on the event loop whenever `path` is replaced (or on
-    SIGHUP); changes in one burst are coalesced. `on_config` refuses a config by raising
-    (ConfigError: logged without a traceback); the current one then stays. `close()` stops
-    watching."""
+    """Calls `on_config(AgentConfig)` on the event loop whenever `path` is replaced or changed
+    (or `schedule()` is called: SIGHUP); changes in one burst are coalesced. `on_config`
+    refuses a config by raising (ConfigError: logged without a traceback); the current one
+    then stays. `close()` stops watching."""
 
     def __init__(
         self,
@@ -77,30 +100,40 @@ class ConfigWatcher:
         loop: asyncio.AbstractEventLoop,
         *,
         settle: float = 0.05,
+        use_inotify: bool = True,
+        poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self.path = Path(path).absolute()
         self.on_config = on_config
         self.loop = loop
         self.settle = settle
+        self.poll_interval = poll_interval
         self._pending: asyncio.TimerHandle | None = None
-        self._wm = pyinotify.WatchManager()
-        mask = pyinotify.IN_MOVED_TO | pyinotify.IN_CLOSE_WRITE
-        self._wm.add_watch(str(self.path.parent), mask, quiet=False)
-        self._notifier = pyinotify.Notifier(self._wm, self._on_event, timeout=0)
-        self._fd = self._wm.get_fd()
-        loop.add_reader(self._fd, self._read)
-        self._sighup = False
-        if threading.current_thread() is threading.main_thread():
-            loop.add_signal_handler(signal.SIGHUP, self.schedule)
-            self._sighup = True
+        self._signature = file_signature(self.path)
+        self._watcher: Watcher = make_watcher([str(self.path)], use_inotify=use_inotify)
+        self._fd = self._watcher.fileno()
+        self._poll: asyncio.TimerHandle | None = None
+        if self._fd is not None:
+            loop.add_reader(self._fd, self._wake)
+        else:
+            self._poll = loop.call_later(poll_interval, self._poll_once)
 
-    def _read(self) -> None:
-        self._notifier.read_events()
-        self._notifier.process_events()
+    def _wake(self) -> None:
+        self._watcher.drain()
+        self._check()
 
-    def _on_event(self, event: pyinotify.Event) -> None:
-        if event.name == self.path.name:
-            self.schedule()
+    def _poll_once(self) -> None:
+        self._check()
+        self._poll = self.loop.call_later(self.poll_interval, self._poll_once)
+
+    def _check(self) -> None:
+        """Reload when the file at the path is not the one last seen (a missing file is not
+        a config: the current one stays until one is installed)."""
+        signature = file_signature(self.path)
+        if signature != self._signature:
+            self._signature = signature
+            if signature is not None:
+                self.schedule()
 
     def schedule(self) -> None:
         if self._pending is None:
@@ -108,6 +141,7 @@ class ConfigWatcher:
 
     def reload(self) -> None:
         self._pending = None
+        self._signature = file_signature(self.path)
         try:
             config = load_agent_config(self.path)
         except ConfigError as exc:
@@ -124,9 +158,10 @@ class ConfigWatcher:
         log.info("reloaded %s", self.path)
 
     def close(self) -> None:
-        self.loop.remove_reader(self._fd)
-        if self._sighup:
-            self.loop.remove_signal_handler(signal.SIGHUP)
+        if self._fd is not None:
+            self.loop.remove_reader(self._fd)
+        if self._poll is not None:
+            self._poll.cancel()
         if self._pending is not None:
             self._pending.cancel()
-        self._wm.close()
+        self._watcher.close()

@@ -3,9 +3,10 @@
 `Daemon.run(main, helpers)` runs the policy service (`main`) until SIGTERM/SIGINT or until it
 fails, and beside it helper tasks (the log follower) under `supervise`: a helper that crashes
 (say, EMFILE while opening a log) is logged and restarted with backoff; it never stops the
-policy service. Under systemd (`Type=notify`) it sends `READY=1` once the service listens,
-`WATCHDOG=1` from the event loop every half `WatchdogSec=` (a stalled loop stops the pings and
-systemd restarts the agent) and `STOPPING=1` on the way out. sd_notify is a datagram on an
+policy service. SIGHUP calls what `on_hangup` registered (the config watcher's reload). Under
+systemd (`Type=notify`) it sends `READY=1` once the service listens, `WATCHDOG=1` from the
+event loop every half `WatchdogSec=` (a stalled loop stops the pings and systemd restarts the
+agent) and `STOPPING=1` on the way out. sd_notify is a datagram on an
 AF_UNIX socket to `$NOTIFY_SOCKET` (libsystemd's protocol, no dependency).
 
 `connection_cap` derives the policy service's connection limit from RLIMIT_NOFILE, leaving
@@ -131,6 +132,20 @@ class Daemon:
         self.notifier = notifier
         self.watchdog = watchdog
         self.stop = asyncio.Event()
+        self._on_hangup: Callable[[], None] | None = None
+
+    @classmethod
+    def quiet(cls) -> Daemon:
+        """Signals and tasks only: no sd_notify, no watchdog (a command run by hand)."""
+        return cls(Notifier(None), None)
+
+    def on_hangup(self, callback: Callable[[], None] | None) -> None:
+        """SIGHUP calls `callback` while `run` runs (None: SIGHUP does nothing)."""
+        self._on_hangup = callback
+
+    def _hangup(self) -> None:
+        if self._on_hangup is not None:
+            self._on_hangup()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Daemon:
@@ -157,6 +172,7 @@ class Daemon:
         signals = (signal.SIGTERM, signal.SIGINT)
         for sig in signals:
             loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
         tasks = [
             asyncio.create_task(supervise(name, start, self.stop), name=name)
             for name, start in (helpers or {}).items()
@@ -178,6 +194,6 @@ class Daemon:
             if pinger is not None:
                 pinger.cancel()
                 await asyncio.gather(pinger, return_exceptions=True)
-            for sig in signals:
+            for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self.notifier.close()

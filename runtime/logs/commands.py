@@ -2,7 +2,8 @@
 
 `add_parsers(subparsers)` registers them; each handler takes the parsed `argparse.Namespace`
 and returns the process exit code. Handlers are thin: the work is in `ingest.py`. Bad input
-(missing or invalid config, unreadable log) is one clear line on stderr and exit code 2.
+(missing or invalid config, unreadable log) is a clear message on stderr and exit code 2; the
+config is read by the agent's one loader (`runtime.config.load_agent_config`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import csv
 import io
 import json
 import re
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
+from runtime.config import ConfigError, load_agent_config
+from runtime.daemon import Daemon
 from runtime.logs.ingest import (
     Follower,
     account_policy,
@@ -39,22 +39,6 @@ _DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 class CommandError(Exception):
     """A user error: printed as one line, exit code 2."""
-
-
-def load_agent_config(path: str) -> AgentConfig:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise CommandError(f"cannot read agent config {path}: {exc.strerror}") from exc
-    try:
-        return AgentConfig.model_validate_json(text)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise CommandError(
-            f"{path}: invalid agent config at {where}: {first['msg']} "
-            f"({exc.error_count()} error(s))"
-        ) from exc
 
 
 def open_state(dsn: str, host: str = "") -> StateStore:
@@ -173,18 +157,15 @@ def run_follow(args: argparse.Namespace) -> int:
 
 
 async def _follow_until_signal(config: AgentConfig, store: StateStore, use_inotify: bool) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await follow_logs(config, store, stop, use_inotify=use_inotify)
+    daemon = Daemon.quiet()  # until SIGTERM/SIGINT (runtime.daemon owns the signals)
+    await daemon.run(follow_logs(config, store, daemon.stop, use_inotify=use_inotify))
 
 
 def _guarded(handler: object) -> object:
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)  # type: ignore[operator, no-any-return]
-        except CommandError as exc:
+        except (CommandError, ConfigError) as exc:
             print(f"mailcfg-agent {args.command_name}: {exc}", file=sys.stderr)
             return 2
 

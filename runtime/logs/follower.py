@@ -16,10 +16,11 @@ A path that does not exist yet is waited for. `FollowedFile.read_chunk` returns 
 only and the position *after* them; the caller persists that position once the lines' counters
 are stored, so a restart resumes exactly there.
 
-Watchers (`make_watcher`) only say "something may have changed": `InotifyWatcher` (pyinotify,
-which imports `asyncore`; kept behind this interface so a missing module only costs latency)
-and `PollWatcher`. The follower re-checks every file on each wake-up and at a poll interval in
-any case, so a lost inotify event delays but never loses lines.
+Watchers (`make_watcher`; the agent config's watcher uses them too) only say "something may
+have changed": `InotifyWatcher` (pyinotify, which imports `asyncore`; kept behind this interface
+so a missing module only costs latency) and `PollWatcher`. The follower re-checks every file on
+each wake-up and at a poll interval in any case, so a lost inotify event delays but never loses
+lines.
 """
 
 from __future__ import annotations
@@ -349,7 +350,7 @@ def make_watcher(paths: list[str], *, use_inotify: bool = True) -> Watcher:
         try:
             return InotifyWatcher(paths)
         except (ImportError, OSError) as exc:
-            log.warning("inotify unavailable (%s): polling the logs instead", exc)
+            log.warning("inotify unavailable (%s): polling %s instead", exc, ", ".join(paths))
     return PollWatcher()
 
 
