@@ -305,4 +305,3 @@ class ServerPolicy(Frozen):
     dovecot_auth_failure_delay: DovecotTime = "2s"
     # Per served domain, the outside client networks that may send with its addresses.
     external_senders: ExternalSendersList = Field(default_factory=list)
-    keep_releases: int = Field(default=5, ge=1)
