@@ -92,108 +92,113 @@ def read_all(f: FollowedFile) -> bytes:
 # -- FollowedFile -------------------------------------------------------------------------
 
 
-def test_waits_for_a_file_that_does_not_exist_yet(tmp_path: Path) -> None:
-    path = tmp_path / "mail.log"
-    f = FollowedFile(str(path))
-    assert f.read_chunk() is None
-    path.write_text("one\ntwo\n")
-    assert read_all(f) == b"one\ntwo\n"
-    f.close()
+# Rotation cases as data: steps run in a temporary directory against one `FollowedFile` of
+# `mail.log`. ("write"|"append", name, text), ("rename", old, new), ("unlink", name),
+# ("truncate", name), ("copy", src, dst); ("read", bytes): everything `read_chunk` returns
+# (64-byte chunks) until it returns None, exactly; ("save",) keeps the follower's (identity,
+# offset); ("reopen", name) closes it and follows `name` from that saved position.
+Step = tuple[str, ...] | tuple[str, bytes]
+
+ROTATION_CASES: dict[str, list[Step]] = {
+    "waits for a file that does not exist yet": [
+        ("read", b""),
+        ("write", "mail.log", "one\ntwo\n"),
+        ("read", b"one\ntwo\n"),
+    ],
+    "a partial line waits for its newline": [
+        ("write", "mail.log", "one\ntw"),
+        ("read", b"one\n"),
+        ("append", "mail.log", "o\n"),
+        ("read", b"two\n"),
+    ],
+    "a line longer than the chunk is read whole": [
+        ("write", "mail.log", "x" * 1000 + "\ny\n"),
+        ("read", b"x" * 1000 + b"\ny\n"),
+    ],
+    # The old file is finished first; the writer that has not reopened yet still appends to
+    # the renamed file, which is read beside the new one.
+    "rename rotation finishes the old file, then follows the new": [
+        ("write", "mail.log", "a1\na2\n"),
+        ("read", b"a1\na2\n"),
+        ("append", "mail.log", "a3\n"),  # written before the rotation, not yet read
+        ("rename", "mail.log", "mail.log.1"),
+        ("write", "mail.log", "b1\n"),
+        ("append", "mail.log.1", "a4\n"),
+        ("read", b"a3\na4\nb1\n"),
+        ("append", "mail.log.1", "a5\n"),
+        ("append", "mail.log", "b2\n"),
+        ("read", b"a5\nb2\n"),
+    ],
+    "rotation by delete and create": [
+        ("write", "mail.log", "a1\n"),
+        ("read", b"a1\n"),
+        ("append", "mail.log", "a2\n"),
+        ("unlink", "mail.log"),
+        ("read", b"a2\n"),
+        ("write", "mail.log", "b1\n"),
+        ("read", b"b1\n"),
+    ],
+    "copytruncate restarts at the beginning": [
+        ("write", "mail.log", "a1 first line\na2\n"),
+        ("read", b"a1 first line\na2\n"),
+        ("copy", "mail.log", "mail.log.1"),
+        ("truncate", "mail.log"),
+        ("append", "mail.log", "b1\n"),
+        ("read", b"b1\n"),
+    ],
+    "copytruncate noticed even when the file regrew past the offset": [
+        ("write", "mail.log", "a1\n"),
+        ("read", b"a1\n"),
+        ("truncate", "mail.log"),
+        ("append", "mail.log", "b1 a longer first line\nb2\n"),  # past the old offset already
+        ("read", b"b1 a longer first line\nb2\n"),
+    ],
+    "a saved position of another file is not reused; of the same file, resumed": [
+        ("write", "mail.log", "a1\na2\n"),
+        ("read", b"a1\na2\n"),
+        ("save",),
+        ("rename", "mail.log", "old"),
+        ("write", "mail.log", "b1\nb2\nb3\n"),
+        ("reopen", "mail.log"),
+        ("read", b"b1\nb2\nb3\n"),
+        ("reopen", "old"),
+        ("append", "old", "a3\n"),
+        ("read", b"a3\n"),
+    ],
+}
 
 
-def test_partial_line_waits_for_its_newline(tmp_path: Path) -> None:
-    path = tmp_path / "mail.log"
-    path.write_text("one\ntw")
-    f = FollowedFile(str(path))
-    assert read_all(f) == b"one\n"
-    append(path, "o\n")
-    assert read_all(f) == b"two\n"
-    f.close()
-
-
-def test_a_line_longer_than_the_chunk_is_read_whole(tmp_path: Path) -> None:
-    path = tmp_path / "mail.log"
-    long_line = "x" * 1000 + "\n"
-    path.write_text(long_line + "y\n")
-    f = FollowedFile(str(path))
-    assert read_all(f) == (long_line + "y\n").encode()
-    f.close()
-
-
-def test_rename_rotation_finishes_the_old_file_then_follows_the_new(tmp_path: Path) -> None:
-    path = tmp_path / "mail.log"
-    path.write_text("a1\na2\n")
-    f = FollowedFile(str(path))
-    assert read_all(f) == b"a1\na2\n"
-    append(path, "a3\n")  # written before the rotation, not yet read
-    os.rename(path, tmp_path / "mail.log.1")
-    path.write_text("b1\n")
-    # The writer has not reopened yet: it still appends to the renamed file.
-    append(tmp_path / "mail.log.1", "a4\n")
-    got = read_all(f)
-    append(tmp_path / "mail.log.1", "a5\n")
-    append(path, "b2\n")
-    got += read_all(f)
-    assert sorted(got.split()) == [b"a3", b"a4", b"a5", b"b1", b"b2"]
-    assert got.index(b"a3") < got.index(b"b1")  # the old file first
-    f.close()
-
-
-def test_rotation_by_delete_and_create(tmp_path: Path) -> None:
-    path = tmp_path / "mail.log"
-    path.write_text("a1\n")
-    f = FollowedFile(str(path))
-    assert read_all(f) == b"a1\n"
-    append(path, "a2\n")
-    path.unlink()
-    assert read_all(f) == b"a2\n"
-    path.write_text("b1\n")
-    assert read_all(f) == b"b1\n"
-    f.close()
-
-
-def test_copytruncate_restarts_at_the_beginning(tmp_path: Path) -> None:
-    path = tmp_path / "mail.log"
-    path.write_text("a1 first line\na2\n")
-    f = FollowedFile(str(path))
-    assert read_all(f) == b"a1 first line\na2\n"
-    shutil.copy(path, tmp_path / "mail.log.1")
-    with path.open("r+") as fh:
-        fh.truncate(0)
-    append(path, "b1\n")
-    assert read_all(f) == b"b1\n"
-    f.close()
-
-
-def test_copytruncate_noticed_even_when_the_file_regrew_past_the_offset(tmp_path: Path) -> None:
-    path = tmp_path / "mail.log"
-    path.write_text("a1\n")
-    f = FollowedFile(str(path))
-    assert read_all(f) == b"a1\n"
-    with path.open("r+") as fh:
-        fh.truncate(0)
-    append(path, "b1 a longer first line\nb2\n")  # bigger than the old offset already
-    assert read_all(f) == b"b1 a longer first line\nb2\n"
-    f.close()
-
-
-def test_saved_position_of_another_file_is_not_reused(tmp_path: Path) -> None:
-    path = tmp_path / "mail.log"
-    path.write_text("a1\na2\n")
-    f = FollowedFile(str(path))
-    read_all(f)
-    saved = (f.identity, f.offset)
-    f.close()
-    os.rename(path, tmp_path / "old")
-    path.write_text("b1\nb2\nb3\n")
-    again = FollowedFile(str(path), saved)
-    assert read_all(again) == b"b1\nb2\nb3\n"
-    again.close()
-    # The same file resumes exactly at the saved offset.
-    same = FollowedFile(str(tmp_path / "old"), saved)
-    append(tmp_path / "old", "a3\n")
-    assert read_all(same) == b"a3\n"
-    same.close()
+@pytest.mark.parametrize("steps", list(ROTATION_CASES.values()), ids=list(ROTATION_CASES))
+def test_rotation(tmp_path: Path, steps: list[Step]) -> None:
+    f = FollowedFile(str(tmp_path / "mail.log"))
+    saved: tuple[str, int] | None = None
+    try:
+        for i, (op, *args) in enumerate(steps):
+            paths = [tmp_path / a for a in args if isinstance(a, str)]
+            if op == "read":
+                assert read_all(f) == args[0], f"step {i}"
+            elif op == "write":
+                paths[0].write_text(str(args[1]))
+            elif op == "append":
+                append(paths[0], str(args[1]))
+            elif op == "rename":
+                os.rename(paths[0], paths[1])
+            elif op == "unlink":
+                paths[0].unlink()
+            elif op == "truncate":
+                with paths[0].open("r+") as fh:
+                    fh.truncate(0)
+            elif op == "copy":
+                shutil.copy(paths[0], paths[1])
+            elif op == "save":
+                saved = (f.identity, f.offset)
+            elif op == "reopen":
+                f.close()
+                f = FollowedFile(str(paths[0]), saved)
+            else:
+                raise AssertionError(f"unknown step {op!r}")
+    finally:
+        f.close()
 
 
 # -- follow pipeline (real SQLite) --------------------------------------------------------
