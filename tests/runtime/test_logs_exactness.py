@@ -206,9 +206,9 @@ _CHILD = textwrap.dedent(
     """
     import sys
     from runtime.state.sqlite import SqliteStore
+    from runtime.config import load_agent_config
     from runtime.logs.ingest import Follower
-    from schemas.agent import AgentConfig
-    config = AgentConfig.model_validate_json(open(sys.argv[1]).read())
+    config = load_agent_config(sys.argv[1])
     store = SqliteStore(config.state.removeprefix("sqlite:///"))
     follower = Follower.open(config, store)
     print("started", flush=True)
