@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compiler.cache.cachedir import CacheError, open_cache_dir, prepare_cache_dir
-from compiler.connectors.transport import CommandResult, LocalTransport, Transport
+from compiler.connectors.local import LocalTransport
+from compiler.connectors.transport import CommandResult, Transport
 from compiler.push.apply import ReleaseInfo, list_releases, make_release_id, rollback_release
 from compiler.push.connect import open_transport
 from compiler.push.fleet import (

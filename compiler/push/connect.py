@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from compiler.connectors.confine import local_root_problem, normalize_root
-from compiler.connectors.transport import LocalTransport, Transport, TransportError
+from compiler.connectors.local import LocalTransport
+from compiler.connectors.transport import Transport, TransportError
 from compiler.push.hostcall import onhost_script
 from schemas.inventory import HostSpec, TransportKind
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.connectors.transport import CommandResult, LocalTransport
+from compiler.connectors.local import LocalTransport
+from compiler.connectors.transport import CommandResult
 from compiler.push.apply import (
     ApplyError,
     apply_plan,

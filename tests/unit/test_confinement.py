@@ -23,7 +23,8 @@ from compiler.connectors.confine import (
     plain_name,
     split_below,
 )
-from compiler.connectors.transport import LocalTransport, TransportError
+from compiler.connectors.local import LocalTransport
+from compiler.connectors.transport import TransportError
 from compiler.push.connect import open_transport
 from compiler.render.outdir import manifest_path, write_tree
 from compiler.render.roles import default_roles_dir

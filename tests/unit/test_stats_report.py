@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.connectors.transport import LocalTransport
+from compiler.connectors.local import LocalTransport
 from compiler.tools.stats import (
     COUNTERS,
     StatsError,
