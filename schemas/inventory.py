@@ -1,7 +1,7 @@
 """The inventory file (`mailcfg.yml`): schema version, hosts, groups, server policy.
 
 Host and group `policy` entries are partial overrides (same keys as `ServerPolicy`), merged
-defaults < groups (in listed order) < host by `compiler.resolve`.
+defaults < groups (in listed order) < host by `compiler.load.layers`.
 """
 
 from __future__ import annotations
