@@ -3,10 +3,11 @@
 `load_agent_config` is the one loader of the file (the policy service, the log commands and
 every other command read it through here). The compiler installs the file by atomic rename:
 `ConfigWatcher` wakes up through the log follower's watcher interface
-(`runtime.logs.follower.make_watcher`: inotify on the file's directory when pyinotify is
-there, else polling) and reloads when the file at the path is another one or has changed
-(device, inode, size, times), so a watch never follows a replaced inode. A reload asked for
-otherwise (SIGHUP: the daemon calls `schedule`) reloads in any case. A new config that does
+(`runtime.logs.follower.make_watcher`: inotify on the file's directory for files renamed in
+or closed after writing, when pyinotify is there; else polling) and reloads when the file at
+the path is another one or has changed (device, inode, size, times), so a watch never follows
+a replaced inode. A reload asked for otherwise (SIGHUP: the daemon calls `schedule`) reloads
+in any case. A new config that does
 not load is logged and the old one stays in force.
 
 One validation for start and reload: `load_agent_config` (the `AgentConfig` schema, the same
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from runtime.logs.follower import Watcher, make_watcher
+from runtime.logs.follower import INSTALL_EVENTS, Watcher, make_watcher
 from schemas.agent import AgentConfig
 
 if TYPE_CHECKING:
@@ -110,7 +111,9 @@ class ConfigWatcher:
         self.poll_interval = poll_interval
         self._pending: asyncio.TimerHandle | None = None
         self._signature = file_signature(self.path)
-        self._watcher: Watcher = make_watcher([str(self.path)], use_inotify=use_inotify)
+        self._watcher: Watcher = make_watcher(
+            [str(self.path)], use_inotify=use_inotify, events=INSTALL_EVENTS
+        )
         self._fd = self._watcher.fileno()
         self._poll: asyncio.TimerHandle | None = None
         if self._fd is not None:

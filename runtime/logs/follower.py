@@ -30,7 +30,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -305,22 +305,32 @@ class PollWatcher:
         return None
 
 
+# inotify events that wake a log follower: any growth, creation, rename or deletion.
+FOLLOW_EVENTS = (
+    "IN_MODIFY",
+    "IN_CREATE",
+    "IN_MOVED_TO",
+    "IN_MOVED_FROM",
+    "IN_DELETE",
+    "IN_CLOSE_WRITE",
+    "IN_ATTRIB",
+)
+# Events of a file installed whole (renamed into place, or written and closed): the agent
+# config's. Not every write: a busy file in the same directory (the SQLite state, say) must not
+# wake its watcher on each commit.
+INSTALL_EVENTS = ("IN_MOVED_TO", "IN_CLOSE_WRITE")
+
+
 class InotifyWatcher:
     """pyinotify on the parent directories of the followed files (a file that does not exist
-    yet, or is renamed away, is still seen)."""
+    yet, or is renamed away, is still seen), for the named `events`."""
 
-    def __init__(self, paths: list[str]) -> None:
+    def __init__(self, paths: list[str], events: Sequence[str] = FOLLOW_EVENTS) -> None:
         import pyinotify  # imports asyncore: only here, so the poll fallback never needs it
 
-        mask = (
-            pyinotify.IN_MODIFY
-            | pyinotify.IN_CREATE
-            | pyinotify.IN_MOVED_TO
-            | pyinotify.IN_MOVED_FROM
-            | pyinotify.IN_DELETE
-            | pyinotify.IN_CLOSE_WRITE
-            | pyinotify.IN_ATTRIB
-        )
+        mask = 0
+        for name in events:
+            mask |= getattr(pyinotify, name)
         self._wm = pyinotify.WatchManager()
         dirs = sorted({os.path.dirname(os.path.abspath(p)) for p in paths})
         for d in dirs:
@@ -344,11 +354,13 @@ def _ignore_event(_event: object) -> None:
     return None
 
 
-def make_watcher(paths: list[str], *, use_inotify: bool = True) -> Watcher:
-    """An inotify watcher when available, else polling."""
+def make_watcher(
+    paths: list[str], *, use_inotify: bool = True, events: Sequence[str] = FOLLOW_EVENTS
+) -> Watcher:
+    """An inotify watcher (of `events`) when available, else polling."""
     if use_inotify:
         try:
-            return InotifyWatcher(paths)
+            return InotifyWatcher(paths, events)
         except (ImportError, OSError) as exc:
             log.warning("inotify unavailable (%s): polling %s instead", exc, ", ".join(paths))
     return PollWatcher()
