@@ -58,6 +58,8 @@ def fail_action(action: FailAction, what: str) -> str:
 
 
 class ReplySlot:
+    """One request's place in its connection's answer order: the reply, None until decided."""
+
     __slots__ = ("reply",)
 
     def __init__(self, reply: bytes | None = None) -> None:

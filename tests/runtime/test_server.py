@@ -85,55 +85,88 @@ def test_socket_mode_and_cleanup(tmp_path: Path) -> None:
     assert not os.path.exists(h.sock)
 
 
+# An expected action: the exact text, or (what it starts with, what it contains...).
+Expected = str | tuple[str, ...]
+
+
+def matches(action: str, expected: Expected) -> bool:
+    if isinstance(expected, str):
+        return action == expected
+    start, *parts = expected
+    return action.startswith(start) and all(p in action for p in parts)
+
+
+# Asked pipelined on one connection, answered in order.
+INBOUND_DECISIONS: list[tuple[dict[str, str], Expected]] = [
+    (
+        inbound("bob@example.com", "spam@bad.org"),
+        ("REJECT 5.7.1 <bob@example.com>: sender is on the recipient",),
+    ),
+    (inbound("carol@example.com", "friend@ok.org"), "DUNNO"),
+    (
+        inbound("carol@example.com", "stranger@x.org"),
+        "REJECT 5.7.1 <carol@example.com>: Ask carol to add you to her whitelist",
+    ),
+    (
+        inbound("alice@example.com", "Big.CASINO@x.org"),
+        "REJECT 5.7.1 Sender rejected by the input filter",
+    ),
+    (inbound("nobody@elsewhere.org", "x@y.org"), "DUNNO"),
+    ({"request": "smtpd_access_policy", "protocol_state": "CONNECT"}, "DUNNO"),
+]
+# The statistics counters those decisions leave.
+INBOUND_STATS = {
+    ("bob@example.com", "rejected"): 1,
+    ("bob@example.com", "blacklist_blocked"): 1,
+    ("carol@example.com", "rejected"): 1,
+    ("carol@example.com", "blacklist_blocked"): 0,
+    ("alice@example.com", "rejected"): 1,
+}
+
+
 def test_inbound_verdicts_and_stats(tmp_path: Path) -> None:
     async def t(h: Harness) -> None:
         c = await h.client()
-        got = await c.ask(
-            inbound("bob@example.com", "spam@bad.org"),
-            inbound("carol@example.com", "friend@ok.org"),
-            inbound("carol@example.com", "stranger@x.org"),
-            inbound("alice@example.com", "Big.CASINO@x.org"),
-            inbound("nobody@elsewhere.org", "x@y.org"),
-            {"request": "smtpd_access_policy", "protocol_state": "CONNECT"},
-        )
-        assert got[0].startswith("REJECT 5.7.1 <bob@example.com>: sender is on the recipient")
-        assert got[1] == "DUNNO"
-        assert got[2] == "REJECT 5.7.1 <carol@example.com>: Ask carol to add you to her whitelist"
-        assert got[3] == "REJECT 5.7.1 Sender rejected by the input filter"
-        assert got[4:] == ["DUNNO", "DUNNO"]
+        got = await c.ask(*(req for req, _ in INBOUND_DECISIONS))
+        assert len(got) == len(INBOUND_DECISIONS)
+        for action, (req, expected) in zip(got, INBOUND_DECISIONS, strict=True):
+            assert matches(action, expected), (req, action)
         await c.close()
 
     h = run_with_server(tmp_path, t)
     rows = {r.account: r.counters for r in h.store.stats()}
-    assert rows["bob@example.com"]["rejected"] == 1
-    assert rows["bob@example.com"]["blacklist_blocked"] == 1
-    assert rows["carol@example.com"]["rejected"] == 1
-    assert rows["carol@example.com"]["blacklist_blocked"] == 0
-    assert rows["alice@example.com"]["rejected"] == 1
+    assert {key: rows[key[0]][key[1]] for key in INBOUND_STATS} == INBOUND_STATS
+
+
+# Outbound decisions in order, each on client 0 or 1: (client, requests pipelined, expected
+# actions). alice: 3 recipients per hour, lock on exceed; bob: 5 per hour, defer only, no
+# lock; carol counts messages: 2 per hour whatever the recipient count.
+OUTBOUND_STEPS: list[tuple[int, list[dict[str, str]], list[Expected]]] = [
+    (0, [outbound("alice@example.com", 2)], ["DUNNO"]),
+    (1, [outbound("alice@example.com", 1)], ["DUNNO"]),
+    (
+        0,
+        [outbound("alice@example.com", 1)],
+        [("DEFER 4.7.1 <alice@example.com>: hourly sending limit", "locked")],
+    ),
+    (1, [outbound("alice@example.com", 1)], [("DEFER 4.7.1", "account locked")]),
+    *[(0, [outbound("bob@example.com")], ["DUNNO"]) for _ in range(5)],
+    (0, [outbound("bob@example.com")], [("", "try again later")]),
+    (
+        1,
+        [outbound("carol@example.com", 50), outbound("carol@example.com", 50)],
+        ["DUNNO", "DUNNO"],
+    ),
+]
 
 
 def test_outbound_limit_locks_once_and_persists(tmp_path: Path) -> None:
     async def t(h: Harness) -> None:
-        c1, c2 = await h.client(), await h.client()
-        # alice: 3 recipients per hour, lock on exceed.
-        assert await c1.ask(outbound("alice@example.com", 2)) == ["DUNNO"]
-        assert await c2.ask(outbound("alice@example.com", 1)) == ["DUNNO"]
-        over = await c1.ask(outbound("alice@example.com", 1))
-        assert over[0].startswith("DEFER 4.7.1 <alice@example.com>: hourly sending limit")
-        assert "locked" in over[0]
-        later = await c2.ask(outbound("alice@example.com", 1))
-        assert later[0].startswith("DEFER 4.7.1") and "account locked" in later[0]
-        # bob: defer only, no lock.
-        for _ in range(5):
-            assert await c1.ask(outbound("bob@example.com")) == ["DUNNO"]
-        assert "try again later" in (await c1.ask(outbound("bob@example.com")))[0]
-        # carol counts messages: 2 per hour whatever the recipient count.
-        assert await c2.ask(
-            outbound("carol@example.com", 50), outbound("carol@example.com", 50)
-        ) == [
-            "DUNNO",
-            "DUNNO",
-        ]
+        clients = [await h.client(), await h.client()]
+        for i, (client, requests, expected) in enumerate(OUTBOUND_STEPS):
+            got = await clients[client].ask(*requests)
+            assert len(got) == len(expected), f"step {i}"
+            assert all(matches(a, e) for a, e in zip(got, expected, strict=True)), (i, got)
 
     h = run_with_server(tmp_path, t)
     assert [a for a, _ in h.alerts] == ["alice@example.com"]
