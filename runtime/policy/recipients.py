@@ -59,7 +59,7 @@ UNKNOWN = LocalRecipient(None)
 
 
 def make_alias_graph(config: AgentConfig) -> dict[str, Sequence[str]]:
-    """The redirects as Postfix's virtual_alias_maps has them (`compiler.tables`): the
+    """The redirects as Postfix's virtual_alias_maps has them (`compiler.render.tables`): the
     declared ones and `postmaster@<domain>` → the host's postmaster where a served domain
     declares neither an account nor a redirect of that name."""
     graph: dict[str, Sequence[str]] = dict(config.redirects)
