@@ -35,20 +35,56 @@ def test_errors_become_results_and_order_is_kept() -> None:
     assert recap_exit_code([results[0]]) == 0
 
 
+class _SignalsExhausted(list[str]):
+    """A host list that sets `done` (and wakes `cond`) once iterated to the end: by then the
+    pool has been handed every job."""
+
+    def __init__(self, hosts: list[str], cond: threading.Condition) -> None:
+        super().__init__(hosts)
+        self.cond = cond
+        self.done = False
+
+    def __iter__(self):  # type: ignore[override]
+        yield from super().__iter__()
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+
+
 def test_forks_bound_concurrency() -> None:
-    lock = threading.Lock()
-    running = [0, 0]  # now, max
+    """Every pool worker must be inside a job at once before any job returns, so the maximum
+    in flight is exactly the number of workers: more than `forks` or fewer both fail."""
+    bound = 3
+    cond = threading.Condition()
+    hosts = _SignalsExhausted([f"h{i}" for i in range(20)], cond)
+    before = set(threading.enumerate())
+    state = {"now": 0, "max": 0, "finished": 0}
+
+    def workers() -> int:
+        return sum(1 for t in threading.enumerate() if t not in before and t.is_alive())
+
+    def everyone_in() -> bool:
+        # No job finishes before all are submitted, so no worker is idle during submission
+        # and the pool has started all its workers by the time `done` is set.
+        if not hosts.done:
+            return False
+        return state["now"] >= min(workers(), len(hosts) - state["finished"])
 
     def job(host: str) -> HostResult:
-        with lock:
-            running[0] += 1
-            running[1] = max(running)
-        with lock:
-            running[0] -= 1
+        with cond:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            cond.notify_all()
+            if not cond.wait_for(everyone_in, timeout=10):  # a hang guard, not a measurement
+                raise AssertionError(f"{host}: slots never all occupied")
+            state["now"] -= 1
+            state["finished"] += 1
+            cond.notify_all()
         return HostResult(host, Outcome.OK)
 
-    run_parallel([f"h{i}" for i in range(20)], job, forks=3)
-    assert running[1] <= 3
+    results = run_parallel(hosts, job, forks=bound)
+    assert [r.outcome for r in results] == [Outcome.OK] * 20, [r.message for r in results]
+    assert state["max"] == bound
 
 
 def test_recap_lines() -> None:
