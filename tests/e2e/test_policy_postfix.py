@@ -35,6 +35,7 @@ import pytest
 from mailhost import MailHost, MailHostError, boot_mailhost, stop_child
 
 from schemas.inventory import Inventory
+from tests.helpers import wait_for_path
 from tests.runtime.dnsserver import Zone, dns_server
 from tests.runtime.smtpsink import SmtpSink, smtp_sink
 
@@ -149,11 +150,10 @@ def run_agent(mh: MailHost, state: str, out: Path) -> Iterator[subprocess.Popen[
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while not mh.agent_socket.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise MailHostError(f"agent did not start:\n{out.read_text(errors='replace')}")
-            time.sleep(0.05)
+        if not wait_for_path(
+            mh.agent_socket, time.monotonic() + 30, while_alive=lambda: proc.poll() is None
+        ):
+            raise MailHostError(f"agent did not start:\n{out.read_text(errors='replace')}")
         yield proc
     finally:
         stop_child(proc)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers import wait_for_path
 from tests.runtime.policy_fixtures import BASE, inbound
 
 LOGIN = (
@@ -66,11 +67,8 @@ def test_serve_answers_policy_and_follows_logs(tmp_path: Path) -> None:
         stderr=open(tmp_path / "agent.err", "w"),  # noqa: SIM115
     )
     try:
-        for _ in range(500):
-            if sock.exists():
-                break
+        if not wait_for_path(sock, time.monotonic() + 10, while_alive=lambda: agent.poll() is None):
             assert agent.poll() is None, (tmp_path / "agent.err").read_text()
-            time.sleep(0.02)
         assert ask(sock, inbound("bob@example.com", "spam@bad.org")).startswith("action=REJECT")
         # The log did not exist at start: the follower waits for it, then reads it.
         with log.open("a") as f:

@@ -25,6 +25,7 @@ from runtime.cli import main as agent_main
 from runtime.cli import serve_policy
 from runtime.daemon import Daemon, Notifier, connection_cap, supervise, watchdog_interval
 from runtime.state.sqlite import SqliteStore
+from tests.helpers import wait_for_path
 from tests.runtime.policy_fixtures import BASE, encode, inbound, make_config
 
 
@@ -284,8 +285,7 @@ def test_start_and_reload_refuse_the_same_config(
         store = SqliteStore(tmp_path / "state.db")
         stop = asyncio.Event()
         task = asyncio.create_task(serve_policy(str(config), None, store, stop))
-        while not sock.exists():
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(wait_for_path, sock, time.monotonic() + 10)
         reader, writer = await asyncio.open_unix_connection(str(sock))
         _config(tmp_path, global_filter=["newspam"], **bad)
         await asyncio.sleep(0.5)

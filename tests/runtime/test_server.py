@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from runtime.policy.service import PolicyService
 from runtime.state.limits import LimitResult
 from runtime.state.sqlite import SqliteStore
 from schemas.agent import AgentConfig
+from tests.helpers import wait_for_path
 from tests.runtime.policy_fixtures import BASE, encode, inbound, make_config, outbound
 
 
@@ -283,8 +285,7 @@ def test_reload_on_rename_keeps_connections_and_ignores_bad_config(
         store = SqliteStore(tmp_path / "state.db")
         stop = asyncio.Event()
         task = asyncio.create_task(serve_policy(str(cfg_path), f"unix:{sock}", store, stop))
-        while not sock.exists():
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(wait_for_path, sock, time.monotonic() + 10)
         c = Client(*await asyncio.open_unix_connection(str(sock)))
         assert await c.ask(inbound("alice@example.com", "x@newspam.org")) == ["DUNNO"]
         _write_config(cfg_path, global_filter=["newspam"])
