@@ -249,12 +249,11 @@ class BuildSession:
         """Reinstall release `to` (default: the previous one) with the activations of every
         role of the host; an `ApplyError` names the failed step."""
         target = self.compile_one(host)
+        host_roles = target.host_roles
+        activations = tuple(a for a in target.activations if a.role in host_roles)
         transport = open_transport(target.name, target.spec, base_dir=self.base_dir)
-        every_role = {f.role for f in target.tree.values()} | {r.value for r in target.spec.roles}
         try:
-            return rollback_release(
-                transport, activations=target.activations_for(every_role), to=to, warn=warn
-            )
+            return rollback_release(transport, activations=activations, to=to, warn=warn)
         finally:
             transport.close()
 

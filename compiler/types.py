@@ -7,7 +7,7 @@ digests and small lookups: each stage module owns its logic.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -130,12 +130,6 @@ class Activation:
     validate: tuple[str, ...] = ()
     apply: tuple[str, ...] = ()
     verify: tuple[str, ...] = ()  # after apply: the service answers
-
-
-# The activations of the given roles of one host. A target carries one (bound to the host's
-# resolved config and roles by `compiler.render.targets`), so `plan` calls back into rendering
-# through it; targets carrying their activations as data is issue 9's open part.
-ActivationsFor = Callable[[set[str]], tuple["Activation", ...]]
 
 
 @dataclass(frozen=True, slots=True)

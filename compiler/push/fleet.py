@@ -77,7 +77,7 @@ def plan_target(target: Target, open_transport: OpenTransport) -> HostResult:
         state = observe_host(transport, target.tree)
     finally:
         transport.close()
-    plan = make_plan(target.name, target.tree, state, target.activations_for)
+    plan = make_plan(target.name, target.tree, state, target.activations)
     return HostResult(target.name, Outcome.CHANGED if plan.has_changes else Outcome.OK, plan)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from compiler.types import (
-    ActivationsFor,
+    Activation,
     ChangeKind,
     FileChange,
     FileTree,
@@ -27,11 +27,14 @@ from compiler.types import (
 )
 
 
-def make_plan(host: str, tree: FileTree, state: HostState, activations_for: ActivationsFor) -> Plan:
-    """The plan for `host` (`activations_for(roles)` gives the activations of changed roles)."""
+def make_plan(
+    host: str, tree: FileTree, state: HostState, activations: tuple[Activation, ...]
+) -> Plan:
+    """The plan for `host`; `activations` holds one per role of the host, the plan keeps
+    those of the roles with changes."""
     changes = tuple(_file_changes(tree, state))
     roles = {c.role for c in changes}
-    activations = activations_for(roles) if roles else ()
+    activations = tuple(a for a in activations if a.role in roles)
     owed = tuple(a for a in state.pending if a.role not in {b.role for b in activations})
     return Plan(
         host=host,

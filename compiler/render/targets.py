@@ -9,7 +9,6 @@ ever handed a path that could leave its root.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -20,18 +19,25 @@ from compiler.render.fragments import FragmentCache
 from compiler.render.render import render_host
 from compiler.render.resolve import HostConfig, ServedAccountsCache, resolve_host
 from compiler.render.roles import Roles, make_activations, role_defaults
-from compiler.types import ActivationsFor, FileTree
+from compiler.types import Activation, FileTree
 from schemas.inventory import HostSpec, Inventory
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One host ready to plan: its spec, desired tree and how to get its activations."""
+    """One host ready to plan: its spec, desired tree and the activation of every role (made
+    with the host's config): a plan keeps those of the roles it changes, which may include a
+    role the host no longer has (its files are deleted); a rollback those of `host_roles`."""
 
     name: str
     spec: HostSpec
     tree: FileTree
-    activations_for: ActivationsFor
+    activations: tuple[Activation, ...]
+
+    @property
+    def host_roles(self) -> set[str]:
+        """The roles the host has: those of its spec and of its rendered files."""
+        return {f.role for f in self.tree.values()} | {r.value for r in self.spec.roles}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +61,8 @@ def compile_host(
     cfg = resolve_host(inventory, host, role_defaults(roles), cache.accounts)
     tree = render_host(cfg, roles, cache.domain_sets)
     check_tree_paths(tree)
-    activations_for = functools.partial(make_activations, cfg, roles)
-    return cfg, Target(host, inventory.hosts[host], tree, activations_for)
+    activations = make_activations(cfg, roles, roles.roles)
+    return cfg, Target(host, inventory.hosts[host], tree, activations)
 
 
 class PathError(ValueError):

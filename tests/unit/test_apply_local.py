@@ -43,8 +43,7 @@ def _run_services(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILCFG_SERVICES", "run")
 
 
-def activations_for(roles: set[str]) -> tuple[Activation, ...]:
-    return tuple(a for a in (DOVECOT, POSTFIX) if a.role in roles)
+ACTIVATIONS = (DOVECOT, POSTFIX)
 
 
 class CountingTransport(LocalTransport):
@@ -76,7 +75,7 @@ def make_tree(
 
 
 def plan_for(t: LocalTransport, tree: FileTree) -> Plan:
-    return make_plan(t.host, tree, observe_host(t, tree), activations_for)
+    return make_plan(t.host, tree, observe_host(t, tree), ACTIVATIONS)
 
 
 def apply_tree(t: LocalTransport, tree: FileTree) -> tuple[Plan, str]:
@@ -152,7 +151,7 @@ def test_activate_failure_rolls_back(host: CountingTransport, tmp_path: Path) ->
         verify=("echo 'doveadm: Error: connect(/run/dovecot/doveadm-server) failed' >&2; exit 75",),
     )
     tree = make_tree(users=b"a:{BLF-CRYPT}y\n")
-    plan = make_plan(host.host, tree, observe_host(host, tree), lambda r: (broken_dovecot,))
+    plan = make_plan(host.host, tree, observe_host(host, tree), (broken_dovecot,))
     with pytest.raises(ApplyError) as failure:
         apply_plan(plan, tree, host, release_id=make_release_id(datetime.now(UTC), tree.digest))
     assert failure.value.step == "verify" and failure.value.rolled_back_to == first

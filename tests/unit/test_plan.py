@@ -40,6 +40,12 @@ def activations_for(roles: set[str]) -> tuple[Activation, ...]:
     return tuple(Activation(r, r, "reload", apply=(f"reload {r}",)) for r in sorted(roles))
 
 
+def every_activation(tree: FileTree, state: HostState) -> tuple[Activation, ...]:
+    """One activation per role the tree or the host's managed files name, as a target has."""
+    roles = {f.role for f in tree.values()} | {m.role for m in state.managed.values()}
+    return activations_for(roles)
+
+
 def build_case(case: dict[str, Any]) -> tuple[FileTree, HostState]:
     tree = FileTree(
         {
@@ -93,7 +99,7 @@ def build_case(case: dict[str, Any]) -> tuple[FileTree, HostState]:
 def test_plan_case(case_path: Path) -> None:
     case = json.loads(case_path.read_text())
     tree, state = build_case(case)
-    plan = make_plan("mx1", tree, state, activations_for)
+    plan = make_plan("mx1", tree, state, every_activation(tree, state))
     expected = case["expected"]
     assert len(plan.changes) == len(expected["changes"]), plan.changes
     for change, want in zip(plan.changes, expected["changes"], strict=True):
@@ -123,7 +129,7 @@ def test_every_case_is_valid_json_with_a_description() -> None:
 
 def test_sensitive_bytes_never_in_plan() -> None:
     case = json.loads((Path(__file__).parent / "plan_cases" / "sensitive_update.json").read_text())
-    plan = make_plan("mx1", *build_case(case), activations_for)
+    plan = make_plan("mx1", *build_case(case), ())
     assert b"SECRET" not in repr(plan).encode()
 
 
@@ -157,7 +163,7 @@ def test_applying_a_plan_converges(
             for p, (c, m, role) in managed.items()
         },
     )
-    plan = make_plan("h", tree, state, activations_for)
+    plan = make_plan("h", tree, state, every_activation(tree, state))
     assert {a.role for a in plan.activations} == {c.role for c in plan.changes}
     touched = {c.path for c in plan.changes}
     for path in set(state.files) - set(tree) - touched:
@@ -168,4 +174,4 @@ def test_applying_a_plan_converges(
         {},
         {p: ManagedFile(f.sha256, f.mode, "root", "root", f.role) for p, f in tree.items()},
     )
-    assert not make_plan("h", tree, after, activations_for).has_changes
+    assert not make_plan("h", tree, after, every_activation(tree, after)).has_changes

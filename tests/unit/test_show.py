@@ -30,8 +30,7 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _acts(roles: set[str]) -> tuple[Activation, ...]:
-    return tuple(Activation(r, r, "reload") for r in sorted(roles))
+ACTIVATIONS = tuple(Activation(r, r, "reload") for r in ("", "dovecot", "postfix"))
 
 
 def sample_plan() -> Plan:
@@ -75,7 +74,7 @@ def sample_plan() -> Plan:
             "/etc/postfix/old.cf": ManagedFile(_sha(b"old\n"), 0o644, "root", "root", "postfix"),
         },
     )
-    return make_plan("mx1", tree, state, _acts)
+    return make_plan("mx1", tree, state, ACTIVATIONS)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
