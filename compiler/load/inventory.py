@@ -8,18 +8,14 @@ warnings (legacy hashes, dangling redirect targets...) come back with the invent
 Pure: reads local files only (and writes the cache when asked to).
 
 The inventory is untrusted (a pull request writes it; CI loads it). The directory given to
-`load_inventory` is trusted; below it, only regular files are read: `mailcfg.yml`, `domains`
-and each domain file are opened relative to their directory's descriptor without following
-a symbolic link (a link anywhere there is an error, so no file outside the inventory is ever
-read or echoed), nothing else (FIFO, device) is opened, and a file over `MAX_FILE_BYTES` is
-refused.
+`load_inventory` is trusted; below it, `mailcfg.yml`, `domains` and each domain file are read
+through `compiler.load.safefiles` (regular files only, never through a link, bounded size), so
+no file outside the inventory is ever read or echoed.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,6 +41,14 @@ from compiler.load.diagnostics import (
 )
 from compiler.load.layers import resolve_policy
 from compiler.load.parsecache import CachedDomain, DomainCache
+from compiler.load.safefiles import (
+    DOMAIN_SUFFIXES,
+    Refused,
+    list_domain_files,
+    open_directory,
+    open_root,
+    read_regular,
+)
 from compiler.load.validate import findings_from_error, validate_data
 from compiler.load.yamlload import YamlSyntaxError, load_positions, locate, parse_yaml
 from schemas.domain import Domain
@@ -54,15 +58,6 @@ from schemas.policy import ServerPolicy
 
 INVENTORY_FILE = "mailcfg.yml"
 DOMAINS_DIR = "domains"
-# Bounds memory: a YAML file costs up to ~75 bytes of parser memory per byte. The benchmark's
-# largest file (50,000 accounts in one file) is 9.1 MB.
-MAX_FILE_BYTES = 16 * 1024 * 1024
-_REGULAR_ONLY = "mailcfg reads only regular files inside the inventory"
-# O_NOFOLLOW: a file swapped for a link after its lstat still is not followed; O_NONBLOCK: nor
-# does a FIFO swapped in block the open.
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_DOMAIN_SUFFIXES = (".yml", ".yaml")
 _LEGACY_PREFIXES = tuple(f"{{{scheme}}}" for scheme in LEGACY_SCHEMES)
 
 
@@ -113,14 +108,14 @@ def load_inventory(
 
 
 def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> LoadedInventory:
-    main = path if path.is_file() or path.suffix in _DOMAIN_SUFFIXES else path / INVENTORY_FILE
+    main = path if path.is_file() or path.suffix in DOMAIN_SUFFIXES else path / INVENTORY_FILE
     root = main.parent
     stats = stats if stats is not None else LoadStats()
     run = _Run()
     cache = DomainCache.open(cache_dir) if cache_dir is not None else None
 
     main_name = str(main)
-    root_fd = _open_root(root)
+    root_fd = open_root(root)
     try:
         raw_main = _read(run, root_fd, main, stats, missing=f"no {INVENTORY_FILE} in {root}")
         inv_file: InventoryFile | None = None
@@ -188,73 +183,16 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
 _FAILED: Any = object()
 
 
-class _Refused(Exception):
-    """An entry of the inventory that is not read; the message says why."""
-
-
-def _open_root(root: Path) -> int | None:
-    """The inventory directory (trusted, so followed if it is a link), or None if absent."""
-    try:
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-
-
-def _not_regular(mode: int) -> str | None:
-    """Why an entry of this mode is not read, or None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISLNK(mode):
-        return f"is a symbolic link; {_REGULAR_ONLY}"
-    if stat.S_ISDIR(mode):
-        return f"is a directory; {_REGULAR_ONLY}"
-    return f"is not a regular file (a FIFO, socket or device); {_REGULAR_ONLY}"
-
-
-def _read_regular(name: str, dir_fd: int) -> bytes:
-    """The bytes of the regular file `name` in the directory `dir_fd`; raise `_Refused` for
-    anything else (a link is never followed, a FIFO or device never opened) or an oversized
-    file, FileNotFoundError when it is absent."""
-    problem = _not_regular(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    if problem:
-        raise _Refused(problem)
-    try:
-        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # replaced by a link since the lstat
-            raise _Refused(_not_regular(stat.S_IFLNK)) from None
-        raise
-    try:
-        st = os.fstat(fd)
-        problem = _not_regular(st.st_mode)
-        if problem:
-            raise _Refused(problem)
-        chunks: list[bytes] = []
-        total = st.st_size if st.st_size > MAX_FILE_BYTES else 0  # refused unread
-        while total <= MAX_FILE_BYTES:  # also bounds a file that grows while read
-            chunk = os.read(fd, max(st.st_size + 1 - total, 1 << 16))
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            total += len(chunk)
-        raise _Refused(
-            f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, the limit for "
-            "one inventory file; split it"
-        )
-    finally:
-        os.close(fd)
-
-
 def _read_bytes(run: _Run, dir_fd: int | None, file: Path, *, missing: str) -> bytes | None:
     """The content of one inventory file, or None with a diagnostic recorded."""
     name = str(file)
     try:
         if dir_fd is None:
             raise FileNotFoundError
-        data = _read_regular(file.name, dir_fd)
+        data = read_regular(file.name, dir_fd)
     except FileNotFoundError:
         message = missing
-    except _Refused as exc:
+    except Refused as exc:
         message = str(exc)
     except OSError as exc:
         message = f"cannot read: {exc.strerror}"
@@ -299,14 +237,10 @@ def _open_domains(run: _Run, root_fd: int | None, directory: Path) -> int | None
     if root_fd is None:
         return None
     try:
-        mode = os.stat(directory.name, dir_fd=root_fd, follow_symlinks=False).st_mode
-        if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
-            problem = _not_regular(mode) if stat.S_ISLNK(mode) else "is not a directory"
-            raise _Refused(problem)
-        return os.open(directory.name, _DIR_FLAGS, dir_fd=root_fd)
+        return open_directory(directory.name, root_fd)
     except FileNotFoundError:
         return None
-    except _Refused as exc:
+    except Refused as exc:
         message = str(exc)
     except OSError as exc:
         message = f"cannot read: {exc.strerror}"
@@ -327,16 +261,6 @@ def _kind_of(value: Any, data: bytes) -> str:
     return f"a value of several lines; the file starts with {quote_value(first_line)}"
 
 
-def _domain_files(dir_fd: int) -> list[str]:
-    """Names of the domain files: `*.yml` / `*.yaml`, not hidden (whatever their type: a
-    link or a directory with such a name is reported, not skipped)."""
-    return sorted(
-        name
-        for name in os.listdir(dir_fd)
-        if name.endswith(_DOMAIN_SUFFIXES) and not name.startswith(".")
-    )
-
-
 def _load_domains(
     run: _Run, root_fd: int | None, directory: Path, cache: DomainCache | None, stats: LoadStats
 ) -> tuple[list[DomainSource], dict[str, str]]:
@@ -345,17 +269,17 @@ def _load_domains(
     if dir_fd is None:
         return [], {}
     try:
-        return _load_domain_files(run, dir_fd, directory, cache, stats)
+        return _loadlist_domain_files(run, dir_fd, directory, cache, stats)
     finally:
         os.close(dir_fd)
 
 
-def _load_domain_files(
+def _loadlist_domain_files(
     run: _Run, dir_fd: int, directory: Path, cache: DomainCache | None, stats: LoadStats
 ) -> tuple[list[DomainSource], dict[str, str]]:
     sources: list[DomainSource] = []
     keys: dict[str, str] = {}
-    for filename in _domain_files(dir_fd):
+    for filename in list_domain_files(dir_fd):
         file = directory / filename
         name = str(file)
         data = _read_bytes(run, dir_fd, file, missing="the file disappeared while reading")

@@ -23,7 +23,8 @@ from compiler.load.diagnostics import (
     InventoryError,
     clean_message,
 )
-from compiler.load.inventory import MAX_FILE_BYTES, load_inventory
+from compiler.load.inventory import load_inventory
+from compiler.load.safefiles import MAX_FILE_BYTES
 from compiler.load.yamlload import MAX_DEPTH, YamlSyntaxError, load_positions, parse_yaml
 
 BASE = Path(__file__).parent / "bad_inventories" / "_base"
