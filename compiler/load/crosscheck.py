@@ -21,6 +21,7 @@ from compiler.load.diagnostics import DataPath, Finding, Ref
 from compiler.load.postfix_params import managed_parameters, refusal_of
 from schemas.common import check_domain
 from schemas.domain import Domain
+from schemas.graph import is_loop, strongly_connected_components
 
 _MAIN_CF_NAME = re.compile(r"[a-z][a-z0-9_]*")  # re.fullmatch: no trailing-newline escape
 
@@ -95,7 +96,7 @@ def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | N
             onward = [t for t in to if t in redirect_set]
             if onward:
                 graph[source] = onward
-        if any(len(c) > 1 or c[0] in graph.get(c[0], ()) for c in _strongly_connected(graph)):
+        if any(is_loop(c, graph) for c in strongly_connected_components(graph)):
             return None  # a redirect loop
     local = {src.domain.domain for src in sources}
     dangling = {
@@ -209,10 +210,10 @@ def _redirect_loops(
         if onward:
             graph[src] = onward
     findings = []
-    for component in _strongly_connected(graph):
-        start = min(component)
-        if len(component) == 1 and start not in graph.get(start, ()):
+    for component in strongly_connected_components(dict(sorted(graph.items()))):
+        if not is_loop(component, graph):
             continue
+        start = min(component)
         cycle = _cycle_through(start, graph, set(component))
         hops = " → ".join([*cycle, cycle[0]])
         refs = tuple(_redirect_ref(*redirect_at[a]) for a in cycle)
@@ -229,47 +230,6 @@ def _redirect_loops(
             )
         )
     return findings
-
-
-def _strongly_connected(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
-    """Tarjan's algorithm, iterative (redirect chains can be longer than the recursion limit)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    out: list[list[str]] = []
-    for root in sorted(graph):
-        if root in index:
-            continue
-        work: list[tuple[str, int]] = [(root, 0)]
-        while work:
-            node, i = work.pop()
-            if i == 0:
-                index[node] = low[node] = len(index)
-                stack.append(node)
-                on_stack.add(node)
-            targets = graph.get(node, ())
-            if i < len(targets):
-                work.append((node, i + 1))
-                nxt = targets[i]
-                if nxt not in index:
-                    work.append((nxt, 0))
-                elif nxt in on_stack:
-                    low[node] = min(low[node], index[nxt])
-                continue
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    top = stack.pop()
-                    on_stack.discard(top)
-                    component.append(top)
-                    if top == node:
-                        break
-                out.append(component)
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-    return out
 
 
 def _cycle_through(start: str, graph: Mapping[str, Sequence[str]], allowed: set[str]) -> list[str]:

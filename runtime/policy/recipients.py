@@ -35,12 +35,13 @@ resolves but the table lacks never skips them).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container, Iterator, Mapping, Sequence
+from collections.abc import Collection, Container, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from runtime.policy.checks import AccountList, make_account_list
 from schemas.agent import AgentAccount, AgentConfig
+from schemas.graph import strongly_connected_components
 
 MAX_LISTED = 1000
 
@@ -126,7 +127,7 @@ def _expand(
     which the bound caps)."""
     first: dict[str, str | None] = {}
     reach: dict[str, frozenset[str] | None] = {}
-    for comp in _components(graph):
+    for comp in strongly_connected_components(graph):
         inside = set(comp)
         own = [n for n in comp if n in listed]
         parts: list[frozenset[str]] = []
@@ -182,47 +183,3 @@ def _first_account(
             if found is not None:
                 return found
     return None
-
-
-def _components(graph: Mapping[str, Sequence[str]]) -> Iterator[list[str]]:
-    """The strongly connected components of the redirect graph, each after every component
-    it leads to (Tarjan's algorithm, iterative: a chain of redirects is as deep as it is
-    long). Targets that are not redirects are leaves, outside every component."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    for root in graph:
-        if root in index:
-            continue
-        index[root] = low[root] = len(index)
-        stack.append(root)
-        on_stack.add(root)
-        work: list[tuple[str, Iterator[str]]] = [(root, iter(graph[root]))]
-        while work:
-            node, targets = work[-1]
-            for t in targets:
-                if t not in graph:
-                    continue
-                if t not in index:
-                    index[t] = low[t] = len(index)
-                    stack.append(t)
-                    on_stack.add(t)
-                    work.append((t, iter(graph[t])))
-                    break
-                if t in on_stack:
-                    low[node] = min(low[node], index[t])
-            else:
-                work.pop()
-                if work:
-                    parent = work[-1][0]
-                    low[parent] = min(low[parent], low[node])
-                if low[node] == index[node]:
-                    comp = []
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        comp.append(member)
-                        if member == node:
-                            break
-                    yield comp
