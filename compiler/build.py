@@ -17,6 +17,9 @@ never in it):
     <cache>/outdir/<id>.json   the manifest of each `render --out` directory (`render.outdir`)
 
 An unsafe cache directory is reported once through `warn` and the session runs without one.
+Neither the cache nor a host's relative local `root` depends on the current directory: the
+default cache is named by the inventory's resolved path, and a relative root lies below the
+inventory directory.
 
 Garbage-collector policy: paused while the inventory is loaded and the targets are compiled
 (`cache.gcpause`; ~10^5 acyclic objects), and the result frozen (`gc.freeze`) after: it lives
@@ -28,7 +31,7 @@ from __future__ import annotations
 import gc
 import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,12 +75,13 @@ def _ignore(_: str) -> None:
 @dataclass(slots=True)
 class BuildSession:
     """One run over one inventory: its cache directory (None: no cache), its roles directory
-    (None: the built-in one) and the directory a relative local root is taken from."""
+    (None: the built-in one) and the directory a relative local root is taken from (None:
+    the inventory directory, so a run gives the same hosts from any current directory)."""
 
     inventory_dir: Path
     roles_dir: Path | None = None
     cache: Path | None = None
-    base_dir: Path = field(default_factory=Path.cwd)
+    base_dir: Path | None = None
     warn: Warn = _ignore
     _loaded: LoadedInventory | None = None
     _roles: Roles | None = None
@@ -194,11 +198,16 @@ class BuildSession:
 
     # --- hosts ----------------------------------------------------------------------------------
 
+    @property
+    def local_base(self) -> Path:
+        """The directory a relative local root lies below."""
+        return self.base_dir if self.base_dir is not None else self.inventory_dir
+
     def open_host(self, name: str) -> Transport:
-        return open_transport(name, self.load().inventory.hosts[name], base_dir=self.base_dir)
+        return open_transport(name, self.load().inventory.hosts[name], base_dir=self.local_base)
 
     def _opener(self) -> OpenTransport:
-        base_dir = self.base_dir
+        base_dir = self.local_base
 
         def open_host(name: str, spec: HostSpec) -> Transport:
             return open_transport(name, spec, base_dir=base_dir)
@@ -239,7 +248,7 @@ class BuildSession:
 
     def releases(self, host: str) -> tuple[ReleaseInfo, ...]:
         target = self.compile_one(host)
-        transport = open_transport(target.name, target.spec, base_dir=self.base_dir)
+        transport = open_transport(target.name, target.spec, base_dir=self.local_base)
         try:
             return list_releases(transport)
         finally:
@@ -251,7 +260,7 @@ class BuildSession:
         target = self.compile_one(host)
         host_roles = target.host_roles
         activations = tuple(a for a in target.activations if a.role in host_roles)
-        transport = open_transport(target.name, target.spec, base_dir=self.base_dir)
+        transport = open_transport(target.name, target.spec, base_dir=self.local_base)
         try:
             return rollback_release(transport, activations=activations, to=to, warn=warn)
         finally:
@@ -269,7 +278,7 @@ class BuildSession:
             raise BuildError(f"{host}: has no agent role")
         cfg = resolve_host(loaded.inventory, host, role_defaults(self.roles()))
         path = f"{cfg.policy.paths.agent_config_dir.rstrip('/')}/{AGENT_CONFIG_NAME}"
-        transport = open_transport(host, spec, base_dir=self.base_dir)
+        transport = open_transport(host, spec, base_dir=self.local_base)
         if isinstance(transport, LocalTransport):
             # A local root (never "/") stands for the host's "/": the agent runs on this machine
             # with the config rendered under the root.

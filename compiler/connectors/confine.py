@@ -107,7 +107,7 @@ def normalize_root(value: str) -> str:
 def local_root_problem(value: str) -> str | None:
     """Why `value` (a local transport's root, as written or resolved) cannot be one, or None.
     An absolute root must not be a system directory; a relative one must name a directory
-    below the current one (it is resolved there: "..", "." and "../x" are refused)."""
+    below the inventory directory (it is resolved there: "..", "." and "../x" are refused)."""
     if "\0" in value or not value:
         return "a local root must be a directory path"
     norm = normalize_root(value)
@@ -122,7 +122,7 @@ def local_root_problem(value: str) -> str | None:
         return None
     if norm == "." or norm == ".." or norm.startswith("../"):
         return (
-            f"{value!r} leaves the current directory: a relative local root must name a "
+            f"{value!r} leaves the inventory directory: a relative local root must name a "
             "directory below it (e.g. hosts/mx1)"
         )
     return None

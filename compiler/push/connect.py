@@ -23,7 +23,7 @@ from schemas.inventory import HostSpec, TransportKind
 
 def open_transport(name: str, spec: HostSpec, *, base_dir: Path) -> Transport:
     """The transport of host `name`. A local root that is relative is taken relative to
-    `base_dir` (the current directory for the CLI)."""
+    `base_dir` (the inventory directory for the CLI)."""
     if spec.transport is TransportKind.LOCAL:
         if not spec.root:
             raise TransportError(name, "transport: local needs a `root` directory", "connect")
@@ -47,7 +47,7 @@ def _local_root(name: str, value: str, base_dir: Path) -> Path:
         raise TransportError(
             name,
             f"local root {value}: a symbolic link on the way leads to {named.resolve()}; "
-            "a relative root must be a real directory below the current one",
+            "a relative root must be a real directory below the inventory directory",
             "connect",
         )
     return named

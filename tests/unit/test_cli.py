@@ -102,12 +102,12 @@ def test_plan_apply_plan_exit_codes(inv: Path, capsys: pytest.CaptureFixture[str
     code, out, err = run(capsys, "apply", str(inv))
     assert code == 0, err
     assert "mx1  changed  release " in out and "ok=0, changed=1, failed=0" in out
-    assert (inv.parent / "hosts/mx1/etc/postfix/main.cf").exists()
+    assert (inv / "hosts/mx1/etc/postfix/main.cf").exists()
     code, out, _ = run(capsys, "plan", str(inv), "--detailed-exitcode")
     assert code == 0 and out == "=== mx1: no changes\n"
     code, out, _ = run(capsys, "apply", str(inv))
     assert code == 0 and out.endswith("no changes\n")
-    assert len(list((inv.parent / "hosts/mx1/var/lib/mailcfg/releases").iterdir())) == 1
+    assert len(list((inv / "hosts/mx1/var/lib/mailcfg/releases").iterdir())) == 1
 
 
 def test_password_hashes_never_printed(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,7 +126,7 @@ def test_password_hashes_never_printed(inv: Path, capsys: pytest.CaptureFixture[
 
 def test_drift_is_shown(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "apply", str(inv))
-    main_cf = inv.parent / "hosts/mx1/etc/postfix/main.cf"
+    main_cf = inv / "hosts/mx1/etc/postfix/main.cf"
     main_cf.write_text(main_cf.read_text() + "hand_edit = yes\n")
     code, out, _ = run(capsys, "plan", str(inv), "--detailed-exitcode")
     assert code == 2
@@ -205,7 +205,7 @@ def test_unreachable_host_does_not_stop_others(
     code, out, err = run(capsys, "apply", str(inv))
     assert code == 1
     assert "mx1  changed" in out and "mx9  unreachable" in out
-    assert (inv.parent / "hosts/mx1/etc/postfix/main.cf").exists()
+    assert (inv / "hosts/mx1/etc/postfix/main.cf").exists()
 
 
 def test_entry_point_and_passwd(inv: Path) -> None:
@@ -230,32 +230,39 @@ def test_entry_point_and_passwd(inv: Path) -> None:
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and proc.stderr
 
 
-def test_example_inventory_applies_then_has_no_changes(
+def test_example_inventory_applies_the_same_from_any_directory(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     tls_pair: tuple[Path, Path],
 ) -> None:
-    """`mailcfg apply inventory/` from a fresh directory, then again: no changes."""
-    monkeypatch.chdir(tmp_path)
-    example = REPO / "inventory"
+    """`mailcfg apply <abs path to a copy of inventory/>` from one directory, then from
+    another: both runs use the hosts below the inventory (the second says "no changes"), and
+    `plan` from a third directory finds the same state."""
+    example = tmp_path / "checkout" / "inventory"
+    shutil.copytree(REPO / "inventory", example)
     snakeoil = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
     if not Path(snakeoil).exists():
         # The example names Debian's snakeoil pair, made when ssl-cert is installed on a real
         # system; a container may lack it, and staged validation (doveconf) opens the files.
-        shutil.copytree(example, tmp_path / "example")
-        example = tmp_path / "example"
         text = (example / "mailcfg.yml").read_text()
         text = text.replace(snakeoil, str(tls_pair[0]))
         text = text.replace("/etc/ssl/private/ssl-cert-snakeoil.key", str(tls_pair[1]))
         (example / "mailcfg.yml").write_text(text)
+    for cwd in ("first", "second", "third"):
+        (tmp_path / cwd).mkdir()
+    monkeypatch.chdir(tmp_path / "first")
     code, out, err = run(capsys, "apply", str(example))
     assert code == 0, out[-2000:] + err
     assert "changed=2, failed=0" in out
+    monkeypatch.chdir(tmp_path / "second")
     code, out, _ = run(capsys, "apply", str(example))
     assert code == 0 and out.endswith("no changes\n")
+    monkeypatch.chdir(tmp_path / "third")
     assert run(capsys, "plan", str(example), "--detailed-exitcode")[0] == 0
-    assert (tmp_path / ".mailcfg/hosts/mx1/etc/postfix/main.cf").is_file()
+    assert (example / ".mailcfg/hosts/mx1/etc/postfix/main.cf").is_file()
+    for cwd in ("first", "second", "third"):
+        assert not any((tmp_path / cwd).iterdir()), f"{cwd}: something was written there"
 
 
 def test_codeowners_and_schema(capsys: pytest.CaptureFixture[str]) -> None:
