@@ -18,7 +18,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from runtime.config import ConfigError, ConfigWatcher, load_agent_config, prepare_policy
+from runtime.config import (
+    DEFAULT_AGENT_CONFIG,
+    ConfigError,
+    ConfigWatcher,
+    load_agent_config,
+    prepare_policy,
+)
 from runtime.daemon import Daemon, connection_cap
 from runtime.policy.connection import new_event_loop, parse_listen, run_policy_service
 from runtime.policy.service import PolicyService
@@ -121,10 +127,14 @@ def _locks(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config)
     store = open_store(args.state or config.state, host=config.host)
     try:
-        for account, reason in store.locks().items():
-            print(f"{account}\t{reason}")
+        locks = store.locks()
     finally:
         store.close()
+    for account, reason in locks.items():
+        print(f"{account}\t{reason}")
+    if not locks:
+        # On stderr: a script reading the list gets an empty one.
+        print("no locked accounts", file=sys.stderr)
     return 0
 
 
@@ -170,7 +180,11 @@ def _ping(args: argparse.Namespace) -> int:
 
 def add_policy_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", required=True, help="agent config (agent.json)")
+        p.add_argument(
+            "--config",
+            default=DEFAULT_AGENT_CONFIG,
+            help="agent config (default: %(default)s, where the agent role installs it)",
+        )
         p.add_argument("--state", help="state DSN (default: the config's `state`)")
 
     p = sub.add_parser("serve", help="run the Postfix policy service and the log follower")

@@ -1,7 +1,9 @@
 """Loading the agent config (`agent.json`) and reloading it when the compiler installs a new one.
 
 `load_agent_config` is the one loader of the file (the policy service, the log commands and
-every other command read it through here). The compiler installs the file by atomic rename:
+every other command read it through here). `DEFAULT_AGENT_CONFIG` is where the agent role
+installs it unless the inventory moves `agent_config_dir`, so commands run on the host find it
+without `--config`. The compiler installs the file by atomic rename:
 `ConfigWatcher` wakes up through the log follower's watcher interface
 (`runtime.logs.follower.make_watcher`: inotify on the file's directory for files renamed in
 or closed after writing, when pyinotify is there; else polling) and reloads when the file at
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import posixpath
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,11 +33,17 @@ from pydantic import ValidationError
 
 from runtime.logs.follower import INSTALL_EVENTS, Watcher, make_watcher
 from schemas.agent import AgentConfig
+from schemas.policy import Paths
 
 if TYPE_CHECKING:
     from runtime.policy.engine import Policy
 
 log = logging.getLogger(__name__)
+
+
+# The compiler renders `<agent_config_dir>/agent.json` (`compiler.render.context`); the default
+# directory comes from the same schema.
+DEFAULT_AGENT_CONFIG = posixpath.join(Paths.model_fields["agent_config_dir"].default, "agent.json")
 
 
 class ConfigError(Exception):

@@ -247,7 +247,7 @@ class PolicyService:
                 continue
             slot.reply = format_reply(check_limit_result(res, req.account).action)
             if res.newly_locked:
-                log.warning("locked %s: %s (%s)", req.account, req.reason, dict(res.counts))
+                log.warning("locked %s: %s", req.account, res.lock_reason or req.reason)
                 self._spawn_alert(policy.config, req.account, res, req.now)
 
     def _spawn_alert(self, config: AgentConfig, account: str, res: LimitResult, now: float) -> None:
@@ -293,7 +293,9 @@ def log_store_failure(account: str, exc: Exception) -> None:
 
 
 def send_lock_alert(config: AgentConfig, account: str, res: LimitResult, now: float) -> None:
-    reason = f"{res.exceeded} sending limit exceeded" if res.exceeded else "locked"
+    reason = res.lock_reason or (
+        f"{res.exceeded} sending limit exceeded" if res.exceeded else "locked"
+    )
     send_mail(config.notify_smtp, make_lock_alert(config, account, reason, res.counts, now))
 
 

@@ -67,7 +67,7 @@ class StateStore(Protocol):
     def is_locked(self, account: str) -> bool: ...
 
     def locks(self) -> Mapping[str, str]:
-        """Locked accounts → reason."""
+        """Locked accounts → the lock's message (`runtime.state.limits.describe_lock`)."""
         ...
 
     def once(self, key: str, ttl: float, now: float) -> bool:

@@ -19,6 +19,11 @@ same test (`first_exceeded`; the Redis script has the same test in Lua).
 one round trip of atomic scripts (Redis): per request, a locked account is refused, otherwise
 the amount is added if every window has room, and a refusal with `lock` set locks the account
 in the same atomic step (so exactly one caller sees `newly_locked`).
+
+What a lock records: `lock_record` packs its cause with the window, the limit and the count that
+tripped it (the Redis script writes the same packing); `describe_lock` turns a record into the
+message `locks`, the log and the alert show. A reason stored before records named the window
+(plain text) reads as it is, so stores written by an older agent stay readable.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from schemas.policy import CountBy, Limits, OnExceed
 WINDOW_NAMES: tuple[str, ...] = ("hour", "day", "month")
 # Position of each window in `WINDOW_NAMES`, in `bucket_keys` and in the stores' count rows.
 WINDOW_INDEX: Mapping[str, int] = {name: i for i, name in enumerate(WINDOW_NAMES)}
-# The lock reason of a refusal by the policy service.
-LOCK_REASON = "sending limit exceeded"
+# The cause recorded with a lock by the policy service (the refused message is not counted).
+LOCK_REASON = "sending limit exceeded by a refused message"
+# First character of a packed lock record (`lock_record`); a plain reason never starts with it.
+LOCK_RECORD_MARK = "\x1e"
 
 
 def bucket_keys(now: float) -> tuple[int, int, int]:
@@ -98,6 +105,29 @@ def current_windows(
     return tuple(w for w in windows if then[WINDOW_INDEX[w.name]] == current[WINDOW_INDEX[w.name]])
 
 
+def lock_record(cause: str, window: str, limit: int, count: int, unit: str) -> str:
+    """What a lock stores: `cause`, and the `window` whose `limit` the `count` (of `unit`,
+    "recipients" or "messages") went over. `describe_lock` reads it back."""
+    return f"{LOCK_RECORD_MARK}{window} {limit} {count} {unit} {cause}"
+
+
+def describe_lock(record: str) -> str:
+    """The message of a stored lock: its cause, the window, the limit and the count; a plain
+    reason (written by hand, or before records named the window) as it is."""
+    if not record.startswith(LOCK_RECORD_MARK):
+        return record
+    fields = record[len(LOCK_RECORD_MARK) :].split(" ", 4)
+    if len(fields) != 5:
+        return record[len(LOCK_RECORD_MARK) :]
+    window, limit, count, unit, cause = fields
+    return f"{cause}: {count} {unit} this {window}, over the per-{window} limit of {limit}"
+
+
+def window_limit(windows: Sequence[Window], name: str) -> int:
+    """The limit of window `name` among `windows`."""
+    return next(w.limit for w in windows if w.name == name)
+
+
 def check_windows(windows: Sequence[Window]) -> None:
     for w in windows:
         if w.name not in WINDOW_NAMES:
@@ -121,7 +151,16 @@ class LimitRequest:
     windows: Sequence[Window]
     now: float
     lock: bool  # lock the account when a window would be exceeded
-    reason: str = ""  # lock reason recorded with the lock
+    reason: str = ""  # the cause recorded with the lock (`lock_record`)
+    unit: str = "recipients"  # what `amount` counts: "recipients" or "messages"
+
+    def lock_record(self, exceeded: str, counts: Sequence[int]) -> str:
+        """The record of the lock this request sets when window `exceeded` has no room, given
+        the window's counts before it (in `WINDOW_NAMES` order)."""
+        count = counts[WINDOW_INDEX[exceeded]] + self.amount
+        return lock_record(
+            self.reason, exceeded, window_limit(self.windows, exceeded), count, self.unit
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +174,7 @@ class LimitResult:
     exceeded: str | None
     newly_locked: bool
     counts: Mapping[str, int]
+    lock_reason: str = ""  # with `newly_locked`: the lock's message (`describe_lock`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +191,15 @@ class LimitRule:
         recipients (at least 1)."""
         return 1 if self.by_messages else max(1, recipients)
 
+    @property
+    def unit(self) -> str:
+        return "messages" if self.by_messages else "recipients"
+
     def request(self, account: str, recipients: int, now: float) -> LimitRequest:
         """The policy service's check-and-count of one message before it is sent."""
+        amount = self.amount(recipients)
         return LimitRequest(
-            account, self.amount(recipients), self.windows, now, lock=self.lock, reason=LOCK_REASON
+            account, amount, self.windows, now, self.lock, reason=LOCK_REASON, unit=self.unit
         )
 
 
@@ -164,10 +209,6 @@ def limit_rule(limits: Limits) -> LimitRule:
         lock=limits.on_exceed is OnExceed.LOCK,
         by_messages=limits.count is CountBy.MESSAGES,
     )
-
-
-def sendmail_lock_reason(window: str, qid: str) -> str:
-    return f"over the per-{window} sending limit (mail {qid} submitted with sendmail)"
 
 
 def charge_sent_mail(
@@ -181,16 +222,23 @@ def charge_sent_mail(
 ) -> str | None:
     """Charge mail already sent (seen in the log, never checked by the policy service) to
     `account`: counted in the windows still current (`current_windows`) whatever their room,
-    and the account locked when one is now over and the rule says lock. Returns the lock
-    reason when this call locked the account, else None."""
+    and the account locked when one is now over and the rule says lock. Returns the lock's
+    message when this call locked the account, else None."""
     windows = current_windows(rule.windows, sent, now)
     if windows is None:
         return None
     result = store.consume(account, rule.amount(recipients), windows, now, force=True)
     if result.exceeded is None or not rule.lock:
         return None
-    reason = sendmail_lock_reason(result.exceeded, qid)
-    return reason if store.lock(account, reason, now) else None
+    window = result.exceeded
+    record = lock_record(
+        f"mail {qid} submitted with sendmail",
+        window,
+        window_limit(windows, window),
+        result.counts[window],  # already counted: the mail is gone
+        rule.unit,
+    )
+    return describe_lock(record) if store.lock(account, record, now) else None
 
 
 class LimitStore(StateStore, Protocol):

@@ -7,7 +7,8 @@ it needs a single Redis server, not a Redis Cluster.
 A locked account is refused by the policy service (`consume_limits`), whatever its
 `on_exceed`; the log follower's `consume` counts mail already sent and ignores locks.
 Keys (prefix `mailcfg:`): `usage:<account>` hash of the current hour/day/month buckets and
-counts (expires after ~32 days idle), `locks` hash account → reason, `once:<key>` (SET NX PX),
+counts (expires after ~32 days idle), `locks` hash account → reason (`limits.lock_record`, or
+plain text), `once:<key>` (SET NX PX),
 `stats:<day>` hash "<account>\\t<counter>" → value plus the `stats:days` set, and
 `<host>:positions` hash (log offsets are per host, so they carry the host name).
 
@@ -29,6 +30,7 @@ from runtime.state.limits import (
     LimitResult,
     check_batch,
     check_windows,
+    describe_lock,
 )
 from runtime.state.sqlite import group_stats
 
@@ -36,20 +38,21 @@ from runtime.state.sqlite import group_stats
 # KEYS[1]: the locks hash; KEYS[1 + i]: usage hash of request i (the account is the key minus
 # its first ARGV[1] characters). ARGV[2]: two flags for the batch, check_lock and force ("10").
 # ARGV[2 + i]: request i packed in one string, "amount lock_on_exceed hour_key day_key
-# month_key hour_limit day_limit month_limit reason" (limit -1 = not limited): a few
+# month_key hour_limit day_limit month_limit unit reason" (limit -1 = not limited): a few
 # arguments per batch instead of a dozen per request keep the client's encoding cheap.
 # Returns one string of 5 integers per request: status (0 allowed, 1 exceeded, 2 exceeded and
 # newly locked, 3 already locked), index of the exceeded window (1-3, 0 none), hour, day and
-# month counts.
+# month counts. A lock stores `limits.lock_record(reason, window, limit, count, unit)`.
 _CONSUME_BATCH = """
 local plen = tonumber(ARGV[1])
 local check_lock, force = ARGV[2]:sub(1, 1) == '1', ARGV[2]:sub(2, 2) == '1'
+local names = {'hour', 'day', 'month'}
 local out = {}
 for r = 1, #KEYS - 1 do
   local key = KEYS[1 + r]
   local acct = key:sub(plen + 1)
-  local amount, lock, hk, dk, mk, lh, ld, lm, reason = ARGV[2 + r]:match(
-    '^(%d+) ([01]) (%d+) (%d+) (%d+) (%-?%d+) (%-?%d+) (%-?%d+) (.*)$')
+  local amount, lock, hk, dk, mk, lh, ld, lm, unit, reason = ARGV[2 + r]:match(
+    '^(%d+) ([01]) (%d+) (%d+) (%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%S+) (.*)$')
   amount = tonumber(amount)
   if check_lock and redis.call('HEXISTS', KEYS[1], acct) == 1 then
     out[r] = '3 0 0 0 0'
@@ -73,7 +76,9 @@ for r = 1, #KEYS - 1 do
     if exceeded > 0 then
       status = 1
       if lock == '1' and not force then
-        redis.call('HSET', KEYS[1], acct, reason)
+        local record = string.format('\\30%s %d %d %s %s', names[exceeded], limits[exceeded],
+                                     counts[exceeded] + amount, unit, reason)
+        redis.call('HSET', KEYS[1], acct, record)
         status = 2
       end
     end
@@ -126,28 +131,33 @@ class RedisStore:
             keys.append(usage + r.account)
             argv.append(
                 f"{r.amount} {int(r.lock)} {hk} {dk} {mk} {limits[0]} {limits[1]} {limits[2]} "
-                f"{r.reason}"
+                f"{r.unit} {r.reason}"
             )
         nums = [int(x) for x in self._consume(keys=keys, args=argv).split()]
         return [
-            self._result(nums[i : i + 5], r.windows)
+            self._result(nums[i : i + 5], r)
             for i, r in zip(range(0, len(nums), 5), requests, strict=True)
         ]
 
     @staticmethod
-    def _result(raw: Sequence[int], windows: Sequence[Window]) -> LimitResult:
+    def _result(raw: Sequence[int], request: LimitRequest) -> LimitResult:
         status, exc, hour, day, month = raw
         exceeded = None
         if exc:
             name = WINDOW_NAMES[exc - 1]
-            if any(w.name == name for w in windows):
+            if any(w.name == name for w in request.windows):
                 exceeded = name
+        reason = ""
+        if status == 2 and exceeded is not None:
+            # The record the script stored: the counts are those before the refused amount.
+            reason = describe_lock(request.lock_record(exceeded, (hour, day, month)))
         return LimitResult(
             allowed=status == 0,
             locked=status == 3,
             exceeded=exceeded,
             newly_locked=status == 2,
             counts={"hour": hour, "day": day, "month": month},
+            lock_reason=reason,
         )
 
     def consume_limits(self, requests: Sequence[LimitRequest]) -> list[LimitResult]:
@@ -181,7 +191,7 @@ class RedisStore:
 
     def locks(self) -> Mapping[str, str]:
         raw = self.r.hgetall(self._locks)
-        return {_text(k): _text(v) for k, v in sorted(raw.items())}
+        return {_text(k): describe_lock(_text(v)) for k, v in sorted(raw.items())}
 
     def once(self, key: str, ttl: float, now: float) -> bool:
         # The value is the expiry by the caller's clock (like SQLite); PX only reclaims memory.

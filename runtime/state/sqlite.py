@@ -39,6 +39,7 @@ from runtime.state.limits import (
     bucket_keys,
     check_batch,
     check_windows,
+    describe_lock,
     first_exceeded,
 )
 
@@ -211,10 +212,14 @@ class SqliteStore:
                         results.append(LimitResult(True, False, None, False, _counts(hn, dn, mn)))
                         continue
                     newly = r.lock
+                    reason = ""
                     if newly:
                         cache[account] = (1, *row[1:])
-                        new_locks.append((account, r.reason, r.now))
-                    results.append(LimitResult(False, False, exceeded, newly, _counts(hn, dn, mn)))
+                        record = r.lock_record(exceeded, (hn, dn, mn))
+                        new_locks.append((account, record, r.now))
+                        reason = describe_lock(record)
+                    counts = _counts(hn, dn, mn)
+                    results.append(LimitResult(False, False, exceeded, newly, counts, reason))
                 if writes:
                     db.executemany(_UPSERT_USAGE, writes.values())
                 if new_locks:
@@ -259,7 +264,7 @@ class SqliteStore:
     def locks(self) -> Mapping[str, str]:
         with self._mutex:
             rows = self._db.execute("SELECT account, reason FROM locks ORDER BY account")
-            return dict(rows.fetchall())
+            return {account: describe_lock(record) for account, record in rows.fetchall()}
 
     def once(self, key: str, ttl: float, now: float) -> bool:
         # One statement: insert, or take over an expired key; rowcount says which happened.

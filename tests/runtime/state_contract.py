@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from runtime.state.base import STAT_COUNTERS, Window
-from runtime.state.limits import LimitRequest
+from runtime.state.limits import LOCK_REASON, LimitRequest, LimitRule, charge_sent_mail
 
 # 2024-05-01 10:00 local time: buckets are local-calendar, so tests anchor in local time.
 T0 = time.mktime((2024, 5, 1, 10, 0, 0, 0, 0, -1))
@@ -55,12 +55,32 @@ class StoreContract:
         assert [r.newly_locked for r in res] == [False, True, False, False]
         assert [r.locked for r in res] == [False, False, True, True]
         assert store.is_locked("a@x.org")
-        assert store.locks() == {"a@x.org": "r"}
+        # The lock names the window, its limit and the count that tripped it.
+        message = "r: 2 recipients this hour, over the per-hour limit of 1"
+        assert store.locks() == {"a@x.org": message} and res[1].lock_reason == message
         # Locked: refused even in a new window.
         assert store.consume_limits([_req("a@x.org", 1, 1, now=T0 + 86400 * 40)])[0].locked
         assert store.unlock("a@x.org")
         assert not store.unlock("a@x.org")
         assert store.consume_limits([_req("a@x.org", 1, 1, now=T0 + 86400 * 40)])[0].allowed
+
+    def test_lock_counts_messages_when_the_rule_does(self, store: Any) -> None:
+        rule = LimitRule(windows=(Window("day", 2),), lock=True, by_messages=True)
+        res = store.consume_limits([rule.request("a@x.org", 5, T0) for _ in range(3)])
+        assert [r.newly_locked for r in res] == [False, False, True]
+        assert store.locks()["a@x.org"] == (
+            f"{LOCK_REASON}: 3 messages this day, over the per-day limit of 2"
+        )
+
+    def test_sendmail_lock_names_the_mail_and_the_window(self, store: Any) -> None:
+        rule = LimitRule(windows=(Window("hour", 3),), lock=True, by_messages=False)
+        assert charge_sent_mail(store, "a@x.org", rule, 2, T0, T0, "4QID1") is None
+        message = charge_sent_mail(store, "a@x.org", rule, 2, T0, T0, "4QID2")
+        assert message == (
+            "mail 4QID2 submitted with sendmail: 4 recipients this hour, "
+            "over the per-hour limit of 3"
+        )
+        assert store.locks() == {"a@x.org": message}
 
     def test_consume_limits_defer_mode_does_not_lock(self, store: Any) -> None:
         res = store.consume_limits([_req("a@x.org", 1, 1, lock=False) for _ in range(2)])

@@ -16,6 +16,7 @@ import pytest
 
 from runtime.cli import main as agent_main
 from runtime.cli import serve_policy
+from runtime.config import DEFAULT_AGENT_CONFIG
 from runtime.policy.connection import run_policy_service
 from runtime.policy.engine import Policy
 from runtime.policy.service import PolicyService
@@ -173,7 +174,13 @@ def test_outbound_limit_locks_once_and_persists(tmp_path: Path) -> None:
     h = run_with_server(tmp_path, t)
     assert [a for a, _ in h.alerts] == ["alice@example.com"]
     assert h.alerts[0][1].exceeded == "hour"
-    assert h.store.locks() == {"alice@example.com": "sending limit exceeded"}
+    # The lock names the window, its limit and the count that tripped it; the alert says so too.
+    message = (
+        "sending limit exceeded by a refused message: "
+        "4 recipients this hour, over the per-hour limit of 3"
+    )
+    assert h.store.locks() == {"alice@example.com": message}
+    assert h.alerts[0][1].lock_reason == message
     assert not h.store.is_locked("bob@example.com")
     h.store.close()
     assert SqliteStore(tmp_path / "state.db").is_locked("alice@example.com")
@@ -319,7 +326,22 @@ def test_cli_unlock_and_locks(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert agent_main(["unlock", "Alice@example.com", "--config", str(cfg_path)]) == 0
     assert agent_main(["unlock", "alice@example.com", "--config", str(cfg_path)]) == 1
     assert agent_main(["locks", "--config", str(cfg_path)]) == 0
-    assert capsys.readouterr().out == "unlocked alice@example.com\n"
+    captured = capsys.readouterr()
+    assert captured.out == "unlocked alice@example.com\n"
+    assert captured.err.endswith("no locked accounts\n")
+
+
+def test_cli_finds_the_installed_config_without_an_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`unlock` and `locks` read the config where the agent role installs it."""
+    assert DEFAULT_AGENT_CONFIG == "/etc/mailcfg/agent.json"
+    if Path(DEFAULT_AGENT_CONFIG).exists():
+        pytest.skip("this machine has an installed agent config")
+    assert agent_main(["locks"]) == 2
+    assert f"{DEFAULT_AGENT_CONFIG}: cannot read agent config" in capsys.readouterr().err
+    assert agent_main(["unlock", "alice@example.com"]) == 2
+    assert f"{DEFAULT_AGENT_CONFIG}: cannot read agent config" in capsys.readouterr().err
 
 
 def test_cli_bad_config_is_a_clear_error(

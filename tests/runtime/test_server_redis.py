@@ -44,7 +44,10 @@ def test_redis_counts_exact_across_connections(tmp_path: Path, redis_url: str) -
         refused = [r for r in replies if r != "DUNNO"]
         assert sum("account locked, contact" in r for r in refused) == 1  # newly locked
         assert all(r.startswith("DEFER 4.7.1 <zed@example.com>:") for r in refused)
-        assert store.locks() == {"zed@example.com": "sending limit exceeded"}
+        assert store.locks() == {
+            "zed@example.com": "sending limit exceeded by a refused message: "
+            "101 recipients this hour, over the per-hour limit of 100"
+        }
 
     h = run_with_server(tmp_path, t, config)
     assert [acct for acct, _ in h.alerts] == ["zed@example.com"]  # exactly one alert

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runtime.state.base import Window
-from runtime.state.limits import LimitRequest
+from runtime.state.limits import LimitRequest, lock_record
 from runtime.state.open import StoreError, open_store
 from runtime.state.redis import RedisStore
 from tests.runtime.redis_server import redis_server
@@ -82,5 +82,9 @@ def test_odd_account_names_and_reasons_survive_packing(redis_url: str) -> None:
         (False, False, True),
     ]
     assert res[1].exceeded == "day" and res[1].counts["day"] == 1
-    assert s.locks() == {odd: "over: 1 of 1\tday"}
+    message = "over: 1 of 1\tday: 2 recipients this day, over the per-day limit of 1"
+    assert s.locks() == {odd: message} and res[1].lock_reason == message
+    # The script packs the record as `lock_record` does (one format for both stores).
+    raw = s.r.hget("mailcfg:locks", odd)
+    assert raw == lock_record("over: 1 of 1\tday", "day", 1, 2, "recipients").encode()
     s.close()

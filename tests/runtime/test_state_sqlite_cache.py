@@ -70,7 +70,7 @@ def test_newly_locked_in_one_store_refuses_in_the_other(
     res = a.consume_limits([_req("x@y.org", 1, lock=True)] * 2)
     assert [r.newly_locked for r in res] == [False, True]
     assert b.consume_limits([_req("x@y.org", 1, lock=True)])[0].locked
-    assert b.locks() == {"x@y.org": "r"}
+    assert b.locks() == {"x@y.org": "r: 2 recipients this day, over the per-day limit of 1"}
 
 
 def test_failed_batch_rolls_back_and_forgets(tmp_path: Path) -> None:
