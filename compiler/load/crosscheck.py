@@ -30,13 +30,16 @@ _MAIN_CF_NAME = re.compile(r"[a-z][a-z0-9_]*")  # re.fullmatch: no trailing-newl
 class DomainSource:
     """A validated domain and where it came from. A file with invalid accounts or redirects
     is still cross-checked with the valid ones: `account_index`/`redirect_index` then give
-    each kept item's index in the file."""
+    each kept item's index in the file, and `invalid` holds the addresses the invalid items
+    declare. Those exist for the redirect targets' check: their own error is the one message,
+    not also a "will bounce" warning at every redirect to them."""
 
     file: str
     stem: str  # the file name without extension: must equal the domain
     domain: Domain
     account_index: tuple[int, ...] | None = None
     redirect_index: tuple[int, ...] | None = None
+    invalid: frozenset[str] = frozenset()
 
     def account_at(self, i: int) -> int:
         return self.account_index[i] if self.account_index is not None else i
@@ -99,8 +102,11 @@ def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | N
         if any(is_loop(c, graph) for c in strongly_connected_components(graph)):
             return None  # a redirect loop
     local = {src.domain.domain for src in sources}
+    invalid = _invalid_addresses(sources)
     dangling = {
-        t for t in every_target - account_set - redirect_set if t.rpartition("@")[2] in local
+        t
+        for t in every_target - account_set - redirect_set - invalid
+        if t.rpartition("@")[2] in local
     }
     if not dangling:
         return []
@@ -108,7 +114,7 @@ def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | N
     holders = [
         src for src in sources if any(not dangling.isdisjoint(r.to) for r in src.domain.redirects)
     ]
-    return _dangling_targets(holders, account_set, redirect_set, local)
+    return _dangling_targets(holders, account_set, redirect_set, local, invalid)
 
 
 def _check_domains_fully(sources: Sequence[DomainSource]) -> list[Finding]:
@@ -163,8 +169,14 @@ def _check_domains_fully(sources: Sequence[DomainSource]) -> list[Finding]:
             )
     findings.extend(_redirect_loops(redirect_at, redirect_to))
     local = {src.domain.domain for src in sources}
-    findings.extend(_dangling_targets(sources, accounts, redirect_to, local))
+    invalid = _invalid_addresses(sources)
+    findings.extend(_dangling_targets(sources, accounts, redirect_to, local, invalid))
     return findings
+
+
+def _invalid_addresses(sources: Sequence[DomainSource]) -> frozenset[str]:
+    """Every address declared by an invalid account or redirect."""
+    return frozenset().union(*(src.invalid for src in sources if src.invalid))
 
 
 def _declared_address(
@@ -257,15 +269,21 @@ def _dangling_targets(
     accounts: Container[str],
     redirects: Container[str],
     local: Container[str],
+    invalid: Container[str],
 ) -> list[Finding]:
     """Redirect targets in a local domain (`local`: every checked domain) that are neither
-    an account nor a redirect."""
+    an account nor a redirect, valid or `invalid` (whose error is reported already)."""
     findings = []
     for src in sources:
         for i, red in enumerate(src.domain.redirects):
             for j, target in enumerate(red.to):
                 domain = target.rpartition("@")[2]
-                if domain in local and target not in accounts and target not in redirects:
+                if (
+                    domain in local
+                    and target not in accounts
+                    and target not in redirects
+                    and target not in invalid
+                ):
                     findings.append(
                         Finding(
                             src.file,

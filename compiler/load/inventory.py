@@ -16,12 +16,13 @@ no file outside the inventory is ever read or echoed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from compiler.cache.gcpause import gc_paused
 from compiler.load.crosscheck import (
@@ -51,7 +52,7 @@ from compiler.load.safefiles import (
 )
 from compiler.load.validate import findings_from_error, validate_data
 from compiler.load.yamlload import YamlSyntaxError, load_positions, locate, parse_yaml
-from schemas.domain import Domain
+from schemas.domain import Domain, Name
 from schemas.inventory import GroupSpec, HostSpec, Inventory, InventoryFile
 from schemas.password import LEGACY_SCHEMES, is_legacy_hash, split_hash
 from schemas.policy import ServerPolicy
@@ -331,16 +332,34 @@ def _valid_part(raw: Any, findings: Sequence[Finding], file: str, stem: str) -> 
             bad[str(f.path[0])].add(f.path[1])
     data = {"domain": raw.get("domain")}
     kept: dict[str, tuple[int, ...]] = {}
+    invalid_names: list[str] = []
     for section in ("accounts", "redirects"):
         items = raw.get(section)
         items = items if isinstance(items, list) else []
         kept[section] = tuple(i for i in range(len(items)) if i not in bad[section])
         data[section] = [items[i] for i in kept[section]]
+        invalid_names += _valid_names(items[i] for i in sorted(bad[section]) if i < len(items))
     try:
         domain = Domain.model_validate(data)
     except ValidationError:
         return None
-    return DomainSource(file, stem, domain, kept["accounts"], kept["redirects"])
+    invalid = frozenset(domain.address_of(n) for n in invalid_names)
+    return DomainSource(file, stem, domain, kept["accounts"], kept["redirects"], invalid)
+
+
+_NAME = TypeAdapter(Name)
+
+
+def _valid_names(items: Iterable[Any]) -> list[str]:
+    """The names of invalid accounts or redirects, where the name itself is valid: the
+    object is declared, only something else about it is wrong."""
+    names = []
+    for item in items:
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if isinstance(name, str):
+            with suppress(ValidationError):
+                names.append(_NAME.validate_python(name))
+    return names
 
 
 def _legacy_hashes(domain: Domain, file: str, index: Callable[[int], int] = int) -> list[Finding]:
