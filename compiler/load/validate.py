@@ -1,12 +1,14 @@
 """Validate parsed YAML against a schema model; turn pydantic errors into readable findings.
 
 Each pydantic error becomes a `Finding` at the data path of the offending value, with a message
-that says what is wrong and what is allowed: unknown keys list the allowed ones, missing keys
-are named, union branches ("a list of domains, or 'all'") are merged into one message.
+that says what is wrong and what is allowed: unknown keys list the allowed ones and name the
+one they are likely a typo of ("did you mean 'quota'?"), missing keys are named, union
+branches ("a list of domains, or 'all'") are merged into one message.
 """
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -21,6 +23,10 @@ M = TypeVar("M", bound=BaseModel)
 
 # Values never echoed back in messages.
 _SECRET_FIELDS = frozenset({"password"})
+# An unknown key this similar to an allowed one (difflib's ratio) is named as its likely typo:
+# `qouta` (0.8) gets "did you mean 'quota'", `ssh_user` (0.55 to `ssh`) does not.
+_TYPO_CUTOFF = 0.75
+_TYPO_KEY_MAX = 64
 
 
 def validate_data(
@@ -90,8 +96,12 @@ def _message(model: type[BaseModel], err: ErrorDetails, path: DataPath) -> str:
     msg = err["msg"]
     if kind == "extra_forbidden":
         owner = _model_at(model, path[:-1])
-        allowed = f"; allowed: {', '.join(owner.model_fields)}" if owner else ""
-        return f"unknown key {quote_value(path[-1])}{allowed}"
+        if owner is None:
+            return f"unknown key {quote_value(path[-1])}"
+        hint = _close_key(str(path[-1]), owner)
+        hint = f" (did you mean {quote_value(hint)}?)" if hint else ""
+        allowed = ", ".join(owner.model_fields)
+        return f"unknown key {quote_value(path[-1])}{hint}; allowed: {allowed}"
     if kind == "missing":
         return (
             f"required key {quote_value(path[-1])} is missing"
@@ -105,6 +115,18 @@ def _message(model: type[BaseModel], err: ErrorDetails, path: DataPath) -> str:
     if not secret and isinstance(value, str | int | float | bool):
         return f"{msg} (got {quote_value(value)})"
     return msg
+
+
+def _close_key(key: str, owner: type[BaseModel]) -> str | None:
+    """The key of `owner` (a field name or alias) that `key` is most likely a typo of, if one
+    is close (`qouta` → `quota`)."""
+    if len(key) > _TYPO_KEY_MAX:
+        return None  # no typo; and matching cost grows with the key's length
+    keys: list[str] = []
+    for name, info in owner.model_fields.items():
+        keys += [k for k in (name, info.alias, info.validation_alias) if isinstance(k, str)]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=_TYPO_CUTOFF)
+    return close[0] if close else None
 
 
 def _strip(tp: Any) -> Any:

@@ -245,8 +245,9 @@ def test_unknown_key_points_at_the_key_and_lists_allowed_ones(tmp_path: Path) ->
         "    quotas: 1G\n",
     )
     assert errors_of(tmp_path) == [
-        "domains/example.com.yml:5:5: error: accounts[0].quotas: unknown key 'quotas'; allowed: "
-        "name, password, quota, imap, pop3, enabled, whitelist, blacklist, autoresponder, limits"
+        "domains/example.com.yml:5:5: error: accounts[0].quotas: unknown key 'quotas' (did you "
+        "mean 'quota'?); allowed: name, password, quota, imap, pop3, enabled, whitelist, "
+        "blacklist, autoresponder, limits"
     ]
 
 
