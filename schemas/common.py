@@ -1,4 +1,4 @@
-"""Constrained scalar types shared by every model: identifiers, free text, and their bounds.
+"""Constrained scalar types shared by every model: identifiers, free text, sizes, and their bounds.
 
 Each type rejects what would inject into a Postfix lookup table, main.cf, a Dovecot passwd-file,
 CODEOWNERS, a Sieve script or an SMTP reply, so that no renderer has to escape anything but free
@@ -22,7 +22,7 @@ import re
 import unicodedata
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 SCHEMA_VERSION = 1
 
@@ -288,3 +288,44 @@ SafeText = Annotated[str, AfterValidator(check_safe_text)]
 ReplyText = Annotated[str, AfterValidator(check_reply_text)]
 Token = Annotated[str, AfterValidator(check_token)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+# --- sizes ----------------------------------------------------------------------------------
+
+# ASCII digits only (`\d` and int() also take other scripts' digits), at most 20 of them.
+_SIZE_RE = re.compile(r"([0-9]{1,20}) *([KMGT]?)B?", re.I)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+# The same forms for editors (JSON Schema patterns are not anchored; `\s`: str.strip()).
+_SIZE_PATTERN = r"^\s*[0-9]{1,20} *[KMGTkmgt]?[Bb]?\s*$"
+
+
+def parse_size(value: object) -> object:
+    """Accept 1073741824, "1G", "512M", "45 MB", "0": bytes, or a number with K, M, G or T
+    (powers of 1024)."""
+    if isinstance(value, str):
+        m = _SIZE_RE.fullmatch(value.strip())
+        if not m:
+            raise ValueError(
+                f"{show_value(value)} is not a size (bytes, or a number with K, M, G or T)"
+            )
+        return int(m.group(1)) * _UNITS[m.group(2).upper()]
+    return value
+
+
+def size_json_schema(minimum: int) -> WithJsonSchema:
+    """A size as an editor sees it: a number of bytes (at least `minimum`) or a string with
+    a unit."""
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": minimum},
+                {"type": "string", "pattern": _SIZE_PATTERN},
+            ],
+            "description": "bytes, or a number with K, M, G or T (powers of 1024): 45M, 2G",
+        }
+    )
+
+
+# Every size of the inventory (a quota, the message size limit) is this type, so each takes
+# the same forms; the model holds bytes, which is what Postfix and Dovecot are given.
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0), size_json_schema(0)]

@@ -7,7 +7,6 @@ Names are local parts ("alice") or full addresses of the file's domain ("alice@e
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import Annotated
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
@@ -19,32 +18,14 @@ from schemas.common import (
     Frozen,
     SafeText,
     SenderPattern,
+    Size,
     Subject,
     check_domain,
     check_local_part,
-    show_value,
+    parse_size,
 )
 from schemas.password import PasswordHash
 from schemas.policy import LimitsOverride
-
-# ASCII digits only (`\d` and int() also take other scripts' digits), at most 20 of them.
-_SIZE_RE = re.compile(r"([0-9]{1,20}) *([KMGT]?)B?", re.I)
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def parse_size(value: object) -> object:
-    """Accept 1073741824, "1G", "512M", "0" (unlimited)."""
-    if isinstance(value, str):
-        m = _SIZE_RE.fullmatch(value.strip())
-        if not m:
-            raise ValueError(
-                f"{show_value(value)} is not a size (bytes, or a number with K, M, G or T)"
-            )
-        return int(m.group(1)) * _UNITS[m.group(2).upper()]
-    return value
-
-
-Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 
 
 def _name(value: str) -> str:
@@ -123,4 +104,13 @@ class Domain(Frozen):
         return name if "@" in name else f"{name}@{self.domain}"
 
 
-__all__ = ["Account", "Address", "Autoresponder", "Domain", "Redirect", "SenderList", "Size"]
+__all__ = [
+    "Account",
+    "Address",
+    "Autoresponder",
+    "Domain",
+    "Redirect",
+    "SenderList",
+    "Size",
+    "parse_size",
+]

@@ -21,8 +21,10 @@ from schemas.common import (
     ReplyText,
     SafeLine,
     SafeText,
+    Size,
     Token,
     show_value,
+    size_json_schema,
 )
 from schemas.hostvalues import (
     IPV4_MAPPED,
@@ -270,7 +272,8 @@ class ServerPolicy(Frozen):
     )
     listeners: Listeners = Listeners()
     tls: Tls = Tls()
-    message_size_limit: int = Field(default=45_000_000, ge=1_000)
+    # Bytes (main.cf's unit); also written with a unit like a quota: 45M, 1G.
+    message_size_limit: Annotated[Size, Field(ge=1_000), size_json_schema(1_000)] = 45_000_000
     recipient_limit: int = Field(default=100, ge=1)
     helo_required: bool = True
     disable_vrfy: bool = True
