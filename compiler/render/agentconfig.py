@@ -1,14 +1,17 @@
-"""Build the agent's config (`schemas.agent.AgentConfig`) from a resolved host, and its text.
+"""The agent's config (`schemas.agent.AgentConfig`) of a resolved host, as the text of agent.json.
 
 The agent never reads the inventory: everything it enforces at runtime (lists, filters,
-limits, spam checks, fail-safe actions, the logs to follow) reaches it through this object,
-rendered by the agent role as `agent.json`.
+limits, spam checks, fail-safe actions, the logs to follow) reaches it through this file,
+rendered by the agent role.
 
-`render_agent_config` writes the same text as `dump_agent_config(make_agent_config(cfg))`
-without building and serialising one `AgentAccount` per account: an account's line is put
-together from the JSON of its lists and limits, each serialised once per distinct object
-(most accounts share the default lists and limits), and what does not depend on the host's
-policy (`SharedAgentText`) is made once for all hosts serving the same domains.
+Owns the row rules of its domain-sized parts, each account's entry around its limits
+(`account_head`, `account_tail`, applied by `make_account_entries`) and each redirect's entry
+(`redirect_entry`), which `compiler.render.fragments` applies per domain and
+`compiler.render.join` lays out for a host as `SharedAgentText`; and `render_agent_config`,
+which puts the file together: sorted keys, one line per top-level key and one per entry of a
+mapping, the JSON of the `AgentConfig` model dump (tests/reference_render.py builds it from
+the model for the tests to compare). No `AgentAccount` is built or serialised per account:
+each distinct list and limits object is serialised once (most accounts share the defaults).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from compiler.render.resolve import HostConfig, mailboxes_by_domain
-from schemas.agent import AgentAccount, AgentConfig
+from compiler.render.resolve import HostConfig
+from schemas.agent import AgentConfig
 from schemas.domain import Account, SenderList
 from schemas.policy import Listener
 
@@ -40,7 +43,8 @@ def host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def _make_config(cfg: HostConfig, accounts: dict[str, AgentAccount]) -> AgentConfig:
+def _host_config(cfg: HostConfig) -> AgentConfig:
+    """The config without its accounts and redirects (they are laid out as text)."""
     policy = cfg.policy
     paths = policy.paths
     logs = [paths.maillog_file or paths.mail_log]
@@ -54,8 +58,8 @@ def _make_config(cfg: HostConfig, accounts: dict[str, AgentAccount]) -> AgentCon
         listen=f"unix:{paths.agent_socket}",
         state=policy.policy_state,
         local_domains=sorted(cfg.domain_names),
-        accounts=accounts,
-        redirects={src: list(targets) for src, targets in cfg.redirects.items()},
+        accounts={},
+        redirects={},
         global_filter=list(policy.global_filter),
         global_filter_reject_text=policy.global_filter_reject_text,
         whitelist_reject_text=policy.whitelist_reject_text,
@@ -71,19 +75,6 @@ def _make_config(cfg: HostConfig, accounts: dict[str, AgentAccount]) -> AgentCon
         postfix_config_dir=paths.postfix_config_dir,
         state_dir=paths.agent_state_dir,
     )
-
-
-def make_agent_config(cfg: HostConfig) -> AgentConfig:
-    accounts = {
-        address: AgentAccount.model_construct(
-            enabled=account.enabled,
-            whitelist=account.whitelist,
-            blacklist=account.blacklist,
-            limits=cfg.limits[address],
-        )
-        for address, account in cfg.mailboxes.items()
-    }
-    return _make_config(cfg, accounts)
 
 
 def _format_config(data: Mapping[str, Any], blocks: Mapping[str, str | list[str]]) -> str:
@@ -118,11 +109,6 @@ def _format_config(data: Mapping[str, Any], blocks: Mapping[str, str | list[str]
     return "".join(pieces)
 
 
-def dump_agent_config(config: AgentConfig) -> str:
-    """Deterministic JSON text of `config` (see `_format_config`)."""
-    return _format_config(config.model_dump(mode="json"), {})
-
-
 def _sender_list_json(senders: SenderList) -> str:
     """`_compact(senders.model_dump(mode="json"))`, 3x faster (10,000 accounts may have a
     list each): the fields of a SenderList are JSON values already (a bool, a str list)."""
@@ -142,12 +128,20 @@ class SharedAgentText:
     redirects: str
 
 
-def make_redirect_entries(redirects: Iterable[tuple[str, Sequence[str]]]) -> list[str]:
-    """The agent.json `redirects` entry of each `(source, targets)`, in the given order."""
-    return [
-        f"    {_string(source)}: [{', '.join(map(_string, targets))}]"
-        for source, targets in redirects
-    ]
+def redirect_entry(source: str, targets: Sequence[str]) -> str:
+    """A redirect's line in agent.json's `redirects`."""
+    return f"    {_string(source)}: [{', '.join(map(_string, targets))}]"
+
+
+def account_head(blacklist: SenderList, enabled: bool) -> str:
+    """An account's `accounts` entry from after its quoted address up to its limits."""
+    flag = "true" if enabled else "false"
+    return f'{{"blacklist": {_sender_list_json(blacklist)}, "enabled": {flag}, "limits": '
+
+
+def account_tail(whitelist: SenderList) -> str:
+    """An account's `accounts` entry after its limits."""
+    return f', "whitelist": {_sender_list_json(whitelist)}}}'
 
 
 def make_account_entries(
@@ -155,7 +149,7 @@ def make_account_entries(
 ) -> tuple[list[str], list[str]]:
     """The agent.json `accounts` entry of each `(address, account)` without its limits, in
     the given order: the text before the limits and the text after. Independent of the
-    host's policy; the JSON of each distinct list object is made once."""
+    host's policy; each distinct list object's text is made once."""
     heads: dict[tuple[int, bool], str] = {}  # (id(blacklist), enabled) → text
     tails: dict[int, str] = {}  # id(whitelist) → text
     before = []
@@ -164,35 +158,13 @@ def make_account_entries(
         blacklist, whitelist, enabled = account.blacklist, account.whitelist, account.enabled
         head = heads.get((id(blacklist), enabled))
         if head is None:
-            black = _sender_list_json(blacklist)
-            flag = "true" if enabled else "false"
-            head = heads[id(blacklist), enabled] = (
-                f'{{"blacklist": {black}, "enabled": {flag}, "limits": '
-            )
+            head = heads[id(blacklist), enabled] = account_head(blacklist, enabled)
         tail = tails.get(id(whitelist))
         if tail is None:
-            white = _sender_list_json(whitelist)
-            tail = tails[id(whitelist)] = f', "whitelist": {white}}}'
+            tail = tails[id(whitelist)] = account_tail(whitelist)
         before.append(f"    {_string(address)}: {head}")
         after.append(tail)
     return before, after
-
-
-def make_shared_agent_text(cfg: HostConfig) -> SharedAgentText:
-    """The domain-only parts of `cfg`'s agent.json (`compiler.render.context` may assemble the
-    same from per-domain fragments instead)."""
-    accounts = mailboxes_by_domain(cfg)
-    heads, tails = make_account_entries(accounts)
-    before = dict(zip([a for a, _ in accounts], heads, strict=True))
-    after = dict(zip([a for a, _ in accounts], tails, strict=True))
-    addresses = sorted(cfg.mailboxes)
-    redirects = cfg.redirects
-    return SharedAgentText(
-        addresses=tuple(addresses),
-        before=tuple([before[a] for a in addresses]),
-        after=tuple([after[a] for a in addresses]),
-        redirects=",\n".join(make_redirect_entries((s, redirects[s]) for s in sorted(redirects))),
-    )
 
 
 def _accounts_block(cfg: HostConfig, shared: SharedAgentText) -> list[str]:
@@ -219,11 +191,10 @@ def _accounts_block(cfg: HostConfig, shared: SharedAgentText) -> list[str]:
     return pieces
 
 
-def render_agent_config(cfg: HostConfig, shared: SharedAgentText | None = None) -> str:
-    """`dump_agent_config(make_agent_config(cfg))`, fast (see the module docstring). `shared`
-    is `make_shared_agent_text(cfg)`, possibly made for another host of the same domains."""
-    shared = shared if shared is not None else make_shared_agent_text(cfg)
-    data = _make_config(cfg, {}).model_dump(mode="json", exclude={"accounts", "redirects"})
+def render_agent_config(cfg: HostConfig, shared: SharedAgentText) -> str:
+    """agent.json of `cfg`, its domain-only parts from `shared` (`compiler.render.join`
+    makes it; hosts serving the same domains share one)."""
+    data = _host_config(cfg).model_dump(mode="json", exclude={"accounts", "redirects"})
     return _format_config(
         data, {"accounts": _accounts_block(cfg, shared), "redirects": shared.redirects}
     )

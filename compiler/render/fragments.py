@@ -1,13 +1,16 @@
 """Per-domain render fragments: what a host's domain-sized files take from one domain alone.
 
-A fragment holds a domain's ready-made rows: for its enabled accounts (declaration order) the
-Dovecot passwd line, the virtual_mailbox_maps and sender_login_maps lines, the agent.json entry
-without its limits (split around them), the accounts refused IMAP or POP3; for its redirects
-(declaration order) the virtual_alias_maps line and the agent.json entry; and the Sieve script
-of each enabled autoresponder, made with the aliases that reach it through the domain's own
-redirects (`compiler.render.context` uses it when no other domain's redirect leads into the domain).
-`compiler.render.context` puts every host's files together from the fragments of the domains it
-serves, in address order.
+A fragment holds a domain's ready-made rows, each made by its row rule (`compiler.render.tables`,
+`.agentconfig`, `.sieve`): for its enabled accounts (declaration order) the Dovecot passwd
+line, the virtual_mailbox_maps and sender_login_maps rows, the agent.json entry split around
+its limits, the accounts refused IMAP or POP3; for its redirects (declaration order) the
+virtual_alias_maps row and the agent.json entry; and the Sieve script of each enabled
+autoresponder, made with the aliases that reach it through the fragment's own redirects
+(`compiler.render.join` makes it again when a redirect of another fragment leads into the
+domain). `make_fragment` is the one maker: `make_domain_fragment` applies it to a `Domain`,
+`make_host_fragments` to the rows of a `HostConfig` grouped by domain (for a host without a
+cache, or a hand-built one whose rows its domains do not declare). `compiler.render.join` puts
+every host's files together from the fragments of the domains it serves.
 
 `FragmentCache` keeps fragments on disk (a `compiler.cache.packstore` store), keyed by the domain
 file's content key from the parse cache (file bytes + schema and loader code) under a
@@ -20,19 +23,31 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import compiler
 from compiler.cache.packstore import Codec, PackStore, open_pack_store
-from compiler.render.agentconfig import make_account_entries, make_redirect_entries
-from compiler.render.sieve import invert_redirects, make_vacation_script, reaching_addresses
-from compiler.render.tables import maildir_of, make_passwd_lines
-from schemas.domain import Domain
+from compiler.render.agentconfig import make_account_entries, redirect_entry
+from compiler.render.resolve import HostConfig
+from compiler.render.sieve import (
+    has_responder,
+    invert_redirects,
+    make_account_script,
+    reaching_addresses,
+)
+from compiler.render.tables import (
+    alias_row,
+    deny_rows,
+    mailbox_row,
+    make_passwd_lines,
+    sender_login_row,
+)
+from schemas.domain import Account, Domain
 
-_FORMAT = b"mailcfg-fragment-3"
+_FORMAT = b"mailcfg-fragment-4"
 _CODE = (
     "render/fragments.py",
     "render/tables.py",
@@ -55,10 +70,12 @@ class ResponderScript:
 
 @dataclass(frozen=True, slots=True)
 class DomainFragment:
-    """Rows of one domain. The account tuples run parallel to `addresses` (its enabled
-    accounts), the redirect tuples parallel to `sources` (its redirects, each source once
-    with its last declaration, as `resolve.index_domains` keeps them)."""
+    """Rows of one domain (`domain`; "" for rows of a hand-built host that no served domain
+    declares). The account tuples run parallel to `addresses` (its enabled accounts), the
+    redirect tuples parallel to `sources` (its redirects, each source once with its last
+    declaration, as `resolve.index_domains` keeps them)."""
 
+    domain: str
     addresses: tuple[str, ...]
     passwd: tuple[str, ...]
     mailbox_rows: tuple[str, ...]  # `address maildir`
@@ -74,40 +91,72 @@ class DomainFragment:
     responders: tuple[ResponderScript, ...]
 
 
-def make_domain_fragment(domain: Domain) -> DomainFragment:
-    """The fragment of `domain`, its addresses as `resolve.index_domains` names them."""
-    accounts = [(domain.address_of(acc.name), acc) for acc in domain.accounts if acc.enabled]
-    before, after = make_account_entries(accounts)
-    redirects: dict[str, tuple[str, ...]] = {}
-    for red in domain.redirects:
-        redirects[domain.address_of(red.name)] = tuple(red.to)
-    reverse = invert_redirects(redirects)
+def make_fragment(
+    domain: str,
+    accounts: Sequence[tuple[str, Account]],
+    redirects: Mapping[str, tuple[str, ...]],
+    reverse: Mapping[str, Sequence[str]] | None = None,
+) -> DomainFragment:
+    """The fragment of `domain` with the enabled `(address, account)`s and the redirects
+    given. A responder's aliases are found in `reverse` (`sieve.invert_redirects`), by
+    default over `redirects` alone."""
+    if reverse is None:
+        reverse = invert_redirects(redirects)
     responders = []
-    for address, acc in accounts:
-        responder = acc.autoresponder
-        if responder is None or not responder.enabled:
-            continue
-        aliases = reaching_addresses(address, reverse)
-        script = make_vacation_script(address, responder, aliases=aliases, whitelist=acc.whitelist)
-        responders.append(ResponderScript(address, tuple(aliases), script))
-    suffix = "@" + domain.domain
+    for address, account in accounts:
+        if has_responder(account):
+            aliases = reaching_addresses(address, reverse)
+            script = make_account_script(address, account, aliases)
+            responders.append(ResponderScript(address, tuple(aliases), script))
+    before, after = make_account_entries(accounts)
+    suffix = "@" + domain
     return DomainFragment(
+        domain=domain,
         addresses=tuple(a for a, _ in accounts),
         passwd=tuple(make_passwd_lines(accounts)),
-        mailbox_rows=tuple(f"{a} {maildir_of(a)}" for a, _ in accounts),
-        sender_rows=tuple(f"{a} {a}" for a, _ in accounts),
+        mailbox_rows=tuple(mailbox_row(a) for a, _ in accounts),
+        sender_rows=tuple(sender_login_row(a) for a, _ in accounts),
         agent_before=tuple(before),
         agent_after=tuple(after),
-        no_imap=tuple(a for a, acc in accounts if not acc.imap),
-        no_pop3=tuple(a for a, acc in accounts if not acc.pop3),
+        no_imap=tuple(deny_rows(accounts, "imap")),
+        no_pop3=tuple(deny_rows(accounts, "pop3")),
         sources=tuple(redirects),
-        alias_rows=tuple(f"{s} {', '.join(to)}" for s, to in redirects.items()),
-        agent_redirects=tuple(make_redirect_entries(redirects.items())),
+        alias_rows=tuple(alias_row(s, to) for s, to in redirects.items()),
+        agent_redirects=tuple(redirect_entry(s, to) for s, to in redirects.items()),
         outside_targets=tuple(
             sorted({t for to in redirects.values() for t in to if not t.endswith(suffix)})
         ),
         responders=tuple(responders),
     )
+
+
+def make_domain_fragment(domain: Domain) -> DomainFragment:
+    """The fragment of `domain`'s enabled accounts and its redirects, their addresses as
+    `resolve.index_domains` names them."""
+    accounts = [(domain.address_of(acc.name), acc) for acc in domain.accounts if acc.enabled]
+    redirects = {domain.address_of(red.name): tuple(red.to) for red in domain.redirects}
+    return make_fragment(domain.domain, accounts, redirects)
+
+
+def make_host_fragments(cfg: HostConfig) -> list[DomainFragment]:
+    """Fragments of exactly `cfg`'s mailboxes and redirects: one per served domain (in
+    `cfg.domains` order) of the rows whose address is in it, and should a hand-built config
+    hold rows of other domains, one more of those (its aliases worked out over all of
+    `cfg.redirects`, as no domain's own redirects tell them)."""
+    names = list(dict.fromkeys(cfg.domain_names))
+    accounts: dict[str, list[tuple[str, Account]]] = {name: [] for name in names}
+    redirects: dict[str, dict[str, tuple[str, ...]]] = {name: {} for name in names}
+    other_accounts: list[tuple[str, Account]] = []
+    other_redirects: dict[str, tuple[str, ...]] = {}
+    for address, account in cfg.mailboxes.items():
+        accounts.get(address.rpartition("@")[2], other_accounts).append((address, account))
+    for source, targets in cfg.redirects.items():
+        redirects.get(source.rpartition("@")[2], other_redirects)[source] = targets
+    fragments = [make_fragment(name, accounts[name], redirects[name]) for name in names]
+    if other_accounts or other_redirects:
+        reverse = invert_redirects(cfg.redirects)
+        fragments.append(make_fragment("", other_accounts, other_redirects, reverse))
+    return fragments
 
 
 def code_fingerprint() -> str:

@@ -10,7 +10,8 @@ from typing import Any
 
 import jinja2
 
-from compiler.render.context import DomainSetCache, make_context
+from compiler.render.context import make_context
+from compiler.render.join import DomainSetCache
 from compiler.render.resolve import HostConfig
 from compiler.render.roles import Role, RoleError, RoleFile, Roles, compile_snippet, render_prepared
 from compiler.types import FileTree, RenderedFile

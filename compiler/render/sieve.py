@@ -1,6 +1,9 @@
 """Sieve scripts for autoresponders (Pigeonhole `vacation`), generated from the model.
 
-Owns the script text and the quoting of every value in it. Subject and body are free text from
+Owns the script text and the quoting of every value in it, and the rule that gives an account's
+script (`make_account_script`: its autoresponder, its whitelist and the addresses whose mail
+reaches it through redirects, `reaching_addresses`), which `compiler.render.fragments` applies
+per domain and `compiler.render.join` for a host. Subject and body are free text from
 YAML, so they only ever appear inside Sieve quoted strings, escaped here; addresses and list
 entries are already restricted by `schemas.common` to characters that need no escaping.
 
@@ -15,8 +18,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from schemas.domain import Autoresponder, SenderList
+from schemas.domain import Account, Autoresponder, SenderList
 
 VACATION_DAYS = 1  # the original panel's rule: one reply per sender per day
 
@@ -124,6 +128,29 @@ def make_vacation_script(
     else:
         lines.extend(vacation)
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class SieveScript:
+    """An account's autoresponder script, run by Dovecot's LMTP before delivery."""
+
+    address: str
+    script: str
+
+
+def has_responder(account: Account) -> bool:
+    """Whether `account` gets a Sieve script: it has an enabled autoresponder."""
+    responder = account.autoresponder
+    return responder is not None and responder.enabled
+
+
+def make_account_script(address: str, account: Account, aliases: Sequence[str]) -> str:
+    """The script of `account` (at `address`; see `has_responder`), answering for `aliases`
+    too (its `reaching_addresses`)."""
+    assert account.autoresponder is not None
+    return make_vacation_script(
+        address, account.autoresponder, aliases=aliases, whitelist=account.whitelist
+    )
 
 
 def _iso(day: dt.date) -> str:

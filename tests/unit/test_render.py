@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from compiler.render.agentconfig import make_agent_config
 from compiler.render.render import render_host
 from compiler.render.resolve import HostConfig, resolve_host
 from compiler.render.roles import (
@@ -20,6 +19,7 @@ from compiler.render.roles import (
 from schemas.agent import AgentConfig
 from schemas.domain import Account, Autoresponder, Domain
 from schemas.inventory import HostSpec, Inventory
+from tests.reference_render import make_agent_config
 
 H = "{BLF-CRYPT}$2y$05$.VsmJkzjS6LUHAjMBEIzeuykaQpyiB5/GmNrZl8XRM4e32YbBdVPS"
 ROLES = load_roles(default_roles_dir())

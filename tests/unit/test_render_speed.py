@@ -1,8 +1,9 @@
 """The fast render paths render exactly what the plain ones do.
 
 A cold render (empty cache) and a warm one (cached parses and per-domain fragments, one domain
-file edited) give byte-identical trees; the pre-joined tables, agent.json and shared per-host
-data equal what the row and model functions give; `render --out` rewrites only changed files.
+file edited) give byte-identical trees; the joined tables, autoresponder scripts and agent.json,
+from cached fragments or from a config's own rows (hand-built ones too), equal the plain
+reference builders (tests/reference_render.py); `render --out` rewrites only changed files.
 """
 
 from __future__ import annotations
@@ -18,22 +19,22 @@ import pytest
 
 from compiler.cli import main
 from compiler.load.inventory import LoadStats, load_inventory
-from compiler.render.agentconfig import (
-    ACCOUNT_KEYS,
-    dump_agent_config,
-    make_agent_config,
-    render_agent_config,
-)
-from compiler.render.context import DomainSetCache, make_domain_set_data
+from compiler.render.agentconfig import ACCOUNT_KEYS, render_agent_config
 from compiler.render.fragments import FragmentCache, make_domain_fragment
+from compiler.render.join import DomainSetCache, make_domain_set_data
 from compiler.render.outdir import write_tree
 from compiler.render.render import render_host
 from compiler.render.resolve import HostConfig, ServedAccountsCache, resolve_host
 from compiler.render.roles import default_roles_dir, load_roles, role_defaults
-from compiler.render.tables import format_lines, format_map, make_table_texts, make_tables
 from compiler.types import FileTree, RenderedFile
 from schemas.agent import AgentAccount, AgentConfig
-from schemas.domain import SenderList
+from schemas.domain import Account, Autoresponder, SenderList
+from tests.reference_render import (
+    dump_agent_config,
+    make_agent_config,
+    make_autoresponders,
+    make_table_texts,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = load_roles(default_roles_dir())
@@ -133,11 +134,24 @@ def _generated_configs(tmp_path: Path) -> list[HostConfig]:
     ]
 
 
-def test_fast_agent_json_is_the_model_dump(tmp_path: Path) -> None:
+def _agent_json(cfg: HostConfig, fragments: FragmentCache | None = None) -> str:
+    return render_agent_config(cfg, make_domain_set_data(cfg, fragments).agent_text)
+
+
+def _assert_renders_like_the_reference(
+    cfg: HostConfig, fragments: FragmentCache | None = None
+) -> None:
+    data = make_domain_set_data(cfg, fragments)
+    assert data.tables == make_table_texts(cfg), cfg.name
+    assert list(data.autoresponders) == make_autoresponders(cfg), cfg.name
+    text = render_agent_config(cfg, data.agent_text)
+    assert text == dump_agent_config(make_agent_config(cfg)), cfg.name
+    assert AgentConfig.model_validate_json(text) == make_agent_config(cfg), cfg.name
+
+
+def test_joined_files_are_the_model_built_ones(tmp_path: Path) -> None:
     for cfg in [*_golden_configs(), *_generated_configs(tmp_path)]:
-        text = render_agent_config(cfg)
-        assert text == dump_agent_config(make_agent_config(cfg)), cfg.name
-        assert AgentConfig.model_validate_json(text) == make_agent_config(cfg)
+        _assert_renders_like_the_reference(cfg)
 
 
 def test_agent_entry_layout_follows_the_schema() -> None:
@@ -146,21 +160,6 @@ def test_agent_entry_layout_follows_the_schema() -> None:
     for senders in lists:
         expected = json.dumps(senders.model_dump(mode="json"), sort_keys=True)
         assert json.dumps(senders.__dict__, sort_keys=True) == expected
-
-
-def test_table_texts_are_the_rows(tmp_path: Path) -> None:
-    for cfg in [*_golden_configs(), *_generated_configs(tmp_path)]:
-        texts, rows = make_table_texts(cfg), make_tables(cfg)
-        for name in (
-            "virtual_mailbox_domains",
-            "virtual_mailbox_maps",
-            "virtual_alias_maps",
-            "sender_login_maps",
-        ):
-            assert getattr(texts, name) == format_map(getattr(rows, name)), name
-        assert texts.passwd == format_lines(e.line() for e in rows.passwd)
-        assert texts.deny_imap == format_lines(rows.deny_imap)
-        assert texts.deny_pop3 == format_lines(rows.deny_pop3)
 
 
 def test_cached_fragments_render_like_fresh_ones(tmp_path: Path) -> None:
@@ -173,6 +172,7 @@ def test_cached_fragments_render_like_fresh_ones(tmp_path: Path) -> None:
         for domain in domains.values():
             assert fragments.get(domain) == make_domain_fragment(domain)
         assert make_domain_set_data(cfg, fragments) == make_domain_set_data(cfg)
+        _assert_renders_like_the_reference(cfg, fragments)
         assert len(fragments.store.made) == made
         fragments.save()
     assert len(list((tmp_path / "fragments").iterdir())) == 1
@@ -245,9 +245,36 @@ def test_a_hand_built_config_renders_its_own_mailboxes() -> None:
     other = cfg.model_copy(update={"mailboxes": kept, "limits": {a: cfg.limits[a] for a in kept}})
     users = render_host(other, ROLES)["/etc/dovecot/users"].content.decode()
     assert [line.split(":")[0] for line in users.splitlines()] == list(kept)
-    assert render_agent_config(other) == dump_agent_config(make_agent_config(other))
+    _assert_renders_like_the_reference(other)
     reordered = cfg.model_copy(update={"limits": dict(reversed(cfg.limits.items()))})
-    assert render_agent_config(reordered) == dump_agent_config(make_agent_config(cfg))
+    assert _agent_json(reordered) == dump_agent_config(make_agent_config(cfg))
+
+
+def test_a_hand_built_config_with_rows_no_served_domain_declares(tmp_path: Path) -> None:
+    """Rows out of address order, a responder of an unserved domain reached from a served
+    one, a served domain's responder reached from the unserved one: from its own rows, also
+    when a fragment cache of the inventory is at hand (its fragments do not fit)."""
+    inv, host = GOLDEN["full"]()
+    cfg = resolve_host(inv, host, role_defaults(ROLES))
+    away = Autoresponder(subject="Gone", body="Elsewhere now.")
+    outside = Account(name="x", password=cfg.mailboxes["bob@example.com"].password, imap=False)
+    mailboxes = dict(reversed(cfg.mailboxes.items()))
+    mailboxes["x@elsewhere.test"] = outside.model_copy(update={"autoresponder": away})
+    redirects = dict(reversed(cfg.redirects.items()))
+    redirects["hop@example.org"] = ("x@elsewhere.test",)
+    redirects["y@elsewhere.test"] = ("alice@example.com",)
+    limits = {a: cfg.limits.get(a, cfg.policy.limits) for a in mailboxes}
+    other = cfg.model_copy(
+        update={"mailboxes": mailboxes, "redirects": redirects, "limits": limits}
+    )
+    keys = {name: f"key-{name}" for name in inv.domains}
+    fragments = FragmentCache.open(tmp_path / "fragments", inv.domains, keys)
+    for cache in (None, fragments):
+        _assert_renders_like_the_reference(other, cache)
+    scripts = {s.address: s.script for s in make_domain_set_data(other).autoresponders}
+    assert ':addresses ["hop@example.org"]' in scripts["x@elsewhere.test"]
+    assert '"y@elsewhere.test"' in scripts["alice@example.com"]
+    _assert_renders_like_the_reference(cfg, fragments)  # the inventory's own host: cached
 
 
 def _file(content: bytes, mode: int = 0o644) -> RenderedFile:

@@ -20,11 +20,18 @@ from compiler.cli import main
 from compiler.load.inventory import load_inventory
 from compiler.render import fragments as fragments_module
 from compiler.render import outdir
-from compiler.render.context import _join_fragments, make_domain_set_data
+from compiler.render.agentconfig import render_agent_config
 from compiler.render.fragments import make_domain_fragment
+from compiler.render.join import join_fragments, make_domain_set_data
 from compiler.render.resolve import resolve_host
 from compiler.render.roles import default_roles_dir
 from compiler.types import FileTree, RenderedFile
+from tests.reference_render import (
+    dump_agent_config,
+    make_agent_config,
+    make_autoresponders,
+    make_table_texts,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(
@@ -269,7 +276,11 @@ def test_joined_fragments_equal_the_model_path(tmp_path: Path) -> None:
     inventory = load_inventory(inv).inventory
     for host in sorted(inventory.hosts):
         cfg = resolve_host(inventory, host)
-        joined = _join_fragments(cfg, [make_domain_fragment(d) for d in cfg.domains])
-        assert joined is not None  # the fast path is taken, and renders the same
-        assert joined == make_domain_set_data(cfg)
+        joined = join_fragments(cfg, [make_domain_fragment(d) for d in cfg.domains])
+        assert joined is not None  # the domains' fragments fit the host
+        assert joined == make_domain_set_data(cfg)  # and join like the host's own rows
+        assert joined.tables == make_table_texts(cfg)
+        assert list(joined.autoresponders) == make_autoresponders(cfg)
         assert any(":addresses" in s.script for s in joined.autoresponders)
+        agent_json = render_agent_config(cfg, joined.agent_text)
+        assert agent_json == dump_agent_config(make_agent_config(cfg))

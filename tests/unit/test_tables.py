@@ -1,9 +1,10 @@
-"""Lookup tables derived from the model (compiler.render.tables)."""
+"""Lookup tables of a host: the row rules (compiler.render.tables) as the join lays them out."""
 
 from __future__ import annotations
 
-from compiler.render.resolve import resolve_host
-from compiler.render.tables import PasswdEntry, make_tables, quota_rule
+from compiler.render.join import make_domain_set_data
+from compiler.render.resolve import HostConfig, resolve_host
+from compiler.render.tables import TableTexts, passwd_line, quota_rule
 from schemas.domain import Account, Domain, Redirect
 from schemas.inventory import HostSpec, Inventory
 
@@ -21,15 +22,24 @@ def make_cfg(postmaster: str | None = None, **domain_kw: object):  # type: ignor
     return resolve_host(inv, "mx")
 
 
+def tables(cfg: HostConfig) -> TableTexts:
+    return make_domain_set_data(cfg).tables
+
+
+def rows(text: str) -> list[tuple[str, str]]:
+    """A Postfix map's `key value` lines."""
+    return [(key, value) for key, _, value in (line.partition(" ") for line in text.splitlines())]
+
+
 def test_mailbox_tables_list_enabled_accounts_only() -> None:
     cfg = make_cfg(
         accounts=[Account(name="b", password=H), Account(name="a", password=H, enabled=False)]
     )
-    t = make_tables(cfg)
-    assert t.virtual_mailbox_domains == (("example.com", "OK"), ("example.org", "OK"))
-    assert t.virtual_mailbox_maps == (("b@example.com", "example.com/b/"),)
-    assert t.sender_login_maps == (("b@example.com", "b@example.com"),)
-    assert [e.user for e in t.passwd] == ["b@example.com"]
+    t = tables(cfg)
+    assert rows(t.virtual_mailbox_domains) == [("example.com", "OK"), ("example.org", "OK")]
+    assert rows(t.virtual_mailbox_maps) == [("b@example.com", "example.com/b/")]
+    assert rows(t.sender_login_maps) == [("b@example.com", "b@example.com")]
+    assert [line.split(":")[0] for line in t.passwd.splitlines()] == ["b@example.com"]
 
 
 def test_redirects_and_postmaster_aliases() -> None:
@@ -37,13 +47,13 @@ def test_redirects_and_postmaster_aliases() -> None:
         accounts=[Account(name="a", password=H)],
         redirects=[Redirect(name="sales", to=["a@example.com", "x@elsewhere.net"])],
     )
-    rows = dict(make_tables(cfg).virtual_alias_maps)
-    assert rows["sales@example.com"] == "a@example.com, x@elsewhere.net"
+    aliases = dict(rows(tables(cfg).virtual_alias_maps))
+    assert aliases["sales@example.com"] == "a@example.com, x@elsewhere.net"
     # postmaster@ the first domain is the host's postmaster: it is not aliased to itself,
     # the other domain's postmaster goes to it.
     assert cfg.postmaster == "postmaster@example.com"
-    assert "postmaster@example.com" not in rows
-    assert rows["postmaster@example.org"] == "postmaster@example.com"
+    assert "postmaster@example.com" not in aliases
+    assert aliases["postmaster@example.org"] == "postmaster@example.com"
 
 
 def test_declared_postmaster_is_not_aliased() -> None:
@@ -51,9 +61,9 @@ def test_declared_postmaster_is_not_aliased() -> None:
         postmaster="a@example.com",
         accounts=[Account(name="a", password=H), Account(name="postmaster", password=H)],
     )
-    rows = dict(make_tables(cfg).virtual_alias_maps)
-    assert "postmaster@example.com" not in rows  # an account of that name exists
-    assert rows["postmaster@example.org"] == "a@example.com"
+    aliases = dict(rows(tables(cfg).virtual_alias_maps))
+    assert "postmaster@example.com" not in aliases  # an account of that name exists
+    assert aliases["postmaster@example.org"] == "a@example.com"
 
 
 def test_passwd_lines_quota_and_protocol_denies() -> None:
@@ -64,14 +74,14 @@ def test_passwd_lines_quota_and_protocol_denies() -> None:
             Account(name="c", password=H, pop3=False, imap=False),
         ]
     )
-    t = make_tables(cfg)
-    assert [e.line() for e in t.passwd] == [
+    t = tables(cfg)
+    assert t.passwd.splitlines() == [
         f"a@example.com:{H}::::::userdb_quota_rule=*:storage=1048576B",
         f"b@example.com:{H}::::::",
         f"c@example.com:{H}::::::",
     ]
-    assert t.deny_imap == ("b@example.com", "c@example.com")
-    assert t.deny_pop3 == ("c@example.com",)
+    assert t.deny_imap == "b@example.com\nc@example.com\n"
+    assert t.deny_pop3 == "c@example.com\n"
 
 
 def test_quota_zero_is_unlimited() -> None:
@@ -81,4 +91,4 @@ def test_quota_zero_is_unlimited() -> None:
 
 def test_passwd_entry_always_has_all_fields() -> None:
     # A two-field line would be a passdb-only entry: Dovecot's userdb rejects it.
-    assert PasswdEntry("a@b.c", "{PLAIN-MD5}x").line().count(":") == 7
+    assert passwd_line("a@b.c", "{PLAIN-MD5}x", "").count(":") == 7

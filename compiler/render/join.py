@@ -1,0 +1,207 @@
+"""The join: a host's domain-sized files put together from the fragments of its domains.
+
+`make_domain_set_data` gives what a host's files derive from its served domains alone (and its
+postmaster): the tables (`TableTexts`: Postfix maps, passwd-file, deny files), the Sieve
+scripts of its autoresponders and the domain-only parts of agent.json (`SharedAgentText`). It
+is the one render path of those files, for the CLI and for library callers alike: the rows
+come from per-domain fragments (`compiler.render.fragments`), read from a `FragmentCache` when
+there is one and they name exactly the host's mailboxes and redirects (always so for a host of
+the cache's inventory), else made from the host config's own rows (`make_host_fragments`),
+and `join_fragments` lays them out in address order by one permutation per column, no
+per-account work but a lookup. `DomainSetCache` shares the result between the hosts of one
+run that serve the same domains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
+from typing import Any, TypeVar
+
+from compiler.render.agentconfig import SharedAgentText
+from compiler.render.fragments import DomainFragment, FragmentCache, make_host_fragments
+from compiler.render.resolve import HostConfig
+from compiler.render.sieve import (
+    SieveScript,
+    invert_redirects,
+    make_account_script,
+    reaching_addresses,
+)
+from compiler.render.tables import (
+    TableTexts,
+    alias_row,
+    format_lines,
+    make_postmaster_aliases,
+    make_virtual_mailbox_domains,
+)
+from schemas.domain import Account
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSetData:
+    """What a host's files derive from its served domains alone (and its postmaster)."""
+
+    mailboxes: dict[str, Account]
+    redirects: dict[str, tuple[str, ...]]
+    domain_names: tuple[str, ...]
+    postmaster: str
+    tables: TableTexts
+    autoresponders: tuple[SieveScript, ...]
+    agent_text: SharedAgentText
+
+    def serves(self, cfg: HostConfig) -> bool:
+        """Whether this data is `make_domain_set_data(cfg)`: equal accounts and redirects in
+        the same order, names and postmaster (hosts resolved together share the dicts)."""
+        return (
+            self.postmaster == cfg.postmaster
+            and self.domain_names == cfg.domain_names
+            and _same_items(self.mailboxes, cfg.mailboxes)
+            and _same_items(self.redirects, cfg.redirects)
+        )
+
+
+def _same_items(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a is b or (a == b and list(a) == list(b))
+
+
+@dataclass(slots=True)
+class DomainSetCache:
+    """Domain-derived data (tables, autoresponder scripts, agent.json account lines) made
+    once per distinct set of served domains, for several hosts rendered in one run: hosts
+    usually serve the same domains under different policies, and these are the costly parts
+    of a render. A hit renders exactly what a miss would (`DomainSetData.serves`).
+    `fragments` gives each domain's rows (from disk when cached)."""
+
+    fragments: FragmentCache | None = None
+    entries: list[DomainSetData] = field(default_factory=list)
+
+    def get(self, cfg: HostConfig) -> DomainSetData:
+        for entry in self.entries:
+            if entry.serves(cfg):
+                return entry
+        entry = make_domain_set_data(cfg, self.fragments)
+        self.entries.append(entry)
+        return entry
+
+
+def make_domain_set_data(cfg: HostConfig, cache: FragmentCache | None = None) -> DomainSetData:
+    """The domain-derived data of `cfg`, joined from `cache`'s fragments of its domains when
+    they name exactly its mailboxes and redirects, else from fragments of its own rows."""
+    joined = None
+    if cache is not None:
+        joined = join_fragments(cfg, [cache.get(domain) for domain in cfg.domains])
+    if joined is None:
+        joined = join_fragments(cfg, make_host_fragments(cfg))
+        assert joined is not None, "fragments made from a config name exactly its rows"
+    return joined
+
+
+def _positions(names: Sequence[str], wanted: Iterable[str], count: int) -> list[int] | None:
+    """Where each of `wanted` (`count` names) is in `names`, or None unless both hold the
+    same distinct names."""
+    index = dict(zip(names, range(len(names)), strict=True))
+    if not len(index) == len(names) == count:
+        return None
+    try:
+        return list(map(index.__getitem__, wanted))
+    except KeyError:
+        return None
+
+
+def _column(fragments: Sequence[DomainFragment], name: str) -> list[str]:
+    return list(chain.from_iterable(getattr(f, name) for f in fragments))
+
+
+def _pick(column: Sequence[T], order: Sequence[int]) -> list[T]:
+    return list(map(column.__getitem__, order))
+
+
+def _sorted_order(keys: Sequence[str], order: list[int]) -> list[int]:
+    """`order` rearranged for `keys` sorted (no work when they are: a resolved config's)."""
+    ordered = sorted(keys)
+    if ordered == list(keys):
+        return order
+    return _pick(order, _positions(keys, ordered, len(keys)) or [])
+
+
+def join_fragments(cfg: HostConfig, fragments: Sequence[DomainFragment]) -> DomainSetData | None:
+    """`cfg`'s domain-derived data from the rows of `fragments` (tables in `cfg.mailboxes` /
+    `.redirects` order, agent.json entries by address), or None if they do not name exactly
+    `cfg`'s mailboxes and redirects."""
+    mailboxes, redirects = cfg.mailboxes, cfg.redirects
+    order = _positions(_column(fragments, "addresses"), mailboxes, len(mailboxes))
+    by_source = _positions(_column(fragments, "sources"), redirects, len(redirects))
+    if order is None or by_source is None:
+        return None
+    no_imap = set(_column(fragments, "no_imap"))
+    no_pop3 = set(_column(fragments, "no_pop3"))
+    tables = TableTexts(
+        virtual_mailbox_domains=format_lines(make_virtual_mailbox_domains(cfg)),
+        virtual_mailbox_maps=format_lines(_pick(_column(fragments, "mailbox_rows"), order)),
+        virtual_alias_maps=_alias_map_text(cfg, _pick(_column(fragments, "alias_rows"), by_source)),
+        sender_login_maps=format_lines(_pick(_column(fragments, "sender_rows"), order)),
+        passwd=format_lines(_pick(_column(fragments, "passwd"), order)),
+        deny_imap=format_lines([a for a in mailboxes if a in no_imap] if no_imap else []),
+        deny_pop3=format_lines([a for a in mailboxes if a in no_pop3] if no_pop3 else []),
+    )
+    agent_order = _sorted_order(list(mailboxes), order)
+    agent_by_source = _sorted_order(list(redirects), by_source)
+    agent_text = SharedAgentText(
+        addresses=tuple(sorted(mailboxes)),
+        before=tuple(_pick(_column(fragments, "agent_before"), agent_order)),
+        after=tuple(_pick(_column(fragments, "agent_after"), agent_order)),
+        redirects=",\n".join(_pick(_column(fragments, "agent_redirects"), agent_by_source)),
+    )
+    return DomainSetData(
+        mailboxes=mailboxes,
+        redirects=redirects,
+        domain_names=cfg.domain_names,
+        postmaster=cfg.postmaster,
+        tables=tables,
+        autoresponders=tuple(_join_autoresponders(cfg, fragments)),
+        agent_text=agent_text,
+    )
+
+
+def _alias_map_text(cfg: HostConfig, redirect_rows: list[str]) -> str:
+    """virtual_alias_maps: the redirect rows (in `cfg.redirects` order) and the postmaster
+    aliases, sorted by source."""
+    keys = list(cfg.redirects)
+    rows = list(redirect_rows)
+    for source, targets in make_postmaster_aliases(cfg):
+        keys.append(source)
+        rows.append(alias_row(source, targets))
+    if keys != sorted(keys):
+        rows = _pick(rows, sorted(range(len(keys)), key=keys.__getitem__))
+    return format_lines(rows)
+
+
+def _join_autoresponders(cfg: HostConfig, fragments: Sequence[DomainFragment]) -> list[SieveScript]:
+    """The fragments' Sieve scripts, by address. A script's aliases come from its own
+    fragment's redirects unless a redirect of another fragment leads into its domain: only
+    then are they worked out over all of `cfg.redirects`, and the script made again if they
+    differ (every path into a domain from outside passes such a redirect)."""
+    entered = {
+        t.rpartition("@")[2] for f in fragments if f.outside_targets for t in f.outside_targets
+    }
+    mailboxes = cfg.mailboxes
+    reverse: dict[str, list[str]] | None = None
+    scripts = []
+    for fragment in fragments:
+        reached = fragment.domain in entered
+        for responder in fragment.responders:
+            script = responder.script
+            if reached:
+                if reverse is None:
+                    reverse = invert_redirects(cfg.redirects)
+                aliases = reaching_addresses(responder.address, reverse)
+                if tuple(aliases) != responder.aliases:
+                    address = responder.address
+                    script = make_account_script(address, mailboxes[address], aliases)
+            scripts.append(SieveScript(responder.address, script))
+    scripts.sort(key=attrgetter("address"))
+    return scripts
