@@ -29,7 +29,6 @@ until the process exits, and plan and apply go on allocating.
 from __future__ import annotations
 
 import gc
-import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,8 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compiler.cache.cachedir import CacheError, open_cache_dir, prepare_cache_dir
-from compiler.connectors.local import LocalTransport
-from compiler.connectors.transport import CommandResult, Transport
+from compiler.connectors.transport import Transport
+from compiler.push.agentcall import AgentCall, make_agent_call, unlock_account
 from compiler.push.apply import ReleaseInfo, list_releases, make_release_id, rollback_release
 from compiler.push.connect import open_transport
 from compiler.push.fleet import (
@@ -266,54 +265,91 @@ class BuildSession:
         finally:
             transport.close()
 
-    def agent_transport(self, host: str) -> tuple[str, Transport]:
-        """The host's agent config path (as the host sees it) and a transport to the host."""
+    def rollback_plan(self, host: str, to: str | None) -> tuple[str, Plan]:
+        """The release a rollback to `to` (None: the previous one) would install, and the plan
+        from the host's files now to it (`push.releasetree`)."""
+        from compiler.push.releasetree import plan_rollback
+
+        target = self.compile_one(host)
+        activations = [a for a in target.activations if a.role in target.host_roles]
+        transport = open_transport(target.name, target.spec, base_dir=self.local_base)
+        try:
+            return plan_rollback(transport, target.name, activations, to)
+        finally:
+            transport.close()
+
+    # --- the hosts' agents ----------------------------------------------------------------------
+
+    def agent_hosts(self, wanted: Sequence[str] = ()) -> list[str]:
+        """`wanted` (every host with the agent role when empty), sorted; a host that is unknown
+        or has no agent is a `BuildError`."""
+        inventory = self.load().inventory
+        if not wanted:
+            hosts = sorted(h for h, spec in inventory.hosts.items() if "agent" in spec.roles)
+            if not hosts:
+                raise BuildError("no host of the inventory has the agent role")
+            return hosts
+        selected = self.hosts(wanted)
+        for host in selected:
+            if "agent" not in inventory.hosts[host].roles:
+                raise BuildError(f"{host}: has no agent role")
+        return selected
+
+    def on_agents(
+        self, hosts: Sequence[str], work: Callable[[AgentCall], HostResult]
+    ) -> list[HostResult]:
+        """`work` on the agent of each of `hosts` (`agent_hosts`), in parallel; a host that
+        cannot be reached is a result, not an error."""
         from compiler.render.context import AGENT_CONFIG_NAME
         from compiler.render.resolve import resolve_host
         from compiler.render.roles import role_defaults
 
-        loaded = self.load()
-        spec = loaded.inventory.hosts[host]
-        if "agent" not in spec.roles:
-            raise BuildError(f"{host}: has no agent role")
-        cfg = resolve_host(loaded.inventory, host, role_defaults(self.roles()))
-        path = f"{cfg.policy.paths.agent_config_dir.rstrip('/')}/{AGENT_CONFIG_NAME}"
-        transport = open_transport(host, spec, base_dir=self.local_base)
-        if isinstance(transport, LocalTransport):
-            # A local root (never "/") stands for the host's "/": the agent runs on this machine
-            # with the config rendered under the root.
-            path = str(transport.root / path.lstrip("/"))
-        return path, transport
+        loaded, defaults = self.load(), role_defaults(self.roles())
+        where: dict[str, tuple[HostSpec, str, str]] = {}
+        for host in self.agent_hosts(hosts):
+            policy = resolve_host(loaded.inventory, host, defaults).policy
+            config = f"{policy.paths.agent_config_dir.rstrip('/')}/{AGENT_CONFIG_NAME}"
+            where[host] = (loaded.inventory.hosts[host], config, policy.policy_state)
+        base_dir = self.local_base
 
-    def unlock(self, host: str, address: str) -> CommandResult:
-        """Ask the host's agent to lift `address`'s sending lock."""
-        self.hosts([host])
-        config, transport = self.agent_transport(host)
-        try:
-            command = shlex.join(["mailcfg-agent", "unlock", address, "--config", config])
-            return transport.run(command)
-        finally:
-            transport.close()
+        def job(host: str) -> HostResult:
+            spec, config, state = where[host]
+            transport = open_transport(host, spec, base_dir=base_dir)
+            try:
+                return work(make_agent_call(host, transport, config, state))
+            finally:
+                transport.close()
+
+        return run_parallel(sorted(where), job)
+
+    def unlock(self, hosts: Sequence[str], address: str) -> list[HostResult]:
+        """Ask the agents of `hosts` (every one when empty) to lift `address`'s lock."""
+        return self.on_agents(hosts, lambda call: unlock_account(call, address))
 
     def agent_stats(
         self, hosts: Sequence[str], day: str | None, account: str | None
-    ) -> list[StatsRow]:
-        """The daily statistics of the agents of `hosts` (every host with an agent when
-        empty); a host that does not answer is a `StatsError`."""
-        from compiler.tools.stats import gather_stats
+    ) -> tuple[list[StatsRow], list[HostResult]]:
+        """The daily statistics of the agents of `hosts` (every one when empty), and what each
+        host did: a host that does not answer is a failed result, the others' rows remain."""
+        from compiler.tools.stats import StatsError, gather_stats
 
-        hosts = list(hosts) or [
-            name for name, spec in self.load().inventory.hosts.items() if "agent" in spec.roles
-        ]
-        self.hosts(hosts)
-        rows: list[StatsRow] = []
-        for host in hosts:
-            config, transport = self.agent_transport(host)
+        rows: dict[str, list[StatsRow]] = {}
+
+        def work(call: AgentCall) -> HostResult:
+            options = ["--no-queue"] if call.local else []
             try:
-                rows += gather_stats([transport], day, account, agent_config=config)
-            finally:
-                transport.close()
-        return rows
+                found = gather_stats(
+                    [call.transport], day, account, options=[*call.options, *options]
+                )
+            except StatsError as exc:
+                return HostResult(
+                    call.host, Outcome.FAILED, message=str(exc).removeprefix(f"{call.host}: ")
+                )
+            rows[call.host] = found
+            return HostResult(call.host, Outcome.OK, message=f"{len(found)} row(s)")
+
+        results = self.on_agents(hosts, work)
+        return [row for host in sorted(rows) for row in rows[host]], results
 
 
 def _by_host(results: Sequence[HostResult]) -> list[HostResult]:

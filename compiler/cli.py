@@ -2,13 +2,14 @@
 (`compiler.build` assembles them).
 
 Exit codes: 0 success (no changes); 1 any error (bad arguments, invalid inventory, a failed or
-unreachable host); 2 only with `plan --detailed-exitcode`, when there are changes.
+unreachable host); 2 with `plan --detailed-exitcode` when there are changes, and for a bare
+`mailcfg` (no command: the help is printed, as argparse exits on a usage error).
 User errors are printed as one line each on stderr, never as a traceback.
 
-`apply` shows every host's plan, then applies. On a terminal it asks first unless `--yes`;
-run from a pipe or CI (no terminal) it applies without asking: the tool is driven from git,
-where the reviewed merge is the approval and the printed plan is the log. The applied plan is
-exactly the one shown: each host refuses it if its release changed in between.
+`apply` shows every host's plan, then applies; `rollback` shows what going back changes, then
+rolls back. Both ask first by one rule (`cliout.confirm_change`): on a terminal unless
+`--yes`; from a pipe or CI (no terminal) they go ahead. The applied plan is exactly the one
+shown: each host refuses it if its release changed in between.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NoReturn
 
+from compiler import cliout
 from compiler.build import BuildSession
 from compiler.connectors.transport import TransportError
 from compiler.load.diagnostics import InventoryError
 from compiler.push.apply import ApplyError, format_releases
 from compiler.push.fleet import DEFAULT_FORKS, format_plans, format_recap, recap_exit_code
 from compiler.push.hostcall import HostError
-from compiler.push.show import FORMATS
+from compiler.push.show import FORMATS, format_plan
 
 if TYPE_CHECKING:
     from compiler.push.fleet import HostResult
@@ -43,75 +45,75 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mailcfg", description="Declarative Postfix + Dovecot configuration.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=cliout.version_text())
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="COMMAND", help="one of:"
+    )
 
     def inventory_command(
-        name: str, help_text: str, aliases: Sequence[str] = ()
+        name: str, help_text: str, options: Sequence[str] = (), aliases: Sequence[str] = ()
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, aliases=list(aliases))
+        p = sub.add_parser(name, help=help_text, aliases=list(aliases), description=help_text)
         p.set_defaults(command=name)
-        p.add_argument("inventory", type=Path, help="inventory directory (holds mailcfg.yml)")
-        p.add_argument("--roles", type=Path, help="roles directory (default: the built-in one)")
-        p.add_argument(
-            "--cache",
-            type=Path,
-            help="cache directory (default: one per inventory under $XDG_CACHE_HOME/mailcfg)",
-        )
+        for option in ("inventory", "--roles", "--cache", *options):
+            p.add_argument(option, **_OPTIONS[option])  # type: ignore[arg-type]
         return p
 
-    inventory_command("validate", "check the inventory and render every host", ["check"])
-    p = inventory_command("render", "write each host's files under DIR/<host>/")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
-    p = inventory_command("plan", "show what apply would change")
-    p.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
-    p.add_argument("--format", choices=FORMATS, default="diff")
-    p.add_argument("--forks", type=_positive, default=DEFAULT_FORKS)
+    inventory_command("validate", "check the inventory and render every host", (), ["check"])
+    p = inventory_command("render", "write each host's files under DIR/<host>/", ["--host"])
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    p = inventory_command("plan", "show what apply would change", ["--host", "--forks"])
+    p.add_argument("--format", choices=FORMATS, default="diff", help="output format")
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 2 if there are changes")
+    p = inventory_command("apply", "show the plan, then apply it", ["--host", "--forks", "--yes"])
     p.add_argument(
-        "--detailed-exitcode",
-        action="store_true",
-        help="exit 0 without changes, 2 with changes, 1 on errors",
+        "--keep-releases", type=cliout.positive_count, default=5, help="releases kept per host"
     )
-    p = inventory_command("apply", "show the plan, then apply it")
-    p.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
-    p.add_argument("--forks", type=_positive, default=DEFAULT_FORKS)
-    p.add_argument("--yes", action="store_true", help="do not ask, even on a terminal")
-    p.add_argument("--keep-releases", type=_positive, default=5)
-    p = inventory_command("releases", "list the releases stored on a host")
-    p.add_argument("host")
-    p = inventory_command("rollback", "reinstall a stored release on a host")
-    p.add_argument("host")
+    inventory_command("releases", "list the releases stored on a host", ["host"])
+    p = inventory_command("rollback", "show what going back changes, then do it", ["host", "--yes"])
     p.add_argument("--to", metavar="RELEASE", help="release id (default: the previous one)")
-    p = inventory_command("unlock", "lift an account's sending lock on a host (its agent)")
-    p.add_argument("host")
-    p.add_argument("address")
-    p = inventory_command("stats", "per-account daily statistics gathered from the hosts' agents")
-    p.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
-    p.add_argument("--day", help="YYYY-MM-DD (default: every stored day)")
+    p = inventory_command("unlock", "lift an account's sending lock on the hosts' agents")
+    p.add_argument("only", nargs="?", metavar="HOST", help="only this host (as --host)")
+    p.add_argument("address", help="the locked account's address")
+    p.add_argument("--host", **_OPTIONS["--host"])  # type: ignore[arg-type]
+    p = inventory_command(
+        "stats", "per-account daily statistics from the hosts' agents", ["--host"]
+    )
+    p.add_argument("--day", type=cliout.day_argument, help="YYYY-MM-DD (default: every stored day)")
     p.add_argument("--account", help="only this account")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output")
     p.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     inventory_command("codeowners", "print a CODEOWNERS file from the domains' admins")
     p = sub.add_parser("passwd", help="hash a new password (asked, or read from stdin)")
-    p.add_argument("--scheme", default="BLF-CRYPT")
+    p.add_argument("--scheme", default="BLF-CRYPT", help="hash scheme (default: BLF-CRYPT)")
     sub.add_parser("schema", help="print the inventory's JSON Schema")
     return parser
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
+# The arguments several commands share.
+_OPTIONS: dict[str, dict[str, object]] = {
+    "inventory": {"type": Path, "help": "inventory directory (holds mailcfg.yml)"},
+    "--roles": {"type": Path, "help": "roles directory (default: the built-in one)"},
+    "--cache": {"type": Path, "help": "cache directory (default: $XDG_CACHE_HOME/mailcfg/…)"},
+    "host": {"help": "the host (its name in the inventory)"},
+    "--host": {"action": "append", "default": [], "help": "only this host (repeatable)"},
+    "--forks": {
+        "type": cliout.positive_count,
+        "default": DEFAULT_FORKS,
+        "help": "hosts worked on at once",
+    },
+    "--yes": {"action": "store_true", "help": "do not ask, even on a terminal"},
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     out, err = sys.stdout, sys.stderr
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        err.write(parser.format_help())
+        return 2
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
         handler = _COMMANDS[args.command]
         if hasattr(args, "inventory"):
             args.session = BuildSession.open(
@@ -142,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mailcfg: interrupted", file=err)
         return 130
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 1
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -204,11 +208,10 @@ def cmd_apply(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         if recap_exit_code(not_applied):
             err.write(format_recap(not_applied))
         return recap_exit_code(not_applied)
-    if not args.yes and sys.stdin.isatty():
-        answer = input(f"Apply these changes to {len(to_apply)} host(s)? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            out.write("not applied\n")
-            return 1
+    if not cliout.confirm_change(
+        f"Apply these changes to {len(to_apply)} host(s)?", yes=args.yes, out=out
+    ):
+        return 1
     applied = session.apply(targets, to_apply, forks=args.forks, keep_releases=args.keep_releases)
     results = sorted(applied + not_applied, key=lambda r: r.host)
     out.write(format_recap(results))
@@ -224,8 +227,12 @@ def cmd_rollback(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     def warn(w: str) -> None:
         print(f"{args.host}: warning: {w}", file=err)
 
+    release_id, plan = args.session.rollback_plan(args.host, args.to)
+    out.write(f"{args.host}: rollback to release {release_id}\n" + format_plan(plan, "diff"))
+    if not cliout.confirm_change(f"Roll {args.host} back to {release_id}?", yes=args.yes, out=out):
+        return 1
     try:
-        release = args.session.rollback(args.host, args.to, warn)
+        release = args.session.rollback(args.host, release_id, warn)
     except ApplyError as exc:
         print(f"mailcfg: {args.host}: rollback failed at {exc.step}: {exc.message}", file=err)
         return 1
@@ -234,27 +241,19 @@ def cmd_rollback(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_unlock(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    result = args.session.unlock(args.host, args.address)
-    out.write(result.stdout)
-    if not result.ok:
-        err.write(f"{args.host}: {(result.stderr or result.stdout).strip()}\n")
-        return 1
-    return 0
+    hosts = [*args.host, *([args.only] if args.only else [])]
+    return cliout.report_hosts(args.session.unlock(hosts, args.address), out, need_change=True)
 
 
 def cmd_stats(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from compiler.tools.stats import StatsError, format_stats, write_html_report
+    from compiler.tools.stats import format_stats, write_html_report
 
-    try:
-        rows = args.session.agent_stats(args.host, args.day, args.account)
-    except StatsError as exc:
-        print(f"mailcfg: {exc}", file=err)
-        return 1
+    rows, results = args.session.agent_stats(args.host, args.day, args.account)
     out.write(format_stats(rows, args.format))
     if args.html:
         write_html_report(rows, args.html)
         print(f"report written to {args.html}", file=err)
-    return 0
+    return cliout.report_hosts(results, err, need_change=False)
 
 
 def cmd_codeowners(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:

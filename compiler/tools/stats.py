@@ -1,5 +1,5 @@
 """Per-account daily mail statistics gathered from hosts: `gather_stats`, `format_stats`,
-`write_html_report`.
+`write_html_report`, and `check_day` (what a day is on the command line).
 
 Each host's agent prints its rows with `mailcfg-agent stats --format json`; this module runs
 that over a `Transport`, validates the answer, and renders a table, JSON, CSV or a
@@ -12,9 +12,11 @@ import csv
 import html
 import io
 import json
+import re
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from compiler.connectors.transport import Transport
@@ -23,8 +25,23 @@ from schemas.stats import STAT_COUNTERS as COUNTERS
 AGENT_CONFIG = "/etc/mailcfg/agent.json"
 
 
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 class StatsError(Exception):
     """A host's statistics could not be read; the message names the host and the cause."""
+
+
+def check_day(text: str) -> str:
+    """`text` when it is a real date written YYYY-MM-DD (the agent's day keys), else a
+    ValueError saying what is wrong."""
+    if not _DAY.fullmatch(text):
+        raise ValueError(f"{text!r} is not a day written YYYY-MM-DD")
+    try:
+        date.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is no date: {exc}") from None
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +85,15 @@ def gather_stats(
     account: str | None = None,
     *,
     agent_config: str = AGENT_CONFIG,
+    options: Sequence[str] = (),
     timeout: float = 120.0,
 ) -> list[StatsRow]:
-    """Run the agent's `stats` on each host and collect the rows (host, day, account order)."""
+    """Run the agent's `stats` on each host and collect the rows (host, day, account order);
+    `options` go to the agent too (say `--state DSN`, `--no-queue`)."""
     rows: list[StatsRow] = []
     for transport in transports:
         command = ["mailcfg-agent", "stats", "--format", "json", "--config", agent_config]
+        command += options
         if day is not None:
             command += ["--day", day]
         if account is not None:

@@ -153,7 +153,7 @@ def test_missing_inventory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_usage_errors_exit_1_not_2(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys)[0] == 1
+    assert run(capsys, "plan")[0] == 1
     code, _, err = run(capsys, "plan", str(inv), "--format", "yaml")
     assert code == 1 and "invalid choice" in err
     code, _, err = run(capsys, "plan", str(inv), "--host", "mx7")
@@ -177,20 +177,69 @@ def test_validate_and_check_alias(inv: Path, capsys: pytest.CaptureFixture[str])
     assert run(capsys, "check", str(inv))[0] == 0
 
 
+CAROL = f"""\
+  - name: carol
+    password: "{HASH}"
+"""
+
+
 def test_releases_and_rollback(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "apply", str(inv))
-    (inv / "domains/example.com.yml").write_text(DOMAIN_YML.replace("quota: 1G", "quota: 2G"))
+    (inv / "domains/example.com.yml").write_text(
+        DOMAIN_YML.replace("quota: 1G", "quota: 2G") + CAROL
+    )
     assert run(capsys, "apply", str(inv))[0] == 0
     code, out, _ = run(capsys, "releases", str(inv), "mx1")
     lines = out.splitlines()
     assert code == 0 and len(lines) == 2 and lines[1].startswith("* ")
     first, second = (line[2:].split()[0] for line in lines)
+    # Without a terminal it goes ahead, as apply does; it shows what going back changes first.
     code, out, _ = run(capsys, "rollback", str(inv), "mx1")
-    assert code == 0 and out == f"mx1: now at release {first} (was {second})\n"
+    assert code == 0, out
+    assert out.startswith(f"mx1: rollback to release {first}\n=== mx1: ")
+    assert "--- update /etc/dovecot/users (dovecot; sensitive)" in out
+    assert "-carol@example.com" in out and "$2b$12$" not in out
+    assert out.splitlines()[-1] == f"mx1: now at release {first} (was {second})"
     code, out, _ = run(capsys, "plan", str(inv), "--detailed-exitcode")
     assert code == 2  # the inventory still wants the newer quota
     code, _, err = run(capsys, "rollback", str(inv), "mx1", "--to", "no-such-release")
     assert code == 1 and "release no-such-release is not stored on this host" in err
+
+
+def test_rollback_asks_on_a_terminal(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On a terminal, rollback asks after showing the diff: "n" leaves the host as it is;
+    `--yes` does not ask."""
+    run(capsys, "apply", str(inv))
+    (inv / "domains/example.com.yml").write_text(DOMAIN_YML + CAROL)
+    run(capsys, "apply", str(inv))
+    current = (inv / "hosts/mx1/var/lib/mailcfg/current").read_text()
+
+    def rollback(*extra: str, answer: str) -> subprocess.CompletedProcess[str]:
+        leader, terminal = os.openpty()
+        try:
+            os.write(leader, answer.encode())
+            return subprocess.run(
+                [sys.executable, "-m", "compiler", "rollback", str(inv), "mx1", *extra],
+                stdin=terminal,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                timeout=120,
+                check=False,
+            )
+        finally:
+            os.close(terminal)
+            os.close(leader)
+
+    proc = rollback(answer="n\n")
+    assert proc.returncode == 1, proc.stderr
+    assert "-carol@example.com" in proc.stdout
+    assert "Roll mx1 back to " in proc.stdout and proc.stdout.endswith("not applied\n")
+    assert (inv / "hosts/mx1/var/lib/mailcfg/current").read_text() == current
+    proc = rollback("--yes", answer="")
+    assert proc.returncode == 0, proc.stderr
+    assert "Roll mx1 back" not in proc.stdout and "now at release" in proc.stdout
+    assert (inv / "hosts/mx1/var/lib/mailcfg/current").read_text() != current
 
 
 def test_unreachable_host_does_not_stop_others(
