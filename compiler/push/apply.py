@@ -3,8 +3,9 @@
 The compiler side of the release engine: it packs the desired tree and the plan's activations
 into one bundle (a tar with `release.json`), uploads it, and runs the on-host script's `apply`,
 which does stage → build → validate → record pending → install → activate → verify → commit
-under the host lock, or reinstalls the previous release on failure (see
-`compiler/push/hostside/onhost.py`).
+under the host lock, or reinstalls the previous release on failure; a rollback goes through the
+same install → activate → verify → restore path (`compiler/push/hostside/transaction.py`).
+Requests and replies are the ones `compiler/push/hostside/wire.py` declares.
 Two round trips per apply (upload, run) in the steady state.
 """
 
@@ -13,17 +14,22 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from compiler.connectors.transport import Transport
-from compiler.push.hostcall import STATE_DIR, HostError, activation_to_json, call_onhost
+from compiler.push.hostcall import STATE_DIR, HostError, Warn, activation_to_json, call_onhost
+from compiler.push.hostside.wire import (
+    ApplyRequest,
+    BundleDoc,
+    ChangeReply,
+    ReleasesReply,
+    RollbackRequest,
+)
 from compiler.types import Activation, FileTree, Plan, Release
 
-Warn = Callable[[str], None]
-# Validate + reload of a large host can take a while; the on-host script bounds each command.
+# Validate + reload of a large host can take a while; the on-host program bounds each command.
 APPLY_TIMEOUT = 1800.0
 
 
@@ -31,18 +37,6 @@ class ApplyError(HostError):
     """An apply or rollback step failed on `host`; `message` carries the tool's own text.
     `rolled_back_to` is the release reinstalled after a failure past install (None when the
     live files were never touched or there was no previous release)."""
-
-    def __init__(
-        self,
-        host: str,
-        step: str,
-        message: str,
-        rolled_back_to: str | None = None,
-        rollback_errors: Sequence[str] = (),
-    ) -> None:
-        super().__init__(host, step, message)
-        self.rolled_back_to = rolled_back_to
-        self.rollback_errors = tuple(rollback_errors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +62,8 @@ def make_bundle(
     release_id: str,
     keep_releases: int,
 ) -> bytes:
-    """The tar the host unpacks: `release.json` + `tree/<path>`."""
-    doc = {
+    """The tar the host unpacks: `release.json` (a `wire.BundleDoc`) + `tree/<path>`."""
+    doc: BundleDoc = {
         "id": release_id,
         "tree_digest": tree.digest,
         "expect_current": plan.current_release,
@@ -128,11 +122,17 @@ def apply_plan(
     )
     bundle_path = f"{STATE_DIR}/incoming/{release_id}.tar.gz"
     transport.put(bundle_path, bundle, 0o600)
-    answer = call_onhost(transport, "apply", {"bundle": bundle_path}, timeout=APPLY_TIMEOUT)
-    _report_warnings(answer, warn)
-    if not answer.get("ok"):
-        raise _apply_error(transport.host, answer)
-    return Release(str(answer["release_id"]), tree.digest, _opt(answer.get("previous")))
+    request: ApplyRequest = {"bundle": bundle_path}
+    answer = call_onhost(
+        transport,
+        "apply",
+        request,
+        ChangeReply,
+        error=ApplyError,
+        warn=warn,
+        timeout=APPLY_TIMEOUT,
+    )
+    return Release(answer["release_id"], tree.digest, answer["previous"])
 
 
 def rollback_release(
@@ -144,14 +144,20 @@ def rollback_release(
 ) -> Release:
     """Reinstall stored release `to` (default: the one before the current) and run the
     activations of the roles whose files differ (pass every role's activations)."""
-    args: dict[str, Any] = {"activations": [activation_to_json(a) for a in activations]}
-    if to:
-        args["to"] = to
-    answer = call_onhost(transport, "rollback", args, timeout=APPLY_TIMEOUT)
-    _report_warnings(answer, warn)
-    if not answer.get("ok"):
-        raise _apply_error(transport.host, answer)
-    return Release(str(answer["release_id"]), "", _opt(answer.get("previous")))
+    request: RollbackRequest = {
+        "to": to or None,
+        "activations": [activation_to_json(a) for a in activations],
+    }
+    answer = call_onhost(
+        transport,
+        "rollback",
+        request,
+        ChangeReply,
+        error=ApplyError,
+        warn=warn,
+        timeout=APPLY_TIMEOUT,
+    )
+    return Release(answer["release_id"], "", answer["previous"])
 
 
 def format_releases(host: str, releases: Sequence[ReleaseInfo]) -> str:
@@ -172,37 +178,15 @@ def format_releases(host: str, releases: Sequence[ReleaseInfo]) -> str:
 
 def list_releases(transport: Transport) -> tuple[ReleaseInfo, ...]:
     """Releases stored on the host, oldest first."""
-    answer = call_onhost(transport, "releases", {})
-    if not answer.get("ok"):
-        raise _apply_error(transport.host, answer)
+    answer = call_onhost(transport, "releases", {}, ReleasesReply, error=ApplyError)
     return tuple(
         ReleaseInfo(
-            id=str(r["id"]),
-            tree_digest=str(r.get("tree_digest", "")),
-            previous_id=_opt(r.get("previous")),
-            installed_at=int(r["installed_at"]) if r.get("installed_at") else None,
-            files=int(r.get("files", 0)),
-            current=bool(r.get("current")),
+            id=r["id"],
+            tree_digest=r["tree_digest"],
+            previous_id=r["previous"],
+            installed_at=r["installed_at"],
+            files=r["files"],
+            current=r["current"],
         )
-        for r in answer.get("releases", ())
+        for r in answer["releases"]
     )
-
-
-def _apply_error(host: str, answer: dict[str, Any]) -> ApplyError:
-    return ApplyError(
-        host,
-        str(answer.get("step", "apply")),
-        str(answer.get("message") or "failed without a message"),
-        rolled_back_to=_opt(answer.get("rolled_back_to")),
-        rollback_errors=[str(e) for e in answer.get("rollback_errors", ())],
-    )
-
-
-def _report_warnings(answer: dict[str, Any], warn: Warn | None) -> None:
-    if warn is not None:
-        for text in answer.get("warnings", ()):
-            warn(str(text))
-
-
-def _opt(value: object) -> str | None:
-    return str(value) if value else None

@@ -1,5 +1,6 @@
 """observe → plan → apply end to end over LocalTransport on a temporary root: the real on-host
-script, real subprocesses, shell commands standing in for postfix/doveconf."""
+program run by the system's `python3 -I -S` as on a host, real subprocesses, shell commands
+standing in for postfix/doveconf."""
 
 from __future__ import annotations
 
@@ -38,9 +39,11 @@ DOVECOT = Activation("dovecot", "dovecot", "reload", apply=("echo dovecot >> rel
 
 
 @pytest.fixture(autouse=True)
-def _run_services(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These local roots stand for real hosts: run their reload/verify commands too."""
+def _run_as_a_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These local roots stand for real hosts: run their reload/verify commands too, and find
+    the host's `python3` (the system's, not this virtualenv's) on a host's PATH."""
     monkeypatch.setenv("MAILCFG_SERVICES", "run")
+    monkeypatch.setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 
 
 ACTIVATIONS = (DOVECOT, POSTFIX)
@@ -185,6 +188,23 @@ def test_rollback_and_releases(host: CountingTransport) -> None:
     assert (release.id, release.previous_id) == (first, second)
     assert (host.root / "etc/postfix/main.cf").read_bytes() == b"myhostname = mx1\n"
     assert [(r.id, r.current) for r in list_releases(host)] == [(first, True), (second, False)]
+
+
+def test_failed_rollback_leaves_the_host_where_it_was(host: CountingTransport) -> None:
+    _, first = apply_tree(host, make_tree())
+    _, second = apply_tree(host, make_tree(main_cf=b"myhostname = mx2\n"))
+    silent = Activation(
+        "postfix", "postfix", "reload", verify=("echo 'postfix: not answering' >&2; exit 1",)
+    )
+    warnings: list[str] = []
+    with pytest.raises(ApplyError) as failure:
+        rollback_release(host, activations=(silent, DOVECOT), warn=warnings.append)
+    assert failure.value.step == "verify" and "postfix: not answering" in failure.value.message
+    assert failure.value.rolled_back_to == second and failure.value.rollback_errors == ()
+    assert str(failure.value).startswith("mx1: verify: ")
+    assert (host.root / "etc/postfix/main.cf").read_bytes() == b"myhostname = mx2\n"
+    assert [(r.id, r.current) for r in list_releases(host)] == [(first, False), (second, True)]
+    assert not plan_for(host, make_tree(main_cf=b"myhostname = mx2\n")).has_changes
 
 
 def test_release_ids_sort_by_time() -> None:

@@ -306,6 +306,7 @@ def test_local_transport_put_and_get_stay_below_the_root(tmp_path: Path, elsewhe
 
 def test_a_planted_onhost_script_is_replaced_before_it_runs(tmp_path: Path) -> None:
     from compiler.push.hostcall import call_onhost, onhost_script
+    from compiler.push.hostside.wire import ReleasesReply
 
     script, content = onhost_script()
     root = tmp_path / "hosts" / "mx1"
@@ -316,26 +317,28 @@ def test_a_planted_onhost_script_is_replaced_before_it_runs(tmp_path: Path) -> N
     )
     spec = HostSpec(address="x", hostname="mx1.example.com", transport="local", root="hosts/mx1")
     t = open_transport("mx1", spec, base_dir=tmp_path)
-    answer = call_onhost(t, "releases", {})
-    assert answer["ok"] and answer["releases"] == []
+    answer = call_onhost(t, "releases", {}, ReleasesReply)
+    assert answer["releases"] == []
     assert planted.read_bytes() == content and not (root / "PWNED").exists()
 
 
 def test_onhost_script_refuses_links_in_a_directory_root(tmp_path: Path, elsewhere: Path) -> None:
-    from compiler.push.hostcall import call_onhost
+    from compiler.push.hostcall import HostError, call_onhost
+    from compiler.push.hostside.wire import ObserveReply, ReleasesReply
 
     root = tmp_path / "root"
     (root / "var" / "lib" / "mailcfg").mkdir(parents=True)
     (root / "var" / "lib" / "mailcfg" / "releases").symlink_to(elsewhere)
     before = _snapshot(elsewhere)
     t = LocalTransport("mx1", root)
-    answer = call_onhost(t, "releases", {})
-    assert not answer["ok"] and "symbolic link" in answer["message"]
+    with pytest.raises(HostError, match="symbolic link"):
+        call_onhost(t, "releases", {}, ReleasesReply)
     (root / "var" / "lib" / "mailcfg" / "releases").unlink()
     (root / "etc").symlink_to(elsewhere / "etc")
-    answer = call_onhost(t, "observe", {"paths": {"/etc/passwd": ["00", "root", "root"]}})
-    assert not answer["ok"] and "symbolic link" in answer["message"]
-    assert "root:x" not in json.dumps(answer)
+    request = {"paths": {"/etc/passwd": ["00", "root", "root"]}, "sensitive": []}
+    with pytest.raises(HostError, match="symbolic link") as refused:
+        call_onhost(t, "observe", request, ObserveReply)
+    assert "root:x" not in str(refused.value)
     assert _snapshot(elsewhere) == before
 
 

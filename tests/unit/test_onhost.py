@@ -1,14 +1,12 @@
-"""The on-host script run as a subprocess against a temporary root, as the host runs it:
-stage/build/validate/install/commit, rollback, lock and stale lock, crash repair, pruning."""
+"""The on-host program run as a host runs it, against a temporary root: the zip the controller
+ships, by the system's `python3 -I -S` (not this virtualenv's), from a directory of its own.
+Stage/build/validate/install/commit, rollback, lock and stale lock, crash repair, pruning."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +14,8 @@ import pytest
 
 from compiler.push.apply import make_bundle
 from compiler.push.hostcall import activation_to_json
-from compiler.push.hostside import onhost
 from compiler.types import Activation, FileTree, Plan, RenderedFile
-
-STATE = "var/lib/mailcfg"
-
-
-def call(
-    root: Path, command: str, args: dict[str, Any], *extra: str, services: str = "run"
-) -> dict[str, Any]:
-    blob = base64.b64encode(zlib.compress(json.dumps(args).encode())).decode()
-    proc = subprocess.run(
-        [sys.executable, onhost.__file__, command, "--root", str(root), "--args-b64", blob, *extra],
-        capture_output=True,
-        text=True,
-        check=False,
-        # These roots stand for real hosts: run their reload/verify commands too (by default).
-        env={**os.environ, "MAILCFG_ROOT": str(root), "MAILCFG_SERVICES": services},
-    )
-    doc: dict[str, Any] = json.loads(proc.stdout)
-    assert (proc.returncode == 0) == doc["ok"], proc
-    return doc
+from tests.unit.onhost_program import STATE, SYSTEM_PYTHON, call, observe
 
 
 def tree_of(files: dict[str, bytes | tuple[bytes, str]], **meta: Any) -> FileTree:
@@ -87,7 +66,7 @@ RELOAD = Activation("postfix", "postfix", "reload", apply=("echo postfix >> relo
 
 
 def test_observe_empty_host(root: Path) -> None:
-    doc = call(root, "observe", {"paths": {"/etc/a": ["00", "root", "root"]}})
+    doc = observe(root, {"/etc/a": ["00", "root", "root"]})
     assert doc["release_id"] is None and doc["files"] == {} and doc["managed"] == {}
     assert doc["interrupted"] is None
 
@@ -106,7 +85,7 @@ def test_apply_installs_records_and_commits(root: Path) -> None:
     record = json.loads((root / STATE / "releases/r1/release.json").read_text())
     assert record["tree_digest"] == tree.digest
     assert set(record["files"]) == {"/etc/postfix/main.cf", "/etc/dovecot/x"}
-    observed = call(root, "observe", {"paths": {}})
+    observed = observe(root)
     assert observed["release_id"] == "r1"
     assert observed["files"]["/etc/postfix/main.cf"]["mode"] == 0o644
     assert observed["managed"]["/etc/dovecot/x"]["role"] == "dovecot"
@@ -145,7 +124,7 @@ def test_derived_maps_built_installed_first_and_carried_over(root: Path) -> None
     assert (root / "etc/postfix/virtual.db").read_bytes() == b"a b\n"
     record = json.loads((root / STATE / "releases/r1/release.json").read_text())
     assert record["files"]["/etc/postfix/virtual.db"]["derived"] is True
-    assert "/etc/postfix/virtual.db" not in call(root, "observe", {"paths": {}})["managed"]
+    assert "/etc/postfix/virtual.db" not in observe(root)["managed"]
     # Only dovecot changes: postfix's build does not run, its derived map is kept.
     tree2 = tree_of({"/etc/postfix/virtual": b"a b\n", "/etc/dovecot/d": (b"2\n", "dovecot")})
     apply(root, tree2, "r2", (Activation("dovecot", "dovecot", "reload"),))
@@ -235,7 +214,7 @@ def test_lock_held_refuses_second_apply(root: Path) -> None:
     lock = root / STATE / "lock"
     holder = subprocess.Popen(
         [
-            sys.executable,
+            SYSTEM_PYTHON,
             "-c",
             "import fcntl, os, sys\n"
             f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
@@ -285,7 +264,7 @@ def test_crash_mid_activate_is_repaired_by_next_apply(root: Path) -> None:
         apply(root, tree2, "r2", (crashing,))
     assert (root / "etc/a").read_bytes() == b"2"  # installed, never reloaded
     assert (root / STATE / "current").read_text() == "r1\n"
-    observed = call(root, "observe", {"paths": {}})
+    observed = observe(root)
     assert observed["interrupted"] == "r2"
     assert [a["role"] for a in observed["pending"]] == ["postfix"]
     # The next apply (plan: no file change, owed activation) reloads and commits.
@@ -294,7 +273,7 @@ def test_crash_mid_activate_is_repaired_by_next_apply(root: Path) -> None:
     assert any("stale lock" in w for w in doc["warnings"])
     assert reloads(root) == ["postfix"]
     assert (root / STATE / "current").read_text() == "r3\n"
-    assert call(root, "observe", {"paths": {}})["interrupted"] is None
+    assert observe(root)["interrupted"] is None
 
 
 def test_old_releases_pruned(root: Path) -> None:
@@ -319,16 +298,65 @@ def test_rollback_to_previous_and_forward_again(root: Path) -> None:
             Activation("agent", "agent", "reload", apply=("echo agent >> reloads",))
         ),
     ]
-    doc = call(root, "rollback", {"activations": acts})
+    doc = call(root, "rollback", {"to": None, "activations": acts})
     assert doc["ok"] and doc["release_id"] == "r1" and doc["previous"] == "r2"
     assert (root / "etc/a").read_bytes() == b"1" and (root / "etc/only1").exists()
     assert not (root / "etc/d").exists()
     assert sorted(reloads(root)) == ["dovecot", "postfix"]  # roles whose files differ only
     doc = call(root, "rollback", {"activations": acts, "to": "r2"})
     assert doc["ok"] and (root / "etc/a").read_bytes() == b"2"
-    assert call(root, "rollback", {"to": "nope"})["message"] == (
+    assert call(root, "rollback", {"to": "nope", "activations": []})["message"] == (
         "release nope is not stored on this host"
     )
+
+
+def two_releases(root: Path) -> None:
+    apply(root, tree_of({"/etc/a": b"1", "/etc/only1": b"x"}), "r1")
+    apply(root, tree_of({"/etc/a": b"2", "/etc/only2": b"y"}), "r2")
+
+
+def assert_still_at_r2(root: Path) -> None:
+    assert (root / "etc/a").read_bytes() == b"2" and (root / "etc/only2").read_bytes() == b"y"
+    assert not (root / "etc/only1").exists()
+    assert (root / STATE / "current").read_text() == "r2\n"
+    listing = call(root, "releases", {})
+    assert [(r["id"], r["current"]) for r in listing["releases"]] == [("r1", False), ("r2", True)]
+
+
+def test_rollback_whose_verify_fails_restores_the_release_it_left(root: Path) -> None:
+    two_releases(root)
+    silent = Activation(
+        "postfix",
+        "postfix",
+        "reload",
+        apply=("echo postfix >> reloads",),
+        verify=("echo 'postfix: not answering on port 25' >&2; exit 1",),
+    )
+    doc = call(root, "rollback", {"to": None, "activations": [activation_to_json(silent)]})
+    assert doc["ok"] is False and doc["step"] == "verify"
+    assert "not answering on port 25" in doc["message"]
+    assert doc["rolled_back_to"] == "r2" and doc["rollback_errors"] == []
+    assert_still_at_r2(root)
+    assert not (root / STATE / "pending.json").exists()
+    assert reloads(root) == ["postfix", "postfix"]  # the rollback's reload, then the restore's
+
+
+def test_rollback_whose_reload_fails_restores_like_a_failed_apply(root: Path) -> None:
+    two_releases(root)
+    broken = Activation(
+        "postfix",
+        "postfix",
+        "reload",
+        apply=("echo postfix >> reloads", "echo 'postfix/master: fatal: bind port 25'; false"),
+    )
+    doc = call(root, "rollback", {"to": "r1", "activations": [activation_to_json(broken)]})
+    assert doc["ok"] is False and doc["step"] == "activate"
+    assert "fatal: bind port 25" in doc["message"]
+    assert doc["rolled_back_to"] == "r2"
+    assert doc["rollback_errors"][0].startswith("reload after rollback: ")
+    assert_still_at_r2(root)
+    # The reload is still owed (as after a failed apply whose restore could not reload).
+    assert observe(root)["pending"][0]["role"] == "postfix"
 
 
 def test_owners_applied_when_real(root: Path) -> None:
@@ -378,7 +406,7 @@ def test_corrupt_bundle_is_a_clear_error(root: Path) -> None:
     (root / STATE / "incoming").mkdir()
     (root / STATE / "incoming/b.tar.gz").write_bytes(b"not a tar")
     doc = call(root, "apply", {"bundle": f"/{STATE}/incoming/b.tar.gz"})
-    assert doc["ok"] is False and doc["step"] == "apply" and "ReadError" in doc["message"]
+    assert doc["ok"] is False and doc["step"] == "stage" and "ReadError" in doc["message"]
 
 
 def test_local_root_runs_no_service_commands_by_default(root: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from compiler.push.hostside import onhost
+from compiler.push.hostside import hostroot, runner
 from compiler.render.context import make_base_context
 from compiler.render.resolve import HostConfig, resolve_host
 from compiler.render.roles import (
@@ -173,12 +173,12 @@ def run_for_real(
     log.touch()
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.setenv("STUB_LOG", str(log))
-    host = onhost.Host(str(root), "auto")
+    host = hostroot.Host(str(root), "auto")
     warnings: list[str] = []
     for act in acts:
         for step in STEPS:
             staged = str(stage) if step in ("build", "validate") else None
-            onhost.run_commands(host, step, list(getattr(act, step)), staged, warnings)
+            runner.run_commands(host, step, list(getattr(act, step)), staged, warnings)
     assert warnings == []
     return [json.loads(line) for line in log.read_text().splitlines()]
 

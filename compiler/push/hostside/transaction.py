@@ -1,0 +1,283 @@
+"""The release transaction: one change of the host's live files from the current release to
+another, under the host lock, as named steps sharing one `Transaction`.
+
+    apply:     stage → build → validate → record pending → install → activate → verify → commit
+    rollback:                    choose → record pending → install → activate → verify → commit
+
+A failure before install leaves the live files untouched (a release directory the apply made is
+removed). A failure at install, activate or verify, in an apply or a rollback alike, restores
+the release the host was on (`install.restore`) and re-runs the reloads; the reply names the
+failed step and what was put back. A crash between record pending and commit leaves
+`pending.json`: `observe` reports it and the next change runs what it owes, so a reload is never
+lost. Why one process for the whole change: see `hostlock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+
+from .fileops import sync_tree, write_json
+from .hostlock import HostLock
+from .hostroot import Host, StepFailed
+from .install import install_tree, restore
+from .runner import merge_activations, run_commands
+from .stage import build_release, stage_release, unpack_bundle
+from .store import (
+    Manifest,
+    ReleaseRecord,
+    clear_pending,
+    current_manifest,
+    load_release,
+    mark_current,
+    read_pending,
+    write_pending,
+)
+from .wire import (
+    ActivationDoc,
+    ApplyRequest,
+    BundleDoc,
+    ChangeReply,
+    FailureReply,
+    RollbackRequest,
+    failure_reply,
+)
+
+KEEP_EVERY_RELEASE = 1 << 30  # a rollback prunes nothing: the releases after it stay
+
+
+class Transaction:
+    """A change from the current release (`from_id`, `from_files`) to `to_id`: the files it
+    installs, the activations it owes, the release directory it made (if any) and whether the
+    live files may have changed yet."""
+
+    def __init__(self, host: Host, warnings: list[str]) -> None:
+        self.host = host
+        self.warnings = warnings
+        self.from_id, self.from_files = current_manifest(host)
+        self.to_id = ""
+        self.files: Manifest = {}
+        self.activations: list[ActivationDoc] = []
+        self.made_dir: str | None = None
+        self.touched_live = False
+        self.services_checked = False
+
+    @property
+    def stage_dir(self) -> str:
+        return os.path.join(self.host.release_dir(self.to_id), "tree")
+
+    # --- an apply's own steps -------------------------------------------------------------------
+
+    def stage(self, bundle: str) -> BundleDoc:
+        """Unpack the bundle into a new release directory, check the host is still at the
+        release the plan was made against, verify and set each file's metadata."""
+        host = self.host
+        staging = host.state_path("staging")
+        os.makedirs(staging, mode=0o700, exist_ok=True)
+        os.chmod(host.state, 0o700)  # release trees hold sensitive copies
+        unpacked = os.path.join(staging, f"tree-{os.getpid()}")
+        shutil.rmtree(unpacked, ignore_errors=True)
+        try:
+            doc = unpack_bundle(host, bundle, unpacked)
+            self.check_current(doc)
+        except BaseException:
+            shutil.rmtree(unpacked, ignore_errors=True)
+            raise
+        self.to_id = doc["id"]
+        self.made_dir = host.release_dir(self.to_id)
+        shutil.rmtree(self.made_dir, ignore_errors=True)
+        os.makedirs(self.made_dir, mode=0o700)
+        os.replace(unpacked, self.stage_dir)
+        self.files = dict(doc["files"])
+        self.activations = list(doc["activations"])
+        stage_release(host, doc, self.stage_dir)
+        return doc
+
+    def check_current(self, doc: BundleDoc) -> None:
+        if self.from_id != doc["expect_current"]:
+            raise StepFailed(
+                "check",
+                f"host is at release {self.from_id} but the plan was made against "
+                f"{doc['expect_current']}: plan again",
+            )
+        if os.path.isfile(os.path.join(self.host.release_dir(doc["id"]), "release.json")):
+            raise StepFailed("check", f"release {doc['id']} already exists on this host")
+
+    def build(self, doc: BundleDoc) -> None:
+        """Derived maps in staging; those of roles not rebuilt carried over."""
+        self.files = build_release(
+            self.host, doc, self.stage_dir, self.from_id, self.from_files, self.warnings
+        )
+
+    def validate(self) -> None:
+        """The host's own tools on the staged tree; then the tree is made durable (a later
+        rollback reads it)."""
+        for activation in self.activations:
+            run_commands(
+                self.host, "validate", activation["validate"], self.stage_dir, self.warnings
+            )
+        sync_tree(self.stage_dir)
+
+    def discard(self) -> None:
+        """Remove the release directory this transaction made (never a stored release)."""
+        if self.made_dir is not None:
+            shutil.rmtree(self.made_dir, ignore_errors=True)
+
+    # --- a rollback's own step ------------------------------------------------------------------
+
+    def choose(self, target: str | None, offered: list[ActivationDoc]) -> None:
+        """Stored release `target` (None: the one before the current), with the `offered`
+        activations of the roles whose files differ between the two."""
+        if not target:
+            if self.from_id is None:
+                raise StepFailed("rollback", "no current release to roll back from")
+            target = load_release(self.host, self.from_id).get("previous")
+            if not target:
+                raise StepFailed("rollback", f"release {self.from_id} has no previous release")
+        self.to_id = target
+        self.files = load_release(self.host, target)["files"]
+        old, new = self.from_files, self.files
+        roles = {
+            meta.get("role")
+            for path, meta in [*new.items(), *old.items()]
+            if (path not in new or path not in old)
+            or (new[path]["sha256"], new[path]["mode"]) != (old[path]["sha256"], old[path]["mode"])
+        }
+        self.activations = [a for a in offered if a["role"] in roles]
+
+    # --- the steps every change shares ----------------------------------------------------------
+
+    def record_pending(self) -> None:
+        """What this change owes, before any live file changes; with what an interrupted one
+        still owed."""
+        pending = read_pending(self.host)
+        owed = pending["activations"] if pending else []
+        self.activations = merge_activations(self.activations, owed)
+        write_pending(self.host, self.to_id, self.from_id, self.activations)
+
+    def install(self) -> None:
+        self.touched_live = True
+        install_tree(self.host, self.to_id, self.files, self.from_files)
+
+    def activate(self) -> None:
+        """Reload (or restart) the services of the changed roles."""
+        if self.run_services():
+            for activation in self.activations:
+                run_commands(self.host, "activate", activation["apply"], None, self.warnings)
+
+    def verify(self) -> None:
+        """Each changed role's service answers."""
+        if self.run_services():
+            for activation in self.activations:
+                run_commands(self.host, "verify", activation["verify"], None, self.warnings)
+
+    def commit(self, record: ReleaseRecord | None, keep: int) -> None:
+        """Write the new release's record (an apply's), make it current, prune."""
+        if record is not None:
+            write_json(os.path.join(self.host.release_dir(self.to_id), "release.json"), record)
+        protect = {self.from_id} if self.from_id else set()
+        mark_current(self.host, self.to_id, self.files, keep, protect)
+
+    def restore(self) -> list[str]:
+        """Put back the release the host was on and reload; the problems met."""
+        errors = restore(self.host, self.from_id, self.from_files, self.files)
+        try:
+            self.activate()
+        except StepFailed as again:
+            errors.append(f"reload after rollback: {again.message}")
+        if not errors:
+            clear_pending(self.host)
+        self.discard()
+        return errors
+
+    def change_live(self) -> FailureReply | None:
+        """record pending → install → activate → verify; a failure restores (its reply)."""
+        self.record_pending()
+        step = "install"
+        try:
+            self.install()
+            step = "activate"
+            self.activate()
+            step = "verify"
+            self.verify()
+        except (OSError, StepFailed) as exc:
+            failed = exc if isinstance(exc, StepFailed) else StepFailed(step, str(exc))
+            errors = self.restore()
+            return failure_reply(failed.step, failed.message, self.warnings, self.from_id, errors)
+        return None
+
+    def run_services(self) -> bool:
+        """Whether reload/verify commands run here (warned once when they do not)."""
+        if self.host.run_services or not self.activations:
+            return True
+        if not self.services_checked:
+            names = ", ".join(sorted({a["service"] or "?" for a in self.activations}))
+            self.warnings.append(
+                f"reload/verify of {names} skipped: a local root runs no services "
+                "(MAILCFG_SERVICES=run forces them)"
+            )
+            self.services_checked = True
+        return False
+
+    def done(self) -> ChangeReply:
+        reply: ChangeReply = {
+            "ok": True,
+            "release_id": self.to_id,
+            "previous": self.from_id,
+            "warnings": self.warnings,
+        }
+        return reply
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+
+def cmd_apply(host: Host, request: ApplyRequest, warnings: list[str]) -> ChangeReply | FailureReply:
+    """Install the uploaded bundle as a new release (the whole transaction, one process)."""
+    bundle = host.path(request["bundle"])
+    with HostLock(host, warnings):
+        try:
+            return apply_bundle(Transaction(host, warnings), bundle)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(bundle)
+
+
+def apply_bundle(tx: Transaction, bundle: str) -> ChangeReply | FailureReply:
+    try:
+        doc = tx.stage(bundle)
+        tx.build(doc)
+        tx.validate()
+    except BaseException:
+        tx.discard()  # live files untouched: nothing to undo
+        raise
+    failure = tx.change_live()
+    if failure is not None:
+        return failure
+    record: ReleaseRecord = {
+        "id": tx.to_id,
+        "tree_digest": doc["tree_digest"],
+        "keep_releases": doc["keep_releases"],
+        "files": tx.files,
+        "activations": tx.activations,
+        "previous": tx.from_id,
+        "installed_at": int(time.time()),
+    }
+    tx.commit(record, doc["keep_releases"])
+    return tx.done()
+
+
+def cmd_rollback(
+    host: Host, request: RollbackRequest, warnings: list[str]
+) -> ChangeReply | FailureReply:
+    """Reinstall a stored release through the same install/activate/restore path."""
+    with HostLock(host, warnings):
+        tx = Transaction(host, warnings)
+        tx.choose(request["to"], request["activations"])
+        failure = tx.change_live()
+        if failure is not None:
+            return failure
+        tx.commit(None, KEEP_EVERY_RELEASE)
+        return tx.done()

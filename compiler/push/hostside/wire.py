@@ -1,0 +1,378 @@
+"""The JSON documents the controller and the on-host program exchange, declared once, and the
+validator both sides run on a document when it arrives.
+
+Requests go controller → host (in argv or a file; `release.json` inside an apply's bundle);
+replies go host → controller (one document on stdout). Every field is always present (a value
+that may be absent is `null`; the one exception is a file's `derived` mark), and a field not
+declared here is refused: both sides are the same version, since the controller ships this
+program with itself.
+
+`check_document(doc, Declared, "observe reply")` raises `WireError` naming the field
+(`files["/etc/a"].mode`) and what was expected. The checks are built from the declarations
+(`typing.get_type_hints`), so a declaration is all there is to change.
+
+This module is stdlib-only and runs on the host's own `python3` (3.9 or later). It therefore
+does not use `from __future__ import annotations`, and writes `Optional[...]`: the validator
+evaluates these annotations at run time, where `X | None` needs Python 3.10.
+"""
+
+# Optional[...]: see the docstring.
+# ruff: noqa: UP045
+
+import json
+from collections.abc import Callable
+from typing import Any, Literal, Optional, TypedDict, Union, get_args, get_origin, get_type_hints
+
+# --- parts --------------------------------------------------------------------------------------
+
+
+class ActivationDoc(TypedDict):
+    """A role's commands (`compiler.types.Activation`); `{stage}` stands for the staged tree."""
+
+    role: str
+    service: str
+    action: str
+    build: list[str]
+    validate: list[str]
+    apply: list[str]
+    verify: list[str]
+
+
+class _DerivedMark(TypedDict, total=False):
+    derived: bool  # a map the host built from a rendered file (`x.db` ← `x`)
+
+
+class FileMeta(_DerivedMark):
+    """A file of a release: what the controller rendered, or what the host built."""
+
+    sha256: str
+    mode: int
+    owner: str
+    group: str
+    role: str
+    sensitive: bool
+
+
+class LiveFile(TypedDict):
+    """A file as found on the host now (`sha256` is "not-a-regular-file" for anything else)."""
+
+    sha256: str
+    mode: int
+    owner: str
+    group: str
+    size: int
+
+
+class ReleaseEntry(TypedDict):
+    """One stored release in a `releases` reply."""
+
+    id: str
+    tree_digest: str
+    previous: Optional[str]
+    installed_at: Optional[int]
+    files: int
+    current: bool
+
+
+# --- requests (controller → host) ---------------------------------------------------------------
+
+
+class ObserveRequest(TypedDict):
+    paths: dict[str, tuple[str, str, str]]  # path → [sha256 prefix, owner, group] wanted
+    sensitive: list[str]  # paths whose content is never sent back
+
+
+class ApplyRequest(TypedDict):
+    bundle: str  # host path of the uploaded bundle (a tar holding `release.json` + `tree/`)
+
+
+class BundleDoc(TypedDict):
+    """`release.json` in an apply's bundle."""
+
+    id: str
+    tree_digest: str
+    expect_current: Optional[str]  # the release the plan was made against
+    keep_releases: int
+    files: dict[str, FileMeta]
+    activations: list[ActivationDoc]
+
+
+class RollbackRequest(TypedDict):
+    to: Optional[str]  # null: the release before the current one
+    activations: list[ActivationDoc]  # every role's; those whose files differ run
+
+
+class ReleasesRequest(TypedDict):
+    pass
+
+
+# --- replies (host → controller) ----------------------------------------------------------------
+
+
+class FailureReply(TypedDict):
+    """Any command that failed. `rolled_back_to` and `rollback_errors` tell what a failure after
+    install put back (null and [] when the live files were never touched)."""
+
+    ok: Literal[False]
+    step: str
+    message: str
+    warnings: list[str]
+    rolled_back_to: Optional[str]
+    rollback_errors: list[str]
+
+
+class ObserveReply(TypedDict):
+    ok: Literal[True]
+    release_id: Optional[str]
+    managed: dict[str, FileMeta]  # the current release's rendered files
+    files: dict[str, LiveFile]
+    previous: dict[str, str]  # path → base64 of the content found, for diffs
+    interrupted: Optional[str]  # the release an interrupted apply was installing
+    pending: list[ActivationDoc]  # the activations it still owes
+
+
+class ChangeReply(TypedDict):
+    """A committed apply or rollback."""
+
+    ok: Literal[True]
+    release_id: str
+    previous: Optional[str]
+    warnings: list[str]
+
+
+class ReleasesReply(TypedDict):
+    ok: Literal[True]
+    current: Optional[str]
+    releases: list[ReleaseEntry]
+
+
+def failure_reply(
+    step: str,
+    message: str,
+    warnings: list[str],
+    rolled_back_to: Optional[str] = None,
+    rollback_errors: Optional[list[str]] = None,
+) -> FailureReply:
+    return {
+        "ok": False,
+        "step": step,
+        "message": message,
+        "warnings": warnings,
+        "rolled_back_to": rolled_back_to,
+        "rollback_errors": rollback_errors or [],
+    }
+
+
+REQUESTS: dict[str, Any] = {
+    "observe": ObserveRequest,
+    "apply": ApplyRequest,
+    "rollback": RollbackRequest,
+    "releases": ReleasesRequest,
+}
+REPLIES: dict[str, Any] = {
+    "observe": ObserveReply,
+    "apply": ChangeReply,
+    "rollback": ChangeReply,
+    "releases": ReleasesReply,
+}
+
+
+# --- the validator ------------------------------------------------------------------------------
+
+
+class WireError(ValueError):
+    """`document` does not match its declaration at `field` (a path such as
+    `files["/etc/a"].mode`, empty for the document itself)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.document = ""
+        self.path: list[str] = []  # filled in innermost first, on the way out
+
+    @property
+    def field(self) -> str:
+        return "".join(reversed(self.path)).lstrip(".")
+
+    def __str__(self) -> str:
+        where = ": ".join(part for part in (self.document, self.field) if part)
+        return f"{where}: {self.problem}" if where else self.problem
+
+
+Check = Callable[[object], None]
+
+
+def check_document(doc: object, declared: Any, document: str) -> None:
+    """Raise `WireError` unless `doc` (decoded JSON) matches `declared`."""
+    check = make_check(declared)
+    try:
+        check(doc)
+    except WireError as exc:
+        exc.document = document
+        raise
+
+
+def make_check(declared: Any) -> Check:
+    """A function that raises `WireError` for a value not matching `declared`."""
+    if declared in (str, int, bool) or declared is type(None):
+        return _check_exact(declared)
+    origin, args = get_origin(declared), get_args(declared)
+    if origin is Union:
+        return _check_union([make_check(a) for a in args], describe(declared))
+    if origin is Literal:
+        return _check_literal(args, describe(declared))
+    if origin is list:
+        return _check_list(make_check(args[0]))
+    if origin is tuple:
+        return _check_tuple([make_check(a) for a in args])
+    if origin is dict:
+        return _check_dict(make_check(args[1]))
+    if isinstance(declared, type) and hasattr(declared, "__required_keys__"):
+        return _check_typeddict(declared)
+    raise TypeError(f"the wire validator has no check for {declared!r}")
+
+
+def describe(declared: Any) -> str:
+    """What `declared` expects, in words."""
+    names = {str: "a string", int: "an integer", bool: "true or false", type(None): "null"}
+    if declared in names:
+        return names[declared]
+    origin, args = get_origin(declared), get_args(declared)
+    if origin is Union:
+        return " or ".join(describe(a) for a in args)
+    if origin is Literal:
+        return " or ".join(json.dumps(a) for a in args)
+    if origin is list:
+        return f"a list of {_plural(describe(args[0]))}"
+    if origin is tuple:
+        return f"a list of {len(args)} items"
+    return "an object"
+
+
+def describe_value(value: object) -> str:
+    """A decoded JSON value in a few words: its kind, and a scalar's beginning."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        text = json.dumps(value[:40]) + ("…" if len(value) > 40 else "")
+        return f"the string {text}"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _plural(description: str) -> str:
+    for article in ("a ", "an "):
+        if description.startswith(article):
+            return description[len(article) :] + "s"
+    return description
+
+
+def _check_exact(kind: type) -> Check:
+    expected = describe(kind)
+
+    def check(value: object) -> None:
+        # `type(...) is`: JSON's true is not an integer here, nor 1 a boolean.
+        if type(value) is not kind:
+            raise WireError(f"expected {expected}, got {describe_value(value)}")
+
+    return check
+
+
+def _check_union(options: list[Check], expected: str) -> Check:
+    def check(value: object) -> None:
+        for option in options:
+            try:
+                option(value)
+            except WireError:
+                continue
+            return
+        raise WireError(f"expected {expected}, got {describe_value(value)}")
+
+    return check
+
+
+def _check_literal(allowed: tuple[object, ...], expected: str) -> Check:
+    def check(value: object) -> None:
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            raise WireError(f"expected {expected}, got {describe_value(value)}")
+
+    return check
+
+
+def _check_list(item: Check) -> Check:
+    def check(value: object) -> None:
+        if not isinstance(value, list):
+            raise WireError(f"expected a list, got {describe_value(value)}")
+        for index, element in enumerate(value):
+            try:
+                item(element)
+            except WireError as exc:
+                exc.path.append(f"[{index}]")
+                raise
+
+    return check
+
+
+def _check_tuple(items: list[Check]) -> Check:
+    def check(value: object) -> None:
+        if not isinstance(value, list) or len(value) != len(items):
+            expected = f"a list of {len(items)} items"
+            raise WireError(f"expected {expected}, got {describe_value(value)}")
+        for index, item in enumerate(items):
+            try:
+                item(value[index])
+            except WireError as exc:
+                exc.path.append(f"[{index}]")
+                raise
+
+    return check
+
+
+def _check_dict(item: Check) -> Check:
+    def check(value: object) -> None:
+        if not isinstance(value, dict):
+            raise WireError(f"expected an object, got {describe_value(value)}")
+        for key, element in value.items():
+            try:
+                item(element)
+            except WireError as exc:
+                exc.path.append(f"[{json.dumps(key)}]")
+                raise
+
+    return check
+
+
+def _check_typeddict(declared: Any) -> Check:
+    hints = get_type_hints(declared)
+    fields = {name: make_check(hint) for name, hint in hints.items()}
+    required = frozenset(declared.__required_keys__)
+    names = ", ".join(sorted(hints)) or "none"
+
+    def check(value: object) -> None:
+        if not isinstance(value, dict):
+            raise WireError(f"expected an object, got {describe_value(value)}")
+        for name, field in fields.items():  # in declaration order
+            if name not in value:
+                if name not in required:
+                    continue
+                raise _field_error(f".{name}", f"missing (expected {describe(hints[name])})")
+            try:
+                field(value[name])
+            except WireError as exc:
+                exc.path.append(f".{name}")
+                raise
+        for name in value:
+            if name not in fields:
+                problem = f"not a field of this document (its fields: {names})"
+                raise _field_error(f"[{json.dumps(name)}]", problem)
+
+    return check
+
+
+def _field_error(part: str, problem: str) -> WireError:
+    error = WireError(problem)
+    error.path.append(part)
+    return error
