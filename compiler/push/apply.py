@@ -1,7 +1,7 @@
 """Apply a plan to a host as a release, roll back to a stored release, list releases.
 
 The compiler side of the release engine: it packs the desired tree and the plan's activations
-into one bundle (a tar with `release.json`), uploads it, and runs the on-host script's `apply`,
+into one bundle (a tar with `release.json`), uploads it, and runs the on-host program's `apply`,
 which does stage → build → validate → record pending → install → activate → verify → commit
 under the host lock, or reinstalls the previous release on failure; a rollback goes through the
 same install → activate → verify → restore path (`compiler/push/hostside/transaction.py`).

@@ -6,7 +6,7 @@ local-only runs and tests never pay for it.
 A local root comes from the inventory, and a relative one lies in the checkout, which may be
 hostile: it must resolve to the directory it names (no symbolic link on the way below
 `base_dir`), is refused as "/" or a system directory (`LocalTransport`), and gets this
-compiler's own on-host script written into it before any command runs there, so a script
+compiler's own on-host program written into it before any command runs there, so a program
 committed into the root at the content-addressed path is never the one executed.
 """
 

@@ -50,8 +50,8 @@ KEEP_EVERY_RELEASE = 1 << 30  # a rollback prunes nothing: the releases after it
 
 class Transaction:
     """A change from the current release (`from_id`, `from_files`) to `to_id`: the files it
-    installs, the activations it owes, the release directory it made (if any) and whether the
-    live files may have changed yet."""
+    installs, the activations it owes and the release directory it made (an apply's, removed
+    if the change fails; a rollback's target is a stored release and stays)."""
 
     def __init__(self, host: Host, warnings: list[str]) -> None:
         self.host = host
@@ -61,7 +61,6 @@ class Transaction:
         self.files: Manifest = {}
         self.activations: list[ActivationDoc] = []
         self.made_dir: str | None = None
-        self.touched_live = False
         self.services_checked = False
 
     @property
@@ -158,7 +157,7 @@ class Transaction:
         write_pending(self.host, self.to_id, self.from_id, self.activations)
 
     def install(self) -> None:
-        self.touched_live = True
+        """The files in place, the previous originals kept (a failure part-way is restored)."""
         install_tree(self.host, self.to_id, self.files, self.from_files)
 
     def activate(self) -> None:
