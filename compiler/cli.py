@@ -15,7 +15,6 @@ shown: each host refuses it if its release changed in between.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     inventory_command("codeowners", "print a CODEOWNERS file from the domains' admins")
     p = sub.add_parser("passwd", help="hash a new password (asked, or read from stdin)")
     p.add_argument("--scheme", default="BLF-CRYPT", help="hash scheme (default: BLF-CRYPT)")
-    sub.add_parser("schema", help="print the inventory's JSON Schema")
+    p = sub.add_parser("schema", help="print the JSON Schema of one kind of inventory file")
+    p.add_argument("--kind", choices=("inventory", "domain"), required=True, help="file kind")
     return parser
 
 
@@ -272,9 +272,9 @@ def cmd_passwd(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_schema(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from compiler.tools.schema import export_json_schema
+    from compiler.tools.schema import format_json_schema
 
-    out.write(json.dumps(export_json_schema(), indent=2, sort_keys=True) + "\n")
+    out.write(format_json_schema(args.kind))
     return 0
 
 

@@ -276,17 +276,58 @@ def check_reply_text(value: str) -> str:
     return value
 
 
-DomainName = Annotated[str, AfterValidator(check_domain)]
-LocalPart = Annotated[str, AfterValidator(check_local_part)]
-Address = Annotated[str, AfterValidator(check_address)]
-SenderPattern = Annotated[str, AfterValidator(check_sender_pattern)]
-Identifier = Annotated[str, AfterValidator(check_identifier)]
-Admin = Annotated[str, AfterValidator(check_admin)]
-SafeLine = Annotated[str, AfterValidator(check_safe_line)]
-Subject = Annotated[str, AfterValidator(check_subject)]
-SafeText = Annotated[str, AfterValidator(check_safe_text)]
-ReplyText = Annotated[str, AfterValidator(check_reply_text)]
-Token = Annotated[str, AfterValidator(check_token)]
+# --- the same shapes for editors -------------------------------------------------------------
+
+# The JSON Schema export (`compiler.tools.schema`) gives editors a pattern and a bound for each
+# type. A pattern is anchored by hand (JSON Schema's are not), portable (ECMAScript, which
+# editors run, and Python's `re`: no lookbehind) and accepts at least every valid value
+# (upper case too: names are lower-cased after the check); the validators stay the authority.
+_LABEL_JS = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DOMAIN_JS = rf"{_LABEL_JS}(?:\.{_LABEL_JS})+"
+_LOCAL_CHAR_JS = r"[A-Za-z0-9!$%&*+=?^_`{|}~-]"
+LOCAL_PART_JS = rf"{_LOCAL_CHAR_JS}+(?:\.{_LOCAL_CHAR_JS}+)*"
+_FORGE_OWNER_JS = r"@[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*"
+_LINE_JS = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]*"
+_TEXT_JS = r"[^\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]*"
+
+
+def json_string(pattern: str, max_length: int) -> WithJsonSchema:
+    """A string type as the JSON Schema export shows it: `pattern` (unanchored) matched in
+    full, at most `max_length` characters."""
+    anchored = f"^(?:{pattern})$"
+    return WithJsonSchema({"type": "string", "pattern": anchored, "maxLength": max_length})
+
+
+ADDRESS_JSON = json_string(f"{LOCAL_PART_JS}@{DOMAIN_JS}", LOCAL_PART_MAX + 1 + DOMAIN_MAX)
+
+DomainName = Annotated[str, AfterValidator(check_domain), json_string(DOMAIN_JS, DOMAIN_MAX)]
+LocalPart = Annotated[
+    str, AfterValidator(check_local_part), json_string(LOCAL_PART_JS, LOCAL_PART_MAX)
+]
+Address = Annotated[str, AfterValidator(check_address), ADDRESS_JSON]
+SenderPattern = Annotated[
+    str,
+    AfterValidator(check_sender_pattern),
+    json_string(f"(?:{LOCAL_PART_JS})?@{DOMAIN_JS}", LOCAL_PART_MAX + 1 + DOMAIN_MAX),
+]
+Identifier = Annotated[
+    str, AfterValidator(check_identifier), json_string("[A-Za-z0-9][A-Za-z0-9_.-]*", IDENTIFIER_MAX)
+]
+Admin = Annotated[
+    str,
+    AfterValidator(check_admin),
+    json_string(f"{_FORGE_OWNER_JS}|{LOCAL_PART_JS}@{DOMAIN_JS}", ADMIN_MAX),
+]
+SafeLine = Annotated[str, AfterValidator(check_safe_line), json_string(_LINE_JS, LINE_MAX)]
+Subject = Annotated[str, AfterValidator(check_subject), json_string(_LINE_JS, SUBJECT_MAX)]
+SafeText = Annotated[str, AfterValidator(check_safe_text), json_string(_TEXT_JS, TEXT_MAX)]
+# `_REPLY_TEXT_RE` in a form that runs in linear time in every engine.
+ReplyText = Annotated[
+    str, AfterValidator(check_reply_text), json_string(" *[!-~][ -~]*", REPLY_TEXT_MAX)
+]
+Token = Annotated[
+    str, AfterValidator(check_token), json_string(r"[!$-&(-+\--\[\]-z|~]+", TOKEN_MAX)
+]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 

@@ -9,9 +9,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
 
 from schemas.common import (
+    ADDRESS_JSON,
+    DOMAIN_JS,
+    DOMAIN_MAX,
+    LOCAL_PART_JS,
+    LOCAL_PART_MAX,
     Address,
     Admin,
     DomainName,
@@ -22,6 +27,7 @@ from schemas.common import (
     Subject,
     check_domain,
     check_local_part,
+    json_string,
     parse_size,
 )
 from schemas.password import PasswordHash
@@ -37,7 +43,20 @@ def _name(value: str) -> str:
     return check_local_part(value)
 
 
-Name = Annotated[str, BeforeValidator(lambda v: _name(v) if isinstance(v, str) else v)]
+Name = Annotated[
+    str,
+    BeforeValidator(lambda v: _name(v) if isinstance(v, str) else v),
+    json_string(f"{LOCAL_PART_JS}(?:@{DOMAIN_JS})?", LOCAL_PART_MAX + 1 + DOMAIN_MAX),
+]
+# `to` as written: one address, or a list of them (`_one_or_many`).
+_ADDRESSES_JSON = WithJsonSchema(
+    {
+        "anyOf": [
+            ADDRESS_JSON.json_schema,
+            {"type": "array", "items": ADDRESS_JSON.json_schema, "minItems": 1},
+        ]
+    }
+)
 
 
 class SenderList(Frozen):
@@ -85,7 +104,7 @@ class Redirect(Frozen):
     mailbox, the redirect wins; removing it restores the mailbox."""
 
     name: Name
-    to: list[Address] = Field(min_length=1)
+    to: Annotated[list[Address], Field(min_length=1), _ADDRESSES_JSON]
 
     @field_validator("to", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from schemas.common import (
     USER_NAME_MAX,
     check_length,
     describe_char,
+    json_string,
     require_ascii,
     show_value,
 )
@@ -389,7 +390,11 @@ def check_state_dsn(value: str) -> str:
     return value
 
 
-AbsPath = Annotated[str, AfterValidator(check_abs_path)]
+# For editors: absolute, of path characters (the validator also refuses "." and ".."
+# components and the rest of `_abs_path_problem`).
+AbsPath = Annotated[
+    str, AfterValidator(check_abs_path), json_string("(?:/[A-Za-z0-9._+-]+)+", PATH_MAX)
+]
 SocketPath = Annotated[str, AfterValidator(check_socket_path)]
 HostRoot = Annotated[str, AfterValidator(check_host_root)]
 ControllerPath = Annotated[str, AfterValidator(check_controller_path)]

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-from schemas.common import PASSWORD_HASH_MAX
+from schemas.common import PASSWORD_HASH_MAX, json_string
 
 STRONG_SCHEMES = {
     "SHA512-CRYPT": re.compile(r"\$6\$(rounds=[0-9]+\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}"),
@@ -60,4 +60,10 @@ def _check(value: str) -> str:
     return value
 
 
-PasswordHash = Annotated[str, AfterValidator(_check)]
+# For editors: `{SCHEME}` and the body's shape (each scheme's pattern is portable).
+_HASH_JS = "|".join(
+    rf"\{{{name}\}}(?:{pattern.pattern})"
+    for name, pattern in {**STRONG_SCHEMES, **LEGACY_SCHEMES}.items()
+)
+
+PasswordHash = Annotated[str, AfterValidator(_check), json_string(_HASH_JS, PASSWORD_HASH_MAX)]
