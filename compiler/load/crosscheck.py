@@ -26,13 +26,19 @@ from schemas.graph import is_loop, strongly_connected_components
 _MAIN_CF_NAME = re.compile(r"[a-z][a-z0-9_]*")  # re.fullmatch: no trailing-newline escape
 
 
+# In `DomainSource.invalid`, "@" + domain stands for every address of the domain (no address
+# starts with "@").
+ANY_ADDRESS = "@"
+
+
 @dataclass(frozen=True, slots=True)
 class DomainSource:
     """A validated domain and where it came from. A file with invalid accounts or redirects
     is still cross-checked with the valid ones: `account_index`/`redirect_index` then give
     each kept item's index in the file, and `invalid` holds the addresses the invalid items
-    declare. Those exist for the redirect targets' check: their own error is the one message,
-    not also a "will bounce" warning at every redirect to them."""
+    declare (`ANY_ADDRESS` + domain where a name is unknown). Those exist for the redirect
+    targets' check: their own error is the one message, not also a "will bounce" warning at
+    every redirect to them."""
 
     file: str
     stem: str  # the file name without extension: must equal the domain
@@ -106,7 +112,7 @@ def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | N
     dangling = {
         t
         for t in every_target - account_set - redirect_set - invalid
-        if t.rpartition("@")[2] in local
+        if t.rpartition("@")[2] in local and ANY_ADDRESS + t.rpartition("@")[2] not in invalid
     }
     if not dangling:
         return []
@@ -283,6 +289,7 @@ def _dangling_targets(
                     and target not in accounts
                     and target not in redirects
                     and target not in invalid
+                    and ANY_ADDRESS + domain not in invalid
                 ):
                     findings.append(
                         Finding(

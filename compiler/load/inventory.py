@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from compiler.cache.gcpause import gc_paused
 from compiler.load.crosscheck import (
+    ANY_ADDRESS,
     DomainSource,
     check_domains,
     check_external_senders,
@@ -332,33 +333,42 @@ def _valid_part(raw: Any, findings: Sequence[Finding], file: str, stem: str) -> 
             bad[str(f.path[0])].add(f.path[1])
     data = {"domain": raw.get("domain")}
     kept: dict[str, tuple[int, ...]] = {}
-    invalid_names: list[str] = []
+    invalid_names: list[str | None] = []
     for section in ("accounts", "redirects"):
         items = raw.get(section)
+        if items is not None and not isinstance(items, list):
+            invalid_names.append(None)  # a whole section unreadable: its names are unknown
         items = items if isinstance(items, list) else []
         kept[section] = tuple(i for i in range(len(items)) if i not in bad[section])
         data[section] = [items[i] for i in kept[section]]
-        invalid_names += _valid_names(items[i] for i in sorted(bad[section]) if i < len(items))
+        invalid_names += _declared_names(items[i] for i in sorted(bad[section]) if i < len(items))
     try:
         domain = Domain.model_validate(data)
     except ValidationError:
         return None
-    invalid = frozenset(domain.address_of(n) for n in invalid_names)
+    invalid = frozenset(
+        domain.address_of(n) if n is not None else ANY_ADDRESS + domain.domain
+        for n in invalid_names
+    )
     return DomainSource(file, stem, domain, kept["accounts"], kept["redirects"], invalid)
 
 
 _NAME = TypeAdapter(Name)
 
 
-def _valid_names(items: Iterable[Any]) -> list[str]:
-    """The names of invalid accounts or redirects, where the name itself is valid: the
-    object is declared, only something else about it is wrong."""
-    names = []
+def _declared_names(items: Iterable[Any]) -> list[str | None]:
+    """The names invalid accounts or redirects declare: a valid name (only something else
+    about the object is wrong), or None where it is missing or not a string (unknown, so
+    any address of the domain may be it). An invalid name is left out: no valid redirect
+    target can equal it."""
+    names: list[str | None] = []
     for item in items:
         name = item.get("name") if isinstance(item, Mapping) else None
-        if isinstance(name, str):
-            with suppress(ValidationError):
-                names.append(_NAME.validate_python(name))
+        if not isinstance(name, str):
+            names.append(None)
+            continue
+        with suppress(ValidationError):
+            names.append(_NAME.validate_python(name))
     return names
 
 
