@@ -11,7 +11,8 @@ The schemas come from the models and accept every file `mailcfg validate` accept
   here, for every boolean, integer and number field);
 - strings carry a pattern and a length bound (`schemas.common.json_string`) that accept at
   least every valid value, so an editor flags most mistakes; `mailcfg validate` stays the
-  authority. Unknown keys are refused everywhere (`additionalProperties: false`).
+  authority. Unknown keys are refused everywhere (`additionalProperties: false`), and the
+  names of hosts, groups and `postfix_main` parameters are checked like their values.
 
 `schemas/json/<kind>.schema.json` are these schemas committed for the example files'
 `yaml-language-server` modelines; a test keeps them equal to `format_json_schema`.
@@ -80,6 +81,24 @@ def _accept_lax_scalars(schema: Any, *, widen: bool = True) -> Any:
     return {"anyOf": [out, dict(text)], **annotations}
 
 
+def _check_every_key(schema: Any) -> Any:
+    """`schema` where a mapping with constrained keys (pydantic writes `patternProperties`)
+    checks each key's pattern and each value: with `patternProperties` alone, a key that does
+    not match (a host named `-mx`) would be allowed and its value never checked."""
+    if isinstance(schema, list):
+        return [_check_every_key(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v if k in _VALUES else _check_every_key(v) for k, v in schema.items()}
+    patterns = out.get("patternProperties")
+    if isinstance(patterns, dict) and len(patterns) == 1 and "additionalProperties" not in out:
+        ((pattern, values),) = patterns.items()
+        del out["patternProperties"]
+        out["propertyNames"] = {**out.get("propertyNames", {}), "pattern": pattern}
+        out["additionalProperties"] = values
+    return out
+
+
 def _without_required(schema: Any) -> Any:
     """A partial override: drop `required` everywhere (a layer may set any subset)."""
     if isinstance(schema, dict):
@@ -122,7 +141,7 @@ def _domain_schema() -> dict[str, Any]:
 def json_schema(kind: Kind) -> dict[str, Any]:
     """The JSON Schema of one kind of inventory file."""
     schema = _inventory_schema() if kind == "inventory" else _domain_schema()
-    return {"$schema": DRAFT, **_accept_lax_scalars(schema)}
+    return {"$schema": DRAFT, **_accept_lax_scalars(_check_every_key(schema))}
 
 
 def format_json_schema(kind: Kind) -> str:

@@ -274,6 +274,22 @@ def test_inventory_schema_agrees_with_the_loader_on_hosts(
     assert (_schema_errors("inventory", _yaml(text)) == []) is valid, f"the schema: {what}"
 
 
+@pytest.mark.parametrize(("name", "valid"), [("mx1", True), ("-mx1", False), ("mx 1", False)])
+def test_inventory_schema_checks_host_names_and_their_hosts(
+    name: str, valid: bool, tmp_path: Path
+) -> None:
+    text = f"schema_version: 1\nhosts:\n  {name}:\n    root: hosts/mx1\n"
+    text += "".join(f"    {k}: {v}\n" for k, v in HOST.items())
+    inv = tmp_path / "inv"
+    shutil.copytree(BASE, inv)
+    (inv / "mailcfg.yml").write_text(text)
+    assert _loads(inv) is valid
+    assert (_schema_errors("inventory", _yaml(text)) == []) is valid
+    # A host under any name is checked: a missing address is an error.
+    no_address = text.replace("    address: 192.0.2.10\n", "")
+    assert _schema_errors("inventory", _yaml(no_address))
+
+
 def _loads(inventory: Path) -> bool:
     try:
         load_inventory(inventory)
