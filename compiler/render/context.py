@@ -15,10 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from compiler.render.agentconfig import host_port, probe_address, render_agent_config
-
-# DomainSetCache is re-exported for callers that still import it from here.
-from compiler.render.join import DomainSetCache as DomainSetCache
-from compiler.render.join import make_domain_set_data
+from compiler.render.join import DomainSetCache, make_domain_set_data
 from compiler.render.resolve import HostConfig
 from schemas.inventory import Role
 from schemas.policy import FailAction, Listener

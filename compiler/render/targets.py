@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from compiler.cache.gcpause import gc_paused
 from compiler.connectors.confine import split_below
-from compiler.render.context import DomainSetCache
 from compiler.render.fragments import FragmentCache
+from compiler.render.join import DomainSetCache
 from compiler.render.render import render_host
 from compiler.render.resolve import HostConfig, ServedAccountsCache, resolve_host
 from compiler.render.roles import Roles, make_activations, role_defaults
