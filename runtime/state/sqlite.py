@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
@@ -154,6 +154,21 @@ class SqliteStore:
         # With force the amount was added anyway; `exceeded` then says a window is now over.
         return exceeded is None, exceeded, dict(zip(WINDOW_NAMES, counts, strict=True))
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the mutex: `BEGIN IMMEDIATE`, then COMMIT, or ROLLBACK
+        when anything in the block fails (the caller's change is all or nothing)."""
+        with self._mutex:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
     def consume(
         self,
         account: str,
@@ -164,15 +179,9 @@ class SqliteStore:
         force: bool = False,
     ) -> Consumption:
         check_windows(windows)
-        with self._mutex:
+        with self._transaction():
             self._cache.pop(account, None)
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                allowed, exceeded, counts = self._add(account, amount, windows, now, force)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            allowed, exceeded, counts = self._add(account, amount, windows, now, force)
         return Consumption(allowed=allowed, exceeded=exceeded, counts=counts)
 
     def consume_limits(self, requests: Sequence[LimitRequest]) -> list[LimitResult]:
@@ -280,18 +289,8 @@ class SqliteStore:
         rows = [(day, account, name, n) for name, n in counters.items() if n]
         if not rows:
             return
-        sql = (
-            "INSERT INTO stats VALUES (?, ?, ?, ?) ON CONFLICT(day, account, name) "
-            "DO UPDATE SET value = value + excluded.value"
-        )
-        with self._mutex:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(sql, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            db.executemany(_ADD_STATS, rows)
 
     def set_stat(self, day: str, account: str, name: str, value: int) -> None:
         sql = (
@@ -323,7 +322,7 @@ class SqliteStore:
         return None if row is None else (row[0], row[1])
 
     def set_position(self, name: str, identity: str, offset: int) -> None:
-        self._write("INSERT OR REPLACE INTO positions VALUES (?, ?, ?)", (name, identity, offset))
+        self._write(_SET_POSITION, (name, identity, offset))
 
     def _checkpoint_loop(self, interval: float) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
@@ -357,25 +356,17 @@ class SqliteStore:
             for counter, n in counters.items()
             if n
         ]
-        sql = (
-            "INSERT INTO stats VALUES (?, ?, ?, ?) ON CONFLICT(day, account, name) "
-            "DO UPDATE SET value = value + excluded.value"
-        )
-        with self._mutex:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if params:
-                    self._db.executemany(sql, params)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)", (name, identity, offset)
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            if params:
+                db.executemany(_ADD_STATS, params)
+            db.execute(_SET_POSITION, (name, identity, offset))
 
 
+_ADD_STATS = (
+    "INSERT INTO stats VALUES (?, ?, ?, ?) ON CONFLICT(day, account, name) "
+    "DO UPDATE SET value = value + excluded.value"
+)
+_SET_POSITION = "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)"
 _CACHE_MAX = 200_000  # accounts; beyond that the cache starts over (about 40 MB)
 _LOCKED = LimitResult(False, True, None, False, MappingProxyType({}))
 
