@@ -23,6 +23,9 @@ class RenderedFile:
     group: str = "root"
     role: str = ""
     sensitive: bool = False  # never print its content (passwords, keys)
+    # A sensitive file's masked view (`compiler.render.masking`): what a plan may show of it.
+    # None: nothing but that it changed.
+    shown: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -72,6 +75,7 @@ class ManagedFile:
     group: str
     role: str = ""
     sensitive: bool = False
+    shown: str | None = None  # the masked view recorded with the release (sensitive files)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,10 @@ class FileChange:
     # "0640 root:postfix" before/after when mode or ownership change ("" otherwise).
     meta_before: str = ""
     meta_after: str = ""
+    # A sensitive file's masked views (`compiler.render.masking`) as the current release
+    # recorded it and as wanted; None where there is none. Never its content.
+    shown_before: str | None = None
+    shown_after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +147,9 @@ class Plan:
     activations: tuple[Activation, ...]
     tree_digest: str
     current_release: str | None
+    # Whether the host runs the activations' reload and verify commands: a local root does
+    # not (they would act on this machine's services).
+    runs_services: bool = True
 
     @property
     def has_changes(self) -> bool:

@@ -24,10 +24,11 @@ from compiler.push.hostside.wire import (
     ApplyRequest,
     BundleDoc,
     ChangeReply,
+    FileMeta,
     ReleasesReply,
     RollbackRequest,
 )
-from compiler.types import Activation, FileTree, Plan, Release
+from compiler.types import Activation, FileTree, Plan, Release, RenderedFile
 
 # Validate + reload of a large host can take a while; the on-host program bounds each command.
 APPLY_TIMEOUT = 1800.0
@@ -68,17 +69,7 @@ def make_bundle(
         "tree_digest": tree.digest,
         "expect_current": plan.current_release,
         "keep_releases": keep_releases,
-        "files": {
-            path: {
-                "sha256": f.sha256,
-                "mode": f.mode,
-                "owner": f.owner,
-                "group": f.group,
-                "role": f.role,
-                "sensitive": f.sensitive,
-            }
-            for path, f in tree.items()
-        },
+        "files": {path: _file_meta(f) for path, f in tree.items()},
         "activations": [activation_to_json(a) for a in activations],
     }
     buf = io.BytesIO()
@@ -87,6 +78,20 @@ def make_bundle(
         for path, f in tree.items():
             _add_member(tar, "tree" + path, f.content)
     return buf.getvalue()
+
+
+def _file_meta(f: RenderedFile) -> FileMeta:
+    meta: FileMeta = {
+        "sha256": f.sha256,
+        "mode": f.mode,
+        "owner": f.owner,
+        "group": f.group,
+        "role": f.role,
+        "sensitive": f.sensitive,
+    }
+    if f.shown is not None:
+        meta["shown"] = f.shown  # the masked view, for later plans' diffs
+    return meta
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

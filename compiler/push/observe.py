@@ -46,6 +46,7 @@ def parse_host_state(answer: ObserveReply) -> HostState:
             group=m["group"],
             role=m["role"],
             sensitive=m["sensitive"],
+            shown=m.get("shown"),
         )
         for path, m in answer["managed"].items()
     }

@@ -7,7 +7,8 @@ the desired tree. Pure: no clock, no I/O; the same inputs give the same plan.
 - drift: any of those where the host's file is not what the current release installed (edited
   or removed by hand), so the plan shows that the apply overwrites a manual change.
 Activations are those of the roles with changes, plus any an interrupted apply still owes.
-The content of sensitive files never enters the plan.
+The content of sensitive files never enters the plan; their masked views do (the desired one,
+and the one the current release recorded), for `compiler.push.show` to diff.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def _change_to(
             role=want.role,
             sensitive=sensitive,
             drift=installed is not None,  # managed, but removed by hand
+            shown_after=want.shown if sensitive else None,
         )
     same_content = have.sha256 == want.sha256
     same_meta = (have.mode, have.owner, have.group) == (want.mode, want.owner, want.group)
@@ -91,6 +93,8 @@ def _change_to(
         meta_only=same_content,
         meta_before="" if same_meta else _meta(have.mode, have.owner, have.group),
         meta_after="" if same_meta else _meta(want.mode, want.owner, want.group),
+        shown_before=installed.shown if sensitive and installed is not None else None,
+        shown_after=want.shown if sensitive else None,
     )
 
 
@@ -107,6 +111,7 @@ def _deletion(
         role=installed.role,
         sensitive=installed.sensitive,
         drift=_differs(have, installed),
+        shown_before=installed.shown if installed.sensitive else None,
     )
 
 

@@ -85,6 +85,7 @@ def _read_file(transport: Transport, base: str, path: str, meta: Mapping[str, An
         group=str(meta["group"]),
         role=str(meta.get("role", "")),
         sensitive=bool(meta.get("sensitive", False)),
+        shown=meta["shown"] if isinstance(meta.get("shown"), str) else None,
     )
 
 

@@ -1,7 +1,15 @@
 """Show a plan: unified diff, one-line summary, Markdown (for merge requests) or JSON.
 
-A sensitive file only ever shows `(sensitive content changed)`, in every format; the plan does
-not even carry its content. Binary content is described, never dumped.
+A sensitive file's content is never shown, in any format; the plan does not even carry it.
+Where its role gave it a mask (`compiler.render.masking`), the diff is that of its masked views
+(accounts, quotas and other fields, each hash as `{SCHEME}********`), and a line whose secret
+alone changed reads `~ alice@example.com: password changed`; any other sensitive file shows
+`(sensitive: content hidden)`. Binary content is described, never dumped.
+
+Activations are worded as apply carries them out (the roles' apply commands): a reload happens
+only where the service runs; a role whose action is `restart` (the agent) is restarted for a
+changed systemd unit, and otherwise rereads its config itself; a host whose plan says it runs
+no services (a local root) reloads nothing.
 """
 
 from __future__ import annotations
@@ -11,11 +19,13 @@ import json
 from collections import Counter
 from typing import Any, Literal
 
-from compiler.types import ChangeKind, FileChange, Plan
+from compiler.render.masking import MaskedLine, MaskedView, parse_view
+from compiler.types import Activation, ChangeKind, FileChange, Plan
 
 Format = Literal["diff", "summary", "markdown", "json"]
 FORMATS: tuple[Format, ...] = ("diff", "summary", "markdown", "json")
-SENSITIVE_NOTE = "(sensitive content changed)"
+SENSITIVE_NOTE = "(sensitive: content hidden)"
+NO_SERVICES = "local host: services are not reloaded"
 
 
 def format_plan(plan: Plan, fmt: Format = "diff") -> str:
@@ -35,19 +45,46 @@ def summarize_plan(plan: Plan) -> str:
     """One line: `host: 1 to create, 2 to update (1 drifted), 0 to delete; reload postfix`."""
     if not plan.has_changes:
         return f"{plan.host}: no changes"
-    counts = Counter(c.kind for c in plan.changes)
     drift = sum(c.drift for c in plan.changes)
-    text = (
-        f"{plan.host}: {counts[ChangeKind.CREATE]} to create, {counts[ChangeKind.UPDATE]} to "
-        f"update, {counts[ChangeKind.DELETE]} to delete"
-    )
+    text = f"{plan.host}: {count_changes(plan)}"
     if drift:
         text += f" ({drift} changed by hand on the host)"
     if plan.activations:
-        text += "; then " + ", ".join(f"{a.action} {a.service}" for a in plan.activations)
+        text += "; " + describe_activations(plan)
     if _owed_roles(plan):
         text += " (resuming an interrupted apply)"
     return text
+
+
+def count_changes(plan: Plan) -> str:
+    """`1 to create, 2 to update, 0 to delete`, or `no changes`."""
+    if not plan.has_changes:
+        return "no changes"
+    counts = Counter(c.kind for c in plan.changes)
+    return (
+        f"{counts[ChangeKind.CREATE]} to create, {counts[ChangeKind.UPDATE]} to update, "
+        f"{counts[ChangeKind.DELETE]} to delete"
+    )
+
+
+def describe_activations(plan: Plan) -> str:
+    """What apply does once the files are in place, as it really does it."""
+    if not plan.runs_services:
+        return NO_SERVICES
+    return "then " + ", ".join(describe_activation(a, plan) for a in plan.activations)
+
+
+def describe_activation(activation: Activation, plan: Plan) -> str:
+    """One role's activation in words (see the module docstring)."""
+    service = activation.service
+    if activation.action == "reload":
+        return f"reload {service} if running"
+    if activation.action == "restart":
+        changes = (c for c in plan.changes if c.role == activation.role)
+        if any(c.path.endswith(".service") for c in changes):
+            return f"restart {service} (its systemd unit changed)"
+        return f"{service} rereads its config itself (restarted only if stopped)"
+    return f"{service} rereads its files itself"
 
 
 def describe_change(change: FileChange) -> str:
@@ -58,17 +95,18 @@ def describe_change(change: FileChange) -> str:
     if change.meta_before or change.meta_after:
         notes.append(f"{change.meta_before} -> {change.meta_after}")
     if change.sensitive:
-        notes.append("sensitive")
+        view = parse_view(change.shown_after) or parse_view(change.shown_before)
+        notes.append(f"sensitive: {view.secret}s masked" if view else "sensitive: content hidden")
     suffix = f" ({'; '.join(notes)})" if notes else ""
     return f"{change.kind.value} {change.path}{suffix}"
 
 
 def diff_change(change: FileChange) -> str:
     """The unified diff of one change, or a note when content must not or cannot be shown."""
-    if change.sensitive:
-        return SENSITIVE_NOTE + "\n"
     if change.meta_only:
         return ""
+    if change.sensitive:
+        return diff_masked(change)
     before = _text(change.before)
     after = _text(change.after)
     if isinstance(before, _Binary) or isinstance(after, _Binary):
@@ -89,6 +127,45 @@ def diff_change(change: FileChange) -> str:
         line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
     ]
     return note + "".join(out)
+
+
+def diff_masked(change: FileChange) -> str:
+    """A sensitive change as the diff of its masked views, then one `~ key: password changed`
+    line per record whose secret alone tells the views apart."""
+    before, after = parse_view(change.shown_before), parse_view(change.shown_after)
+    if before is None and after is None:
+        return SENSITIVE_NOTE + "\n"
+    note = ""
+    if change.kind is ChangeKind.UPDATE and before is None:
+        note = "(previous masked view not available from the host)\n"
+    elif change.drift and change.kind is not ChangeKind.CREATE:
+        note = "(changed on the host by hand: compared with what the last release installed)\n"
+    old = before.lines if before else ()
+    new = after.lines if after else ()
+    lines = difflib.unified_diff(
+        [line.text + "\n" for line in old],
+        [line.text + "\n" for line in new],
+        fromfile="/dev/null" if change.kind is ChangeKind.CREATE else f"a{change.path} (masked)",
+        tofile="/dev/null" if change.kind is ChangeKind.DELETE else f"b{change.path} (masked)",
+    )
+    body = "".join(lines) + "".join(_secret_changes(old, new, (after or before or _NONE).secret))
+    if not body:
+        body = "(sensitive content changed; its masked view shows no difference)\n"
+    return note + body
+
+
+def _secret_changes(
+    old: tuple[MaskedLine, ...], new: tuple[MaskedLine, ...], noun: str
+) -> list[str]:
+    before = {line.key: line.fingerprint for line in old if line.key}
+    return [
+        f"~ {line.key}: {noun} changed\n"
+        for line in new
+        if line.key in before and line.fingerprint != before[line.key]
+    ]
+
+
+_NONE = MaskedView("secret", ())
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -112,8 +189,15 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
             for c in plan.changes
         ],
         "activations": [
-            {"role": a.role, "service": a.service, "action": a.action} for a in plan.activations
+            {
+                "role": a.role,
+                "service": a.service,
+                "action": a.action,
+                "does": describe_activation(a, plan) if plan.runs_services else NO_SERVICES,
+            }
+            for a in plan.activations
         ],
+        "runs_services": plan.runs_services,
     }
 
 
@@ -130,7 +214,7 @@ def _markdown(plan: Plan) -> str:
     for change in plan.changes:
         out.append(f"\n#### {describe_change(change)}\n")
         body = diff_change(change)
-        if change.sensitive or not body.startswith(("---", "(previous")):
+        if body.count("\n") <= 1 and not body.startswith("---"):  # empty, or one note
             out.append(f"\n{body}" if body else "")
         else:
             fence = "````" if "```" in body else "```"

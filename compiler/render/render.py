@@ -12,6 +12,7 @@ import jinja2
 
 from compiler.render.context import make_context
 from compiler.render.join import DomainSetCache
+from compiler.render.masking import mask_content
 from compiler.render.resolve import HostConfig
 from compiler.render.roles import Role, RoleError, RoleFile, Roles, compile_snippet, render_prepared
 from compiler.types import FileTree, RenderedFile
@@ -52,15 +53,18 @@ def render_role(roles: Roles, role: Role, context: dict[str, Any]) -> list[Rende
                 text = render_prepared(template, variables)
             except jinja2.TemplateError as exc:
                 raise RoleError(f"roles/{role.name}/templates/{spec.template}: {exc}") from exc
+            content = text.encode("utf-8")
             files.append(
                 RenderedFile(
                     path=path,
-                    content=text.encode("utf-8"),
+                    content=content,
                     mode=spec.mode,
                     owner=spec.owner,
                     group=spec.group,
                     role=role.name,
                     sensitive=spec.sensitive,
+                    # Masked here, once: plans show the view and never parse the secret.
+                    shown=mask_content(spec.mask, content) if spec.mask else None,
                 )
             )
     return files

@@ -1,7 +1,7 @@
 """Roles: loading `roles/<name>/` (role.yml, defaults.yml, templates/) and making activations.
 
 A role is found by folder name. `role.yml` lists the files the role owns (template, host path,
-mode, owner, group, sensitive) and its activation commands; `defaults.yml` is the role's
+mode, owner, group, sensitive, mask) and its activation commands; `defaults.yml` is the role's
 policy-defaults layer (`compiler.render.resolve` merges it below the inventory). Paths and commands
 are small Jinja2 templates rendered with the host's resolved config (`compiler.render.render`
 builds that context), so a role never hard-codes a path the model can move.
@@ -32,11 +32,12 @@ from ruamel.yaml.error import YAMLError
 
 from compiler.load.layers import merge_layers
 from compiler.render.context import make_base_context
+from compiler.render.masking import MASKS
 from compiler.render.resolve import HostConfig
 from compiler.types import Activation
 
 _ROLE_KEYS = {"service", "action", "files", "build", "validate", "apply", "verify"}
-_FILE_KEYS = {"template", "path", "mode", "owner", "group", "sensitive", "rows", "each"}
+_FILE_KEYS = {"template", "path", "mode", "owner", "group", "sensitive", "mask", "rows", "each"}
 _ACTIONS = {"reload", "restart", "none"}
 # What str.splitlines() splits on, and NUL (never part of an argument).
 _LINE_BREAK = re.compile(r"[\x00\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
@@ -51,7 +52,8 @@ class RoleFile:
     """One file a role renders. `path` is a Jinja2 template of the host path; `rows` names a
     `compiler.render.tables.TableTexts` field, handed to the template as `rows`: the table's text,
     one newline-terminated line per row; `each` names a context list: one file per element,
-    rendered with the element as `item` (path included)."""
+    rendered with the element as `item` (path included); `mask` names how a sensitive file's
+    masked view is made (a key of `compiler.render.masking.MASKS`)."""
 
     template: str
     path: str
@@ -61,6 +63,7 @@ class RoleFile:
     sensitive: bool = False
     rows: str | None = None
     each: str | None = None
+    mask: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,11 @@ def _role_file(path: Path, index: int, raw: object) -> RoleFile:
         mode = int(str(raw.get("mode", "0644")), 8)
     except ValueError:
         raise RoleError(f"{where}: mode {raw['mode']!r} is not an octal mode") from None
+    mask = raw.get("mask")
+    if mask is not None and (mask not in MASKS or raw.get("sensitive") is not True):
+        raise RoleError(
+            f"{where}: mask {mask!r}: a sensitive file's mask is one of {sorted(MASKS)}"
+        )
     return RoleFile(
         template=str(raw["template"]),
         path=str(raw["path"]),
@@ -166,6 +174,7 @@ def _role_file(path: Path, index: int, raw: object) -> RoleFile:
         sensitive=bool(raw.get("sensitive", False)),
         rows=str(raw["rows"]) if raw.get("rows") else None,
         each=str(raw["each"]) if raw.get("each") else None,
+        mask=mask,
     )
 
 

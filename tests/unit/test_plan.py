@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from compiler.push.plan import make_plan
+from compiler.render.masking import mask_content
 from compiler.types import (
     Activation,
     FileTree,
@@ -130,6 +132,21 @@ def test_every_case_is_valid_json_with_a_description() -> None:
 def test_sensitive_bytes_never_in_plan() -> None:
     case = json.loads((Path(__file__).parent / "plan_cases" / "sensitive_update.json").read_text())
     plan = make_plan("mx1", *build_case(case), ())
+    assert b"SECRET" not in repr(plan).encode()
+
+
+def test_sensitive_bytes_never_in_plan_with_masked_views() -> None:
+    """With the masked views a role's mask gives (desired, and recorded with the release),
+    the plan carries the views and still no byte of either secret."""
+    case = json.loads((Path(__file__).parent / "plan_cases" / "sensitive_update.json").read_text())
+    tree, state = build_case(case)
+    path = "/etc/dovecot/users"
+    want = replace(tree[path], shown=mask_content("passwd-file", tree[path].content))
+    old = _content(case["state"]["managed"][path])
+    installed = replace(state.managed[path], shown=mask_content("passwd-file", old))
+    plan = make_plan("mx1", FileTree({path: want}), replace(state, managed={path: installed}), ())
+    change = plan.changes[0]
+    assert change.shown_before and change.shown_after and change.shown_before != change.shown_after
     assert b"SECRET" not in repr(plan).encode()
 
 

@@ -99,10 +99,11 @@ def test_diff_format() -> None:
     assert "DRIFT" in text
     assert "--- /dev/null\n+++ b/etc/postfix/new.cf\n" in text
     assert "--- a/etc/postfix/old.cf\n+++ /dev/null\n" in text
-    assert "(sensitive content changed)" in text
+    assert "--- update /etc/dovecot/users (dovecot; sensitive: content hidden)\n" in text
+    assert "(sensitive: content hidden)\n" in text
     assert "0644 root:root -> 0600 root:root" in text
     assert "(binary content changed: 2 bytes -> 3 bytes)" in text
-    assert "reload dovecot, reload postfix" in text
+    assert "; then reload dovecot if running, reload postfix if running\n" in text
 
 
 def test_summary_format() -> None:
@@ -117,8 +118,10 @@ def test_json_format_is_machine_readable() -> None:
     assert kinds["/etc/postfix/old.cf"] == "delete"
     assert kinds["/etc/postfix/new.cf"] == "create"
     users = next(c for c in doc["changes"] if c["path"] == "/etc/dovecot/users")
-    assert users["sensitive"] and users["diff"] == "(sensitive content changed)\n"
+    assert users["sensitive"] and users["diff"] == "(sensitive: content hidden)\n"
     assert [a["role"] for a in doc["activations"]] == ["dovecot", "postfix"]
+    assert doc["activations"][0]["does"] == "reload dovecot if running"
+    assert doc["runs_services"] is True
 
 
 def test_markdown_format_fences_diffs() -> None:

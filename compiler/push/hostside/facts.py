@@ -2,8 +2,9 @@
 the store holds). Neither takes the lock: they change nothing.
 
 `observe` answers with sha256/mode/owner/group of every managed or desired path, the content of
-files that differ from the desired sha (never of sensitive or very large files), and the
-activations an interrupted change still owes.
+files that differ from the desired sha (never of sensitive or very large files; of a sensitive
+one, the masked view its release recorded), and the activations an interrupted change still
+owes.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def observe_path(host: Host, host_path: str, recorded: tuple[str, str]) -> LiveF
 def managed_entry(meta: FileMeta) -> FileMeta:
     """A manifest entry as the reply declares it (records written by older versions may
     lack a field)."""
-    return {
+    entry: FileMeta = {
         "sha256": str(meta["sha256"]),
         "mode": int(meta["mode"]),
         "owner": str(meta["owner"]),
@@ -52,6 +53,9 @@ def managed_entry(meta: FileMeta) -> FileMeta:
         "role": str(meta.get("role", "")),
         "sensitive": bool(meta.get("sensitive", False)),
     }
+    if isinstance(meta.get("shown"), str):
+        entry["shown"] = meta["shown"]
+    return entry
 
 
 def cmd_observe(host: Host, request: ObserveRequest, warnings: list[str]) -> ObserveReply:
@@ -71,6 +75,8 @@ def cmd_observe(host: Host, request: ObserveRequest, warnings: list[str]) -> Obs
             continue
         files[path] = live
         want = desired[path][0] if path in desired else ""
+        if want and live["sha256"].startswith(want) and path in rendered:
+            rendered[path].pop("shown", None)  # no diff to show: keep the reply small
         secret = path in sensitive or (path in rendered and rendered[path]["sensitive"])
         if (
             not live["sha256"].startswith(want or "-")

@@ -3,9 +3,9 @@ validator both sides run on a document when it arrives.
 
 Requests go controller → host (in argv or a file; `release.json` inside an apply's bundle);
 replies go host → controller (one document on stdout). Every field is always present (a value
-that may be absent is `null`; the one exception is a file's `derived` mark), and a field not
-declared here is refused: both sides are the same version, since the controller ships this
-program with itself.
+that may be absent is `null`; the exceptions are a file's `derived` mark and `shown` view), and
+a field not declared here is refused: both sides are the same version, since the controller
+ships this program with itself.
 
 `check_document(doc, Declared, "observe reply")` raises `WireError` naming the field
 (`files["/etc/a"].mode`) and what was expected. The checks are built from the declarations
@@ -40,6 +40,10 @@ class ActivationDoc(TypedDict):
 
 class _DerivedMark(TypedDict, total=False):
     derived: bool  # a map the host built from a rendered file (`x.db` ← `x`)
+    # A sensitive file's masked view (`compiler.render.masking`), recorded with the release so
+    # a plan can diff it; absent where there is none, and in `observe` where the file on disk
+    # is already the desired one.
+    shown: str
 
 
 class FileMeta(_DerivedMark):
