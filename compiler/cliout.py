@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import IO
 
 from compiler.push.fleet import HostResult, Outcome, format_recap, recap_exit_code
-from compiler.tools.stats import check_day
+from schemas.stats import check_day
 
 DISTRIBUTION = "mailcfg"
 
@@ -41,7 +41,7 @@ def positive_count(text: str) -> int:
 
 
 def day_argument(text: str) -> str:
-    """An argparse type: a real date written YYYY-MM-DD (`compiler.tools.stats.check_day`)."""
+    """An argparse type: a real date written YYYY-MM-DD (`schemas.stats.check_day`)."""
     try:
         return check_day(text)
     except ValueError as exc:

@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from runtime.config import (
-    DEFAULT_AGENT_CONFIG,
     ConfigError,
     ConfigWatcher,
     load_agent_config,
@@ -30,7 +29,7 @@ from runtime.policy.connection import new_event_loop, parse_listen, run_policy_s
 from runtime.policy.service import PolicyService
 from runtime.state.limits import LimitStore
 from runtime.state.open import StoreError, open_store
-from schemas.agent import AgentConfig
+from schemas.agent import DEFAULT_AGENT_CONFIG, AgentConfig
 
 log = logging.getLogger("mailcfg-agent")
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import posixpath
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,17 +32,11 @@ from pydantic import ValidationError
 
 from runtime.logs.follower import INSTALL_EVENTS, Watcher, make_watcher
 from schemas.agent import AgentConfig
-from schemas.policy import Paths
 
 if TYPE_CHECKING:
     from runtime.policy.engine import Policy
 
 log = logging.getLogger(__name__)
-
-
-# The compiler renders `<agent_config_dir>/agent.json` (`compiler.render.context`); the default
-# directory comes from the same schema.
-DEFAULT_AGENT_CONFIG = posixpath.join(Paths.model_fields["agent_config_dir"].default, "agent.json")
 
 
 class ConfigError(Exception):

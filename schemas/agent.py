@@ -7,12 +7,21 @@ types, so a value the agent would refuse at start is refused by `mailcfg validat
 
 from __future__ import annotations
 
+import posixpath
+
 from pydantic import Field
 
 from schemas.common import Address, DomainName, Frozen, Identifier, ReplyText, SafeText
 from schemas.domain import SenderList
 from schemas.hostvalues import AbsPath, PolicyListen, SmtpEndpoint, StateDsn
-from schemas.policy import FailAction, FilterLine, Limits, SpamPolicy
+from schemas.policy import FailAction, FilterLine, Limits, Paths, SpamPolicy
+
+AGENT_CONFIG_NAME = "agent.json"
+# Where the agent role installs the config when `paths.agent_config_dir` keeps its default:
+# what the agent's commands and the compiler's `stats` read unless told otherwise.
+DEFAULT_AGENT_CONFIG = posixpath.join(
+    Paths.model_fields["agent_config_dir"].default, AGENT_CONFIG_NAME
+)
 
 AGENT_CONFIG_VERSION = 1
 
@@ -35,6 +44,11 @@ class AgentConfig(Frozen):
     local_domains: list[DomainName]
     accounts: dict[Address, AgentAccount] = Field(default_factory=dict)
     redirects: dict[Address, list[Address]] = Field(default_factory=dict)
+    # A local domain's catch-all: where mail to its unknown addresses goes (`Domain.catch_all`).
+    catch_alls: dict[DomainName, Address] = Field(default_factory=dict)
+    # Alias domain (also in `local_domains`) → the local domain it delivers as: alias@name
+    # reaches alias@domain for every account and redirect source of that domain, and postmaster.
+    alias_domains: dict[DomainName, DomainName] = Field(default_factory=dict)
     global_filter: list[FilterLine] = Field(default_factory=list)
     global_filter_reject_text: ReplyText
     whitelist_reject_text: ReplyText

@@ -1,5 +1,5 @@
 """Per-account daily mail statistics gathered from hosts: `gather_stats`, `format_stats`,
-`write_html_report`, and `check_day` (what a day is on the command line).
+`write_html_report`.
 
 Each host's agent prints its rows with `mailcfg-agent stats --format json`; this module runs
 that over a `Transport`, validates the answer, and renders a table, JSON, CSV or a
@@ -12,36 +12,18 @@ import csv
 import html
 import io
 import json
-import re
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 from compiler.connectors.transport import Transport
+from schemas.agent import DEFAULT_AGENT_CONFIG
 from schemas.stats import STAT_COUNTERS as COUNTERS
-
-AGENT_CONFIG = "/etc/mailcfg/agent.json"
-
-
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 class StatsError(Exception):
     """A host's statistics could not be read; the message names the host and the cause."""
-
-
-def check_day(text: str) -> str:
-    """`text` when it is a real date written YYYY-MM-DD (the agent's day keys), else a
-    ValueError saying what is wrong."""
-    if not _DAY.fullmatch(text):
-        raise ValueError(f"{text!r} is not a day written YYYY-MM-DD")
-    try:
-        date.fromisoformat(text)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is no date: {exc}") from None
-    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +66,7 @@ def gather_stats(
     day: str | None = None,
     account: str | None = None,
     *,
-    agent_config: str = AGENT_CONFIG,
+    agent_config: str = DEFAULT_AGENT_CONFIG,
     options: Sequence[str] = (),
     timeout: float = 120.0,
 ) -> list[StatsRow]:

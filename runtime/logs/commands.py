@@ -14,7 +14,6 @@ import contextlib
 import csv
 import io
 import json
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,10 +30,8 @@ from runtime.logs.ingest import (
 )
 from runtime.state.base import STAT_COUNTERS, StateStore, StatRow
 from runtime.state.open import StoreError, open_store
-from schemas.agent import AgentConfig
-
-DEFAULT_CONFIG = "/etc/mailcfg/agent.json"
-_DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+from schemas.agent import DEFAULT_AGENT_CONFIG, AgentConfig
+from schemas.stats import check_day
 
 
 class CommandError(Exception):
@@ -97,8 +94,11 @@ def _refresh_queue(config: AgentConfig, store: StateStore, now: float, command: 
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    if args.day is not None and not _DAY_RE.fullmatch(args.day):
-        raise CommandError(f"--day {args.day!r}: expected YYYY-MM-DD")
+    if args.day is not None:
+        try:
+            check_day(args.day)
+        except ValueError as exc:
+            raise CommandError(f"--day: {exc}") from None
     config = load_agent_config(args.config)
     store = _store_for(args, config)
     try:
@@ -176,7 +176,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     """Register `stats`, `ingest` and `follow` on the agent's subcommand parser."""
 
     def common(p: argparse.ArgumentParser, name: str) -> None:
-        p.add_argument("--config", default=DEFAULT_CONFIG, help="agent config (agent.json)")
+        p.add_argument("--config", default=DEFAULT_AGENT_CONFIG, help="agent config (agent.json)")
         p.add_argument("--state", default=None, help="state DSN (default: the config's)")
         p.set_defaults(command_name=name)
 

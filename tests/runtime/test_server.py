@@ -16,13 +16,12 @@ import pytest
 
 from runtime.cli import main as agent_main
 from runtime.cli import serve_policy
-from runtime.config import DEFAULT_AGENT_CONFIG
 from runtime.policy.connection import run_policy_service
 from runtime.policy.engine import Policy
 from runtime.policy.service import PolicyService
 from runtime.state.limits import LimitResult
 from runtime.state.sqlite import SqliteStore
-from schemas.agent import AgentConfig
+from schemas.agent import DEFAULT_AGENT_CONFIG, AgentConfig
 from tests.helpers import wait_for_path
 from tests.runtime.policy_fixtures import BASE, encode, inbound, make_config, outbound
 

@@ -16,8 +16,8 @@ import pytest
 
 from compiler.cli import main
 from compiler.tools.passwd import make_password_hash
-from runtime.config import DEFAULT_AGENT_CONFIG
 from runtime.state.sqlite import SqliteStore
+from schemas.agent import DEFAULT_AGENT_CONFIG
 
 HOSTS = ("here", "there")
 STATE = "var/lib/mailcfg/agent/state.db"  # the default `policy_state`, below the root
@@ -74,8 +74,9 @@ def test_unlock_asks_every_host_and_says_what_each_did(
     code, out, _ = run(capsys, "unlock", str(inventory), "alice@example.com")
     assert code == 0
     assert out.splitlines() == [
+        "recap:",
         "here   changed  unlocked alice@example.com",
-        "there  ok  alice@example.com was not locked",
+        "there  ok       alice@example.com was not locked",
         "ok=1, changed=1, failed=0, unreachable=0",
     ]
     store = state(inventory, "here")
@@ -93,10 +94,10 @@ def test_unlock_on_one_host(inventory: Path, capsys: pytest.CaptureFixture[str])
         store.close()
     # The older form names the host before the address; --host does the same.
     code, out, _ = run(capsys, "unlock", str(inventory), "here", "alice@example.com")
-    assert code == 0 and out.splitlines()[0] == "here  changed  unlocked alice@example.com"
+    assert code == 0 and out.splitlines()[1] == "here  changed  unlocked alice@example.com"
     assert "there" not in out
     code, out, _ = run(capsys, "unlock", str(inventory), "alice@example.com", "--host", "there")
-    assert code == 0 and out.startswith("there  changed  unlocked alice@example.com\n")
+    assert code == 0 and out.startswith("recap:\nthere  changed  unlocked alice@example.com\n")
     code, _, err = run(capsys, "unlock", str(inventory), "alice@example.com", "--host", "nope")
     assert code == 1 and "unknown host(s) nope" in err
 
