@@ -66,6 +66,28 @@ def record_host_key(known_hosts: Path, name: str, key: paramiko.PKey) -> None:
         os.close(fd)
 
 
+def put_command(path: str, content: bytes, mode: int) -> str:
+    """The shell command that writes its stdin to `path`: a private temp file beside it,
+    renamed over `path` only when it holds exactly `content` (its sha256). A connection that
+    drops mid-upload closes stdin, so `cat` ends "successfully" with part of the data: without
+    the check the part would be renamed into place. Missing directories are created 0700 (a
+    put's directory holds bundles with password hashes; what must be wider says so itself)."""
+    target = PurePosixPath(path)
+    parent = shlex.quote(str(target.parent))
+    dest = shlex.quote(path)
+    digest = hashlib.sha256(content).hexdigest()
+    incomplete = shlex.quote(f"upload incomplete: sha256 of what arrived is not {digest}")
+    # mktemp creates the file 0600, so secrets are never readable while in transit.
+    return (
+        f"(umask 077 && mkdir -p -- {parent}) && "
+        f"tmp=$(mktemp -p {parent} {shlex.quote('.' + target.name + '.mailcfg.XXXXXX')}) "
+        f'&& {{ cat > "$tmp" && {{ [ "$(sha256sum < "$tmp")" = "{digest}  -" ] || '
+        f"{{ echo {incomplete} >&2; false; }}; }} "
+        f'&& chmod {mode:o} "$tmp" && mv -f -- "$tmp" {dest} '
+        f'|| {{ rc=$?; rm -f -- "$tmp"; exit $rc; }}; }}'
+    )
+
+
 class UnknownHostKeyError(paramiko.SSHException):  # type: ignore[misc]  # untyped base
     def __init__(self, name: str, key: paramiko.PKey, known_hosts: Path) -> None:
         super().__init__(
@@ -299,20 +321,11 @@ class SshTransport:
         )
 
     def put(self, path: str, content: bytes, mode: int = 0o644) -> None:
-        """Write `content` to `path` atomically: a private temp file beside it, then `mv`."""
+        """Write `content` to `path` atomically and only whole (`put_command`)."""
         target = PurePosixPath(path)
         if not target.is_absolute():
             raise ValueError(f"{self.host}: put needs an absolute path, got {path!r}")
-        parent = shlex.quote(str(target.parent))
-        dest = shlex.quote(path)
-        # mktemp creates the file 0600, so secrets are never readable while in transit.
-        script = (
-            f"umask 022 && mkdir -p -- {parent} && "
-            f"tmp=$(mktemp -p {parent} {shlex.quote('.' + target.name + '.mailcfg.XXXXXX')}) "
-            f'&& {{ cat > "$tmp" && chmod {mode:o} "$tmp" && mv -f -- "$tmp" {dest} '
-            f'|| {{ rc=$?; rm -f -- "$tmp"; exit $rc; }}; }}'
-        )
-        code, _, err = self._exec(script, content, None, "put")
+        code, _, err = self._exec(put_command(path, content, mode), content, None, "put")
         if code != 0:
             raise OSError(f"{self.host}: cannot write {path}: {err.decode(errors='replace')}")
 

@@ -3,9 +3,11 @@ reply out, both declared in `push.hostside.wire` and the reply checked on arriva
 
 The program is the modules of `hostside/` zipped, as they are, into one file that `python3`
 runs (`onhost-<digest>.pyz`, the digest covering every module). It lives on the host at that
-content-addressed path: a call first runs it there and only uploads it when the host reports it
-missing, so a steady-state call is ONE round trip. Also the JSON codec of `Activation`, shared
-by observe (pending activations) and apply.
+content-addressed path: a call first runs it there, the host's shell checking the file's whole
+sha256 before `python3` opens it, and only uploads it when the host reports it missing or not
+that content (an upload cut short, a disk that lost it), so a steady-state call is ONE round
+trip and a damaged copy never runs and never sticks. Also the JSON codec of `Activation`,
+shared by observe (pending activations) and apply.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar, cast
 
-from compiler.connectors.transport import Transport
+from compiler.connectors.transport import CommandResult, Transport
 from compiler.push.hostside.wire import ActivationDoc, FailureReply, WireError, check_document
 from compiler.types import Activation
 
@@ -85,11 +87,14 @@ def _add_module(program: zipfile.ZipFile, name: str, data: bytes) -> None:
     program.writestr(info, data)
 
 
-def _shell_command(script: str, command: str, arg_option: str) -> str:
+def _shell_command(script: str, digest: str, command: str, arg_option: str) -> str:
     # MAILCFG_ROOT is set by LocalTransport (a directory standing for "/"); unset on real hosts.
+    # The whole digest is checked on every run (~1 ms): a file cut short by a dropped upload
+    # or emptied by a crash must be replaced, never run and never trusted for its name.
     return (
         'R="${MAILCFG_ROOT:-/}"; S="${MAILCFG_ROOT:-}' + script + '"; '
-        f'[ -f "$S" ] || {{ echo {_MISSING} >&2; exit 3; }}; '
+        f'[ -f "$S" ] && [ "$(sha256sum < "$S" 2>/dev/null)" = "{digest}  -" ] || '
+        f"{{ echo {_MISSING} >&2; exit 3; }}; "
         # -I -S: the program is stdlib-only, so ignore PYTHON* variables, the user's site and
         # site-packages: nothing on the host can shadow a module, and it starts ~30 ms sooner.
         f'exec python3 -I -S "$S" {command} --root "$R" {arg_option}'
@@ -112,6 +117,7 @@ def call_onhost(
     Raises `error` (a HostError) naming the failed step when the host reports a failure, and
     a HostError when the program cannot run or its reply is not what `wire` declares."""
     script, content = onhost_script()
+    digest = hashlib.sha256(content).hexdigest()
     payload = json.dumps(args, sort_keys=True).encode()
     inline = base64.b64encode(zlib.compress(payload, 6)).decode()
     if len(inline) <= _MAX_INLINE_ARGS:
@@ -120,11 +126,14 @@ def call_onhost(
         args_path = f"{STATE_DIR}/incoming/args-{hashlib.sha256(payload).hexdigest()[:16]}.json"
         transport.put(args_path, payload, 0o600)
         arg_option = f"--args-file {args_path}"
-    shell = _shell_command(script, command, arg_option)
+    shell = _shell_command(script, digest, command, arg_option)
     result = transport.run(shell, timeout=timeout)
-    if result.exit_code == 3 and _MISSING in result.stderr:
+    if _program_missing(result):
         transport.put(script, content, 0o700)
         result = transport.run(shell, timeout=timeout)
+        if _program_missing(result):
+            problem = f"the on-host program at {script} does not match sha256 {digest} after upload"
+            raise HostError(transport.host, command, problem)
     try:
         answer = json.loads(result.stdout)
     except ValueError:
@@ -133,6 +142,11 @@ def call_onhost(
             detail = f"python3 is not installed on the host ({detail})"
         raise HostError(transport.host, command, detail) from None
     return check_reply(transport.host, command, answer, reply, error=error, warn=warn)
+
+
+def _program_missing(result: CommandResult) -> bool:
+    """The host's shell found no program at its path, or not the one this controller ships."""
+    return result.exit_code == 3 and _MISSING in result.stderr
 
 
 def check_reply(

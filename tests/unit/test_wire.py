@@ -5,8 +5,10 @@ standard-library module."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -81,13 +83,20 @@ def test_host_refuses_arguments_that_are_not_json(root: Path) -> None:
     assert doc["ok"] is False and doc["step"] == "releases" and "Error" in doc["message"]
 
 
-def plant_program(root: Path, reply: object) -> LocalTransport:
+def plant_program(root: Path, reply: object, monkeypatch: pytest.MonkeyPatch) -> LocalTransport:
     """A host whose program at the content-addressed path answers `reply` to anything: a
-    broken or hostile host."""
-    host_path, _ = onhost_script()
+    broken or hostile host (whose `sha256sum` lies, so the controller runs what it found)."""
+    host_path, content = onhost_script()
     planted = root / host_path.lstrip("/")
     planted.parent.mkdir(parents=True, exist_ok=True)
     planted.write_text(f"import sys\nsys.stdout.write({json.dumps(json.dumps(reply))})\n")
+    tools = root.parent / "lying-tools"
+    tools.mkdir(exist_ok=True)
+    (tools / "sha256sum").write_text(
+        f"#!/bin/sh\necho '{hashlib.sha256(content).hexdigest()}  -'\n"
+    )
+    (tools / "sha256sum").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
     return LocalTransport("mx1", root)
 
 
@@ -109,8 +118,10 @@ def run_controller(transport: LocalTransport, command: str) -> None:
 
 
 @pytest.mark.parametrize("case", load_cases("controller_replies.json"))
-def test_controller_refuses_a_malformed_reply(root: Path, case: dict[str, Any]) -> None:
-    transport = plant_program(root, case["reply"])
+def test_controller_refuses_a_malformed_reply(
+    root: Path, case: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = plant_program(root, case["reply"], monkeypatch)
     with pytest.raises(HostError) as refused:
         run_controller(transport, case["command"])
     assert type(refused.value) is HostError  # not an ApplyError: no step failed on the host
