@@ -1,9 +1,13 @@
 """`LocalTransport`: a directory on this machine standing for a host's "/".
 
 The embedded default for the example inventory and fast tests. Commands run on this machine
-with `MAILCFG_ROOT` set. Its files stay below the root: the root is never "/" or a system
-directory, and `put`/`get` take host paths as plain names below it, never following a
-symbolic link inside it (`compiler.connectors.confine`).
+with `MAILCFG_ROOT` set, in a session of their own, as on a remote host: a Ctrl-C at the
+controller's terminal does not reach them, and the controller interrupted while waiting does
+not kill them (an apply goes on to its commit or rollback, as it does over SSH).
+
+Its files stay below the root: the root is never "/" or a system directory, and `put`/`get`
+take host paths as plain names below it, never following a symbolic link inside it
+(`compiler.connectors.confine`); `put` writes beside the file and renames (atomic).
 """
 
 from __future__ import annotations
@@ -34,16 +38,25 @@ class LocalTransport:
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
         ConfinedDir(self.root).close()  # created if missing; refused if it is a link
         env = {**os.environ, "MAILCFG_ROOT": str(self.root)}
-        proc = subprocess.run(
+        # Not subprocess.run: on any exception (KeyboardInterrupt included) it kills the
+        # command, and a killed apply is a crash mid-change.
+        proc = subprocess.Popen(
             ["/bin/sh", "-c", command],
             cwd=self.root,
             env=env,
-            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
-            check=False,
+            start_new_session=True,
         )
-        return CommandResult(command, proc.returncode, proc.stdout, proc.stderr)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # the caller's bound, as the SSH transport's
+            proc.communicate()
+            raise
+        return CommandResult(command, proc.returncode, out, err)
 
     def put(self, path: str, content: bytes, mode: int = 0o644) -> None:
         with ConfinedDir(self.root) as root:

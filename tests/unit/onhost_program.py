@@ -30,10 +30,14 @@ def shipped(root: Path) -> Path:
 
 
 def run_program(
-    root: Path, command: str, *argv: str, services: str = "run"
+    root: Path,
+    command: str,
+    *argv: str,
+    services: str = "run",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`python3 -I -S <program> COMMAND --root ROOT ARGV…` with a host's plain environment,
-    from a directory that is neither the program's nor the root."""
+    """`python3 -I -S <program> COMMAND --root ROOT ARGV…` with a host's plain environment
+    (plus `env`), from a directory that is neither the program's nor the root."""
     return subprocess.run(
         [SYSTEM_PYTHON, "-I", "-S", str(shipped(root)), command, "--root", str(root), *argv],
         capture_output=True,
@@ -41,7 +45,12 @@ def run_program(
         check=False,
         cwd=root.parent,
         # These roots stand for real hosts: run their reload/verify commands too (by default).
-        env={"PATH": HOST_PATH, "MAILCFG_ROOT": str(root), "MAILCFG_SERVICES": services},
+        env={
+            "PATH": HOST_PATH,
+            "MAILCFG_ROOT": str(root),
+            "MAILCFG_SERVICES": services,
+            **(env or {}),
+        },
     )
 
 
@@ -50,9 +59,16 @@ def encode(args: object) -> str:
 
 
 def call(
-    root: Path, command: str, args: object, *extra: str, services: str = "run"
+    root: Path,
+    command: str,
+    args: object,
+    *extra: str,
+    services: str = "run",
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    proc = run_program(root, command, "--args-b64", encode(args), *extra, services=services)
+    proc = run_program(
+        root, command, "--args-b64", encode(args), *extra, services=services, env=env
+    )
     doc: dict[str, Any] = json.loads(proc.stdout)
     assert (proc.returncode == 0) == doc["ok"], proc
     return doc

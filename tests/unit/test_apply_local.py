@@ -5,6 +5,10 @@ standing in for postfix/doveconf."""
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -226,3 +230,44 @@ def test_large_trees_send_arguments_as_a_file(host: CountingTransport) -> None:
     apply_tree(host, tree)
     assert len(observe_host(host, tree).files) == 1200
     assert not plan_for(host, tree).has_changes
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_damaged_program_is_uploaded_again_not_run(host: CountingTransport, damage: str) -> None:
+    """An upload cut short (or a disk that lost the file) leaves the hash-named path holding
+    something else: the next call notices (the host checks the whole sha256 before running
+    it), uploads the program again and goes on."""
+    script, content = onhost_script()
+    planted = host.root / script.lstrip("/")
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b"" if damage == "empty" else content[: len(content) // 2])
+    plan = plan_for(host, make_tree())
+    assert (host.runs, host.puts) == (2, 1)  # refused → upload → retry
+    assert planted.read_bytes() == content
+    apply_plan(plan, make_tree(), host, release_id=make_release_id(datetime.now(UTC), "d" * 64))
+    host.runs = host.puts = 0
+    assert not plan_for(host, make_tree()).has_changes
+    assert (host.runs, host.puts) == (1, 0)  # steady state again: one round trip
+
+
+def test_interrupted_controller_leaves_the_apply_to_commit(host: CountingTransport) -> None:
+    """Ctrl-C while the controller waits: the on-host apply is not killed (a command runs in
+    a session of its own, as over SSH) and commits on its own."""
+    apply_tree(host, make_tree())
+    slow = Activation("postfix", "postfix", "reload", apply=("sleep 1", "echo postfix >> reloads"))
+    tree = make_tree(main_cf=b"myhostname = mx2\n")
+    plan = make_plan(host.host, tree, observe_host(host, tree), (slow,))
+    release_id = make_release_id(datetime.now(UTC), tree.digest)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            apply_plan(plan, tree, host, release_id=release_id)
+    finally:
+        timer.join()
+    current = host.root / "var/lib/mailcfg/current"
+    deadline = time.monotonic() + 20
+    while current.read_text().strip() != release_id and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert current.read_text().strip() == release_id
+    assert (host.root / "etc/postfix/main.cf").read_bytes() == b"myhostname = mx2\n"

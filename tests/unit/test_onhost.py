@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ def apply(
     *extra: str,
     keep: int = 5,
     expect: str | bool | None = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     current_file = root / STATE / "current"
     if expect is False:
@@ -47,7 +50,7 @@ def apply(
     where = f"/{STATE}/incoming/{release_id}.tar.gz"
     (root / where.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     (root / where.lstrip("/")).write_bytes(bundle)
-    return call(root, "apply", {"bundle": where}, *extra)
+    return call(root, "apply", {"bundle": where}, *extra, env=env)
 
 
 @pytest.fixture
@@ -210,7 +213,8 @@ def test_plan_made_against_another_release_is_refused(root: Path) -> None:
     assert (root / "etc/a").read_bytes() == b"1"
 
 
-def test_lock_held_refuses_second_apply(root: Path) -> None:
+def hold_lock(root: Path, record: str) -> subprocess.Popen[str]:
+    """Another process holding the host lock (with `record` in it) until its stdin closes."""
     lock = root / STATE / "lock"
     holder = subprocess.Popen(
         [
@@ -219,22 +223,49 @@ def test_lock_held_refuses_second_apply(root: Path) -> None:
             "import fcntl, os, sys\n"
             f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
             "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            'os.write(fd, b\'{"pid": 4242, "host": "other"}\')\n'
+            "os.ftruncate(fd, 0)\n"
+            f"os.write(fd, {record.encode()!r})\n"
             "print('locked', flush=True)\n"
-            "sys.stdin.read()\n",
+            "sys.stdin.read()\n"
+            "os.ftruncate(fd, 0)\n",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def test_lock_held_refuses_second_apply_after_a_bounded_wait(root: Path) -> None:
+    record = '{"command": "apply", "pid": 4242, "host": "other", "started": 1700000000}'
+    holder = hold_lock(root, record)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        doc = apply(root, tree_of({"/etc/a": b"1"}), "r1")
-        assert doc["step"] == "lock" and '"pid": 4242' in doc["message"]
+        started = time.monotonic()
+        doc = apply(root, tree_of({"/etc/a": b"1"}), "r1", env={"MAILCFG_LOCK_WAIT": "0.5"})
+        assert time.monotonic() - started >= 0.5
+        assert doc["step"] == "lock"
+        assert doc["message"] == (
+            "another apply is running on other (pid 4242 since 2023-11-14 22:13:20Z); "
+            "waited 0.5s for it"
+        )
         assert not (root / "etc/a").exists()
+        assert not list((root / STATE / "incoming").iterdir())  # its bundle is gone too
     finally:
         holder.communicate("")
     assert apply(root, tree_of({"/etc/a": b"1"}), "r1")["ok"]
+
+
+def test_lock_released_during_the_wait_lets_the_apply_go_on(root: Path) -> None:
+    holder = hold_lock(root, '{"command": "apply", "pid": 1, "host": "h", "started": 1}')
+    release = threading.Timer(0.5, holder.communicate, ("",))
+    release.start()
+    try:
+        doc = apply(root, tree_of({"/etc/a": b"1"}), "r1", env={"MAILCFG_LOCK_WAIT": "20"})
+    finally:
+        release.join()
+    assert doc["ok"], doc
+    assert (root / "etc/a").read_bytes() == b"1"
 
 
 def test_stale_lock_is_broken_and_reported(root: Path) -> None:

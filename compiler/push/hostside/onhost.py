@@ -9,6 +9,8 @@ document on stdout (`wire.REPLIES`, or a `wire.FailureReply` and a non-zero exit
 - `apply`: the whole release transaction in one process under the host lock (`transaction`).
 - `rollback`: reinstall a stored release the same way (`transaction`).
 - `releases`: the stored releases (`facts`).
+- `recover`: put the live files back to one release after an interrupted change (`recover`);
+  the boot hook runs it from the stable copy `/var/lib/mailcfg/onhost.pyz` with no arguments.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def load_command(name: str) -> Command:
         from . import facts
 
         return facts.cmd_observe if name == "observe" else facts.cmd_releases
+    if name == "recover":
+        from . import recover
+
+        return recover.cmd_recover
     from . import transaction
 
     return transaction.cmd_apply if name == "apply" else transaction.cmd_rollback
@@ -75,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         result = failure_reply(exc.step, exc.message, warnings)
     except (OSError, ValueError, KeyError, TypeError, zlib.error) as exc:
         result = failure_reply(ns.command, f"{type(exc).__name__}: {exc}", warnings)
-    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")  # ASCII: safe in any locale
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")  # ASCII: safe in any locale
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The controller went away (Ctrl-C, a dropped connection); the change is done either
+        # way, and the next plan shows where the host is.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0 if result["ok"] else 1

@@ -13,7 +13,7 @@ import os
 import shutil
 import stat
 import tarfile
-from typing import cast
+from typing import BinaryIO, cast
 
 from .fileops import name_of_gid, name_of_uid, owner_ids, sha256_file, write_new
 from .hostroot import Host, StepFailed
@@ -22,7 +22,7 @@ from .store import Manifest
 from .wire import BundleDoc, FileMeta, WireError, check_document
 
 
-def unpack_bundle(host: Host, bundle: str, stage_dir: str) -> BundleDoc:
+def unpack_bundle(host: Host, bundle: BinaryIO, stage_dir: str) -> BundleDoc:
     """Unpack `bundle` into `stage_dir`; its checked `release.json`."""
     try:
         doc = _unpack_members(host, bundle, stage_dir)
@@ -40,9 +40,9 @@ def unpack_bundle(host: Host, bundle: str, stage_dir: str) -> BundleDoc:
     return cast(BundleDoc, doc)
 
 
-def _unpack_members(host: Host, bundle: str, stage_dir: str) -> object:
+def _unpack_members(host: Host, bundle: BinaryIO, stage_dir: str) -> object:
     doc = None
-    with tarfile.open(bundle, "r") as tar:
+    with tarfile.open(fileobj=bundle, mode="r") as tar:
         for member in tar.getmembers():
             if not member.isfile():
                 continue

@@ -25,6 +25,7 @@ from .hostroot import Host, StepFailed
 from .wire import ActivationDoc, FileMeta
 
 Manifest = dict[str, FileMeta]
+KEEP_EVERY_RELEASE = 1 << 30  # a rollback or a recovery prunes nothing: the releases stay
 
 
 class ReleaseRecord(TypedDict):
@@ -41,12 +42,15 @@ class ReleaseRecord(TypedDict):
 
 class PendingRecord(TypedDict):
     """`pending.json`: a change whose live files may be installed but whose activations may
-    not have run; the next apply runs them too."""
+    not have run. `recover` puts the files back to `previous` (`files` says which paths the
+    change may have touched; records of older versions lack it) and the reloads still owed stay
+    here, with `release` and `previous` then both the restored release, for the next change."""
 
     release: str
     previous: str | None
     activations: list[ActivationDoc]
     started: int
+    files: Manifest
 
 
 class Original(TypedDict):
@@ -82,13 +86,18 @@ def read_pending(host: Host) -> PendingRecord | None:
 
 
 def write_pending(
-    host: Host, release_id: str, previous: str | None, acts: list[ActivationDoc]
+    host: Host,
+    release_id: str,
+    previous: str | None,
+    acts: list[ActivationDoc],
+    files: Manifest,
 ) -> None:
     record: PendingRecord = {
         "release": release_id,
         "previous": previous,
         "activations": acts,
         "started": int(time.time()),
+        "files": files,
     }
     write_json(host.state_path("pending.json"), record)
 

@@ -8,8 +8,10 @@ A failure before install leaves the live files untouched (a release directory th
 removed). A failure at install, activate or verify, in an apply or a rollback alike, restores
 the release the host was on (`install.restore`) and re-runs the reloads; the reply names the
 failed step and what was put back. A crash between record pending and commit leaves
-`pending.json`: `observe` reports it and the next change runs what it owes, so a reload is never
-lost. Why one process for the whole change: see `hostlock`.
+`pending.json`: `recover` (at boot, and first thing in the next change, under the lock) puts
+the files back to one release and the next change runs the reloads still owed, so a reload is
+never lost. Each change also first removes what killed calls left in `incoming/` and refreshes
+the program's stable copy (`recover`). Why one process for the whole change: see `hostlock`.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import contextlib
 import os
 import shutil
 import time
+from typing import BinaryIO
 
 from .fileops import sync_tree, write_json
 from .hostlock import HostLock
 from .hostroot import Host, StepFailed
 from .install import install_tree, restore
+from .recover import clean_incoming, recover_interrupted, refresh_program_copy
 from .runner import merge_activations, run_commands
 from .stage import build_release, stage_release, unpack_bundle
 from .store import (
+    KEEP_EVERY_RELEASE,
     Manifest,
     ReleaseRecord,
     clear_pending,
@@ -44,8 +49,6 @@ from .wire import (
     RollbackRequest,
     failure_reply,
 )
-
-KEEP_EVERY_RELEASE = 1 << 30  # a rollback prunes nothing: the releases after it stay
 
 
 class Transaction:
@@ -69,7 +72,7 @@ class Transaction:
 
     # --- an apply's own steps -------------------------------------------------------------------
 
-    def stage(self, bundle: str) -> BundleDoc:
+    def stage(self, bundle: BinaryIO) -> BundleDoc:
         """Unpack the bundle into a new release directory, check the host is still at the
         release the plan was made against, verify and set each file's metadata."""
         host = self.host
@@ -154,7 +157,7 @@ class Transaction:
         pending = read_pending(self.host)
         owed = pending["activations"] if pending else []
         self.activations = merge_activations(self.activations, owed)
-        write_pending(self.host, self.to_id, self.from_id, self.activations)
+        write_pending(self.host, self.to_id, self.from_id, self.activations, self.files)
 
     def install(self) -> None:
         """The files in place, the previous originals kept (a failure part-way is restored)."""
@@ -234,17 +237,28 @@ class Transaction:
 
 
 def cmd_apply(host: Host, request: ApplyRequest, warnings: list[str]) -> ChangeReply | FailureReply:
-    """Install the uploaded bundle as a new release (the whole transaction, one process)."""
-    bundle = host.path(request["bundle"])
-    with HostLock(host, warnings):
-        try:
+    """Install the uploaded bundle as a new release (the whole transaction, one process). The
+    bundle is opened before waiting for the lock (a cleanup by the holder cannot take it away)
+    and removed however the call ends."""
+    path = host.path(request["bundle"])
+    try:
+        with open(path, "rb") as bundle, HostLock(host, warnings, "apply"):
+            prepare_change(host, warnings, keep=path)
             return apply_bundle(Transaction(host, warnings), bundle)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(bundle)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
-def apply_bundle(tx: Transaction, bundle: str) -> ChangeReply | FailureReply:
+def prepare_change(host: Host, warnings: list[str], keep: str | None) -> None:
+    """Under the lock, before a change: what killed calls left is cleaned up and an
+    interrupted change put back to one release (its reloads stay owed, run by this change)."""
+    clean_incoming(host, keep)
+    recover_interrupted(host, warnings, run_reloads=False)
+    refresh_program_copy(host)
+
+
+def apply_bundle(tx: Transaction, bundle: BinaryIO) -> ChangeReply | FailureReply:
     try:
         doc = tx.stage(bundle)
         tx.build(doc)
@@ -272,7 +286,8 @@ def cmd_rollback(
     host: Host, request: RollbackRequest, warnings: list[str]
 ) -> ChangeReply | FailureReply:
     """Reinstall a stored release through the same install/activate/restore path."""
-    with HostLock(host, warnings):
+    with HostLock(host, warnings, "rollback"):
+        prepare_change(host, warnings, keep=None)
         tx = Transaction(host, warnings)
         tx.choose(request["to"], request["activations"])
         failure = tx.change_live()

@@ -110,6 +110,10 @@ class ReleasesRequest(TypedDict):
     pass
 
 
+class RecoverRequest(TypedDict):
+    pass  # run with no arguments (the boot hook): `{}`
+
+
 # --- replies (host → controller) ----------------------------------------------------------------
 
 
@@ -150,6 +154,18 @@ class ReleasesReply(TypedDict):
     releases: list[ReleaseEntry]
 
 
+class RecoverReply(TypedDict):
+    """What `recover` did about an interrupted change ("busy": a change holds the lock and
+    finishes or rolls back itself), the release now current and the roles still owed a
+    reload or restart (run by the next change)."""
+
+    ok: Literal[True]
+    outcome: Literal["nothing", "rolled-back", "rolled-forward", "busy"]
+    release_id: Optional[str]
+    owed: list[str]
+    warnings: list[str]
+
+
 def failure_reply(
     step: str,
     message: str,
@@ -172,12 +188,14 @@ REQUESTS: dict[str, Any] = {
     "apply": ApplyRequest,
     "rollback": RollbackRequest,
     "releases": ReleasesRequest,
+    "recover": RecoverRequest,
 }
 REPLIES: dict[str, Any] = {
     "observe": ObserveReply,
     "apply": ChangeReply,
     "rollback": ChangeReply,
     "releases": ReleasesReply,
+    "recover": RecoverReply,
 }
 
 
