@@ -24,7 +24,7 @@ from compiler import cliout
 from compiler.build import BuildSession
 from compiler.connectors.transport import TransportError
 from compiler.load.diagnostics import InventoryError
-from compiler.push.apply import ApplyError, format_releases
+from compiler.push.apply import INTERRUPTED_NOTE, ApplyError, format_releases
 from compiler.push.fleet import DEFAULT_FORKS, format_plans, format_recap, recap_exit_code
 from compiler.push.hostcall import HostError
 from compiler.push.show import FORMATS, format_plan
@@ -212,7 +212,13 @@ def cmd_apply(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         f"Apply these changes to {len(to_apply)} host(s)?", yes=args.yes, out=out
     ):
         return 1
-    applied = session.apply(targets, to_apply, forks=args.forks, keep_releases=args.keep_releases)
+    try:
+        applied = session.apply(
+            targets, to_apply, forks=args.forks, keep_releases=args.keep_releases
+        )
+    except KeyboardInterrupt:
+        err.write(INTERRUPTED_NOTE)
+        return 130
     results = sorted(applied + not_applied, key=lambda r: r.host)
     out.write(format_recap(results))
     return recap_exit_code(results)

@@ -32,6 +32,13 @@ from compiler.types import Activation, FileTree, Plan, Release, RenderedFile
 
 # Validate + reload of a large host can take a while; the on-host program bounds each command.
 APPLY_TIMEOUT = 1800.0
+# What a Ctrl-C during an apply means: the on-host transaction does not need the controller.
+INTERRUPTED_NOTE = (
+    "mailcfg: interrupted: hosts not started yet are left as they were; an apply already "
+    "running goes on on its host and may still commit there (or roll back); waiting for those "
+    "to end here (Ctrl-C again stops waiting, not them). `mailcfg plan` shows where each host "
+    "is; an apply started meanwhile waits for the running one, then reports it by pid.\n"
+)
 
 
 class ApplyError(HostError):

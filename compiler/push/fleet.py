@@ -53,8 +53,13 @@ def run_parallel(
     """`job(host)` for every host, at most `forks` at a time; errors become results."""
     if not hosts:
         return []
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts))))
+    try:
         return list(pool.map(lambda host: _guarded(host, job), hosts))
+    finally:
+        # On Ctrl-C the hosts not started are dropped and the caller can say so at once; a
+        # job already running ends in its thread (an apply goes on on its host anyway).
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _guarded(host: str, job: Callable[[str], HostResult]) -> HostResult:
