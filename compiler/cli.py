@@ -15,6 +15,7 @@ shown: each host refuses it if its release changed in between.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,19 +23,21 @@ from typing import IO, TYPE_CHECKING, NoReturn
 
 from compiler import cliout
 from compiler.build import BuildSession
-from compiler.connectors.transport import TransportError
-from compiler.load.diagnostics import InventoryError
+from compiler.cliout import UsageError
 from compiler.push.apply import INTERRUPTED_NOTE, ApplyError, format_releases
-from compiler.push.fleet import DEFAULT_FORKS, format_plans, format_recap, recap_exit_code
-from compiler.push.hostcall import HostError
+from compiler.push.fleet import (
+    DEFAULT_FORKS,
+    format_json_report,
+    format_plan_report,
+    format_plans,
+    format_recap,
+    recap_exit_code,
+    runs_services,
+)
 from compiler.push.show import FORMATS, format_plan
 
 if TYPE_CHECKING:
     from compiler.push.fleet import HostResult
-
-
-class UsageError(Exception):
-    """Bad command-line input (exit 1, never argparse's 2, which means "changes")."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,9 +112,11 @@ _OPTIONS: dict[str, dict[str, object]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     out, err = sys.stdout, sys.stderr
     parser = build_parser()
-    if not (sys.argv[1:] if argv is None else argv):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
         err.write(parser.format_help())
         return 2
+    args = None
     try:
         args = parser.parse_args(argv)
         handler = _COMMANDS[args.command]
@@ -123,29 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warn=lambda line: print(line, file=err),
             )
         return handler(args, out, err)
-    except UsageError as exc:
-        print(exc, file=err)
-        return 1
-    except InventoryError as exc:
-        for diagnostic in exc.diagnostics:
-            print(diagnostic.format(), file=err)
-        errors = sum(d.severity == "error" for d in exc.diagnostics)
-        print(f"mailcfg: {errors} error(s) in the inventory", file=err)
-        return 1
-    except (TransportError, HostError) as exc:
-        print(f"mailcfg: {exc}", file=err)
-        return 1
-    except FileNotFoundError as exc:
-        print(f"mailcfg: {exc.filename or exc}: no such file or directory", file=err)
-        return 1
-    except (OSError, ValueError) as exc:  # PasswordError is a ValueError
-        print(f"mailcfg: {exc}", file=err)
-        return 1
     except KeyboardInterrupt:
         print("mailcfg: interrupted", file=err)
         return 130
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 1
+    except Exception as exc:
+        reported = cliout.report_error(exc, err)
+        if reported is None:
+            raise
+        code, errors = reported
+        if cliout.wants_json(args, argv):
+            out.write(format_json_report([], errors))
+        return code
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -187,10 +182,8 @@ def cmd_render(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 def cmd_plan(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     session: BuildSession = args.session
     results = session.plan(*session.compile(args.host), forks=args.forks)
-    out.write(format_plans(results, args.format))
-    failed = [r for r in results if r.plan is None]
-    if failed:
-        err.write(format_recap(failed))
+    out.write(format_plan_report(results, args.format))
+    if recap_exit_code(results):
         return 1
     changes = any(r.plan is not None and r.plan.has_changes for r in results)
     return 2 if args.detailed_exitcode and changes else 0
@@ -204,9 +197,7 @@ def cmd_apply(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     to_apply = {r.host: r.plan for r in planned if r.plan is not None and r.plan.has_changes}
     not_applied = [r for r in planned if r.host not in to_apply]
     if not to_apply:
-        out.write("no changes\n")
-        if recap_exit_code(not_applied):
-            err.write(format_recap(not_applied))
+        out.write(format_recap(not_applied))
         return recap_exit_code(not_applied)
     if not cliout.confirm_change(
         f"Apply these changes to {len(to_apply)} host(s)?", yes=args.yes, out=out
@@ -234,6 +225,8 @@ def cmd_rollback(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         print(f"{args.host}: warning: {w}", file=err)
 
     release_id, plan = args.session.rollback_plan(args.host, args.to)
+    spec = args.session.load().inventory.hosts[args.host]
+    plan = dataclasses.replace(plan, runs_services=runs_services(spec))
     out.write(f"{args.host}: rollback to release {release_id}\n" + format_plan(plan, "diff"))
     if not cliout.confirm_change(f"Roll {args.host} back to {release_id}?", yes=args.yes, out=out):
         return 1

@@ -1,6 +1,7 @@
 """The `mailcfg` command line's helpers: its version, argument types whose errors say what is
-wrong, the question before a change (one rule for `apply` and `rollback`), and the per-host
-report of the commands that ask the hosts' agents.
+wrong, the question before a change (one rule for `apply` and `rollback`), the per-host
+report of the commands that ask the hosts' agents, and how a user error is reported (lines
+on stderr, an exit code, and for `plan --format json` the errors of its JSON document).
 
 The question: `--yes` never asks; on a terminal the answer decides; without a terminal (a pipe,
 CI) the change goes ahead unasked, since the tool is driven from git, where the reviewed merge
@@ -13,12 +14,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import IO
+from typing import IO, Any
 
+from compiler.connectors.transport import TransportError
+from compiler.load.diagnostics import InventoryError
 from compiler.push.fleet import HostResult, Outcome, format_recap, recap_exit_code
+from compiler.push.hostcall import HostError
 from schemas.stats import check_day
 
 DISTRIBUTION = "mailcfg"
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit 1, never argparse's 2, which means "changes")."""
 
 
 def version_text() -> str:
@@ -66,3 +74,50 @@ def report_hosts(results: Sequence[HostResult], out: IO[str], *, need_change: bo
     if recap_exit_code(results):
         return 1
     return 1 if need_change and not any(r.outcome is Outcome.CHANGED for r in results) else 0
+
+
+def report_error(exc: Exception, err: IO[str]) -> tuple[int, list[dict[str, Any]]] | None:
+    """Print the user error `exc` on `err` (one line each, never a traceback); its exit code
+    and its entries for a JSON document's `errors`. None when `exc` is no user error (a bug:
+    the caller lets it propagate)."""
+    if isinstance(exc, InventoryError):
+        for diagnostic in exc.diagnostics:
+            print(diagnostic.format(), file=err)
+        errors = sum(d.severity == "error" for d in exc.diagnostics)
+        message = f"{errors} error(s) in the inventory"
+        print(f"mailcfg: {message}", file=err)
+        found = [
+            {
+                "file": d.file,
+                "line": d.line,
+                "col": d.col,
+                "field": d.field,
+                "severity": d.severity,
+                "message": d.message,
+            }
+            for d in exc.diagnostics
+        ]
+        return 1, [{"host": None, "outcome": "invalid", "message": message, "diagnostics": found}]
+    if isinstance(exc, UsageError):
+        text, outcome = str(exc), "usage"
+        print(text, file=err)
+    elif isinstance(exc, FileNotFoundError):
+        text, outcome = f"mailcfg: {exc.filename or exc}: no such file or directory", "error"
+        print(text, file=err)
+    elif isinstance(exc, (TransportError, HostError, OSError, ValueError)):
+        # ValueError: a BuildError (an unknown host, ...) or a PasswordError.
+        text, outcome = f"mailcfg: {exc}", "error"
+        print(text, file=err)
+    else:
+        return None
+    return 1, [{"host": None, "outcome": outcome, "message": text.removeprefix("mailcfg: ")}]
+
+
+def wants_json(args: argparse.Namespace | None, argv: Sequence[str]) -> bool:
+    """Whether this run is `plan --format json`, which prints a JSON document even for an
+    error; from `argv` when parsing it failed."""
+    if args is not None:
+        return getattr(args, "command", "") == "plan" and getattr(args, "format", "") == "json"
+    pairs = zip(argv, [*argv[1:], ""], strict=True)
+    as_json = "--format=json" in argv or any(a == "--format" and b == "json" for a, b in pairs)
+    return bool(argv) and argv[0] == "plan" and as_json

@@ -3,25 +3,31 @@
 One job per host on a bounded thread pool (`forks`). A host that fails or cannot be reached
 does not stop the others: its error becomes its result (failed / unreachable), never an
 exception out of `run_parallel`. Results come back in input order, so output is stable.
+
+One recap for every command that works on hosts (plan, apply, unlock, stats): `recap:`, one
+line per host (`mx1  changed  release …`: ok / changed / failed / unreachable, then what it
+did or why not), then the counts. `plan --format json` carries the same recap in its one
+document, which also holds the errors (a failed or unreachable host, or the whole run's).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from compiler.connectors.transport import Transport, TransportError
 from compiler.push.apply import ApplyError, apply_plan
 from compiler.push.hostcall import HostError
 from compiler.push.observe import observe_host
 from compiler.push.plan import make_plan
-from compiler.push.show import Format, format_plan, plan_to_json
+from compiler.push.show import Format, count_changes, format_plan, plan_to_json
 from compiler.types import Plan, Release
-from schemas.inventory import HostSpec
+from schemas.inventory import HostSpec, TransportKind
 
 if TYPE_CHECKING:
     from compiler.render.targets import Target
@@ -83,7 +89,16 @@ def plan_target(target: Target, open_transport: OpenTransport) -> HostResult:
     finally:
         transport.close()
     plan = make_plan(target.name, target.tree, state, target.activations)
+    plan = replace(plan, runs_services=runs_services(target.spec))
     return HostResult(target.name, Outcome.CHANGED if plan.has_changes else Outcome.OK, plan)
+
+
+def runs_services(spec: HostSpec) -> bool:
+    """Whether apply reloads and verifies services on the host. A local root never does,
+    unless MAILCFG_SERVICES=run: the on-host program's rule (`hostside/hostroot.py`), and a
+    local root's commands run with this process's environment."""
+    local = spec.transport is TransportKind.LOCAL
+    return not local or os.environ.get("MAILCFG_SERVICES") == "run"
 
 
 def apply_target(
@@ -132,39 +147,69 @@ def _describe_failure(exc: HostError) -> str:
 
 
 def format_plans(results: Sequence[HostResult], fmt: Format) -> str:
-    """The plans of `results` in `fmt`; as JSON, one document with the hosts without a plan
-    as errors."""
+    """The plans of `results` in `fmt` (a host without a plan shows in the recap)."""
     if fmt == "json":
-        doc = {
-            "plans": [plan_to_json(r.plan) for r in results if r.plan is not None],
-            "errors": [
-                {"host": r.host, "outcome": r.outcome.value, "message": r.message}
-                for r in results
-                if r.plan is None
-            ],
-        }
-        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+        return format_json_report(results)
     return "".join(format_plan(r.plan, fmt) for r in results if r.plan is not None)
 
 
+def format_plan_report(results: Sequence[HostResult], fmt: Format) -> str:
+    """What `mailcfg plan` prints: the plans, then the recap (inside the document as JSON;
+    fenced in Markdown)."""
+    if fmt == "json":
+        return format_json_report(results)
+    recap = format_recap(results)
+    if fmt == "markdown":
+        recap = f"\n```\n{recap}```\n"
+    return format_plans(results, fmt) + recap
+
+
+def format_json_report(results: Sequence[HostResult], errors: Sequence[dict[str, Any]] = ()) -> str:
+    """One JSON document: the plans, the errors (each host without a plan, then `errors`:
+    the run's own, with `host` null) and the recap."""
+    doc = {
+        "plans": [plan_to_json(r.plan) for r in results if r.plan is not None],
+        "errors": [
+            {"host": r.host, "outcome": r.outcome.value, "message": r.message}
+            for r in results
+            if r.plan is None
+        ]
+        + list(errors),
+        "recap": {
+            "hosts": [
+                {"host": r.host, "outcome": r.outcome.value, "detail": _detail(r)} for r in results
+            ],
+            "counts": {o.value: sum(r.outcome is o for r in results) for o in Outcome},
+        },
+    }
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
 def format_recap(results: Sequence[HostResult]) -> str:
-    """One line per host, aligned, then each failure's message."""
+    """`recap:`, one line per host (aligned: host, outcome, what it did or why not, then its
+    warnings and the rest of its message), then the counts."""
     if not results:
-        return "no hosts\n"
+        return "recap: no hosts\n"
     width = max(len(r.host) for r in results)
-    lines = []
+    outcome_width = max(len(r.outcome.value) for r in results)
+    lines = ["recap:"]
     for r in results:
-        detail = ""
-        if r.release is not None and r.outcome is Outcome.CHANGED:
-            detail = f"  release {r.release.id}"
-        elif r.message:
-            detail = "  " + r.message.splitlines()[0]
-        lines.append(f"{r.host:<{width}}  {r.outcome.value}{detail}")
+        detail = _detail(r)
+        head = f"{r.host:<{width}}  {r.outcome.value:<{outcome_width}}  {detail}"
+        lines.append(head.rstrip())
         lines.extend(f"{'':<{width}}  warning: {w}" for w in r.warnings)
         lines.extend(f"{'':<{width}}  {m}" for m in r.message.splitlines()[1:])
     counts = {o: sum(r.outcome is o for r in results) for o in Outcome}
     lines.append(", ".join(f"{o.value}={n}" for o, n in counts.items()))
     return "\n".join(lines) + "\n"
+
+
+def _detail(r: HostResult) -> str:
+    if r.release is not None and r.outcome is Outcome.CHANGED:
+        return f"release {r.release.id}"
+    if r.message:
+        return r.message.splitlines()[0]
+    return count_changes(r.plan) if r.plan is not None else ""
 
 
 def recap_exit_code(results: Sequence[HostResult]) -> int:

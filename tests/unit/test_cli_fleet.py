@@ -96,9 +96,10 @@ def test_recap_lines() -> None:
         HostResult("mx2", Outcome.OK),
     ]
     assert format_recap(results) == (
+        "recap:\n"
         "mx1   changed  release r2\n"
         "      warning: w\n"
-        "mx10  failed  verify: no banner\n"
+        "mx10  failed   verify: no banner\n"
         "        rolled back to release r1\n"
         "mx2   ok\n"
         "ok=1, changed=1, failed=1, unreachable=0\n"
