@@ -101,7 +101,9 @@ class Account(Frozen):
 
 class Redirect(Frozen):
     """Mail to `name` goes to every address in `to` (any domain). On an account that has a
-    mailbox, the redirect wins; removing it restores the mailbox."""
+    mailbox, the redirect wins; removing it restores the mailbox. A redirect of an enabled
+    account that names the account itself among its targets keeps a copy in the mailbox
+    ("forward and keep a copy": Postfix delivers an address that maps to itself)."""
 
     name: Name
     to: Annotated[list[Address], Field(min_length=1), _ADDRESSES_JSON]
@@ -112,11 +114,22 @@ class Redirect(Frozen):
         return [value] if isinstance(value, str) else value
 
 
+CATCH_ALL_DESCRIPTION = (
+    "Where mail to every address of this domain that is neither an account nor a redirect "
+    "goes (any domain; a local target must be an account or a redirect). Risky: every guessed "
+    "address is accepted, so dictionary attacks and spam to made-up names reach the target, "
+    "Postfix no longer rejects unknown recipients at RCPT (reject_unlisted_recipient), and a "
+    "target in an outside domain makes this host forward that spam, which hurts its "
+    "reputation. Prefer a target in the same domain."
+)
+
+
 class Domain(Frozen):
     domain: DomainName
     admins: list[Admin] = Field(default_factory=list)  # CODEOWNERS owners (@user, @org/team, mail)
     accounts: list[Account] = Field(default_factory=list)
     redirects: list[Redirect] = Field(default_factory=list)
+    catch_all: Address | None = Field(default=None, description=CATCH_ALL_DESCRIPTION)
 
     def address_of(self, name: str) -> str:
         """Full address for a declared name (local part or full address)."""

@@ -56,6 +56,16 @@ class GroupSpec(Frozen):
     policy: dict[str, Any] = Field(default_factory=dict)
 
 
+ALIAS_DOMAINS_DESCRIPTION = (
+    "Alias domains: each alias (a domain without a domain file) delivers as the domain it maps "
+    "to (a domain of the inventory): name@alias reaches name@domain for every enabled account "
+    "and redirect of that domain, and its postmaster; other names are rejected at RCPT. "
+    "Declared here, by the server "
+    "team, not in a domain file: an alias domain captures the mail local users send to it "
+    "and makes port 25 refuse its senders. Served by the hosts that serve its target."
+)
+
+
 class InventoryFile(Frozen):
     """`mailcfg.yml` as written."""
 
@@ -64,6 +74,9 @@ class InventoryFile(Frozen):
     hosts: dict[Identifier, HostSpec]
     groups: dict[Identifier, GroupSpec] = Field(default_factory=dict)
     policy: dict[str, Any] = Field(default_factory=dict)
+    alias_domains: dict[DomainName, DomainName] = Field(
+        default_factory=dict, description=ALIAS_DOMAINS_DESCRIPTION
+    )
 
 
 class Inventory(Frozen):
@@ -75,3 +88,5 @@ class Inventory(Frozen):
     groups: dict[Identifier, GroupSpec] = Field(default_factory=dict)
     policy: ServerPolicy = ServerPolicy()
     domains: dict[str, Domain] = Field(default_factory=dict)
+    # Alias domain → the domain of `domains` it delivers as (checked by the loader).
+    alias_domains: dict[str, str] = Field(default_factory=dict)

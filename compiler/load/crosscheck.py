@@ -3,9 +3,12 @@
 Domain files: the file name equals the domain, a file declares only objects of its own domain,
 an address is an account at most once and a redirect source at most once (an account and a
 redirect of the same name are allowed: the redirect wins), no redirect loops (any cycle, also
-multi-hop and across files). Inventory file: hosts name known groups and domains; `postfix_main`
-overrides are plain `name = value` lines of parameters an inventory may set
-(`compiler.load.postfix_params`). Everything here returns unlocated `Finding`s.
+multi-hop, across files and through alias domains and catch-alls: `compiler.load.delivery`; a
+redirect naming itself keeps a copy, fine for an enabled account only), a catch-all names an
+enabled account or a redirect when its target is local. Inventory file: hosts name known
+groups and domains; `postfix_main` overrides are plain `name = value` lines of parameters an
+inventory may set (`compiler.load.postfix_params`); alias domains: `compiler.load.aliasdomains`.
+Everything here returns unlocated `Finding`s.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from itertools import chain
 from typing import Any
 
 from compiler.connectors.confine import local_root_problem
+from compiler.load.aliasdomains import alias_domain_hint
+from compiler.load.delivery import find_redirect_loops
 from compiler.load.diagnostics import DataPath, Finding, Ref
 from compiler.load.postfix_params import managed_parameters, refusal_of
 from schemas.common import check_domain
@@ -62,17 +67,25 @@ def _redirect_ref(src: DomainSource, i: int) -> Ref:
     return Ref(src.file, ("redirects", src.redirect_at(i), "name"))
 
 
-def check_domains(sources: Sequence[DomainSource]) -> list[Finding]:
-    """Every finding of the domain rules (see the module docstring) over `sources`."""
-    quick = _check_domains_quickly(sources)
-    return quick if quick is not None else _check_domains_fully(sources)
+def check_domains(
+    sources: Sequence[DomainSource], aliases: Mapping[str, str] | None = None
+) -> list[Finding]:
+    """Every finding of the domain rules (see the module docstring) over `sources`;
+    `aliases` are the inventory's alias domains (alias → a domain of `sources`), whose
+    addresses redirects and catch-alls may name."""
+    aliases = aliases or {}
+    quick = None
+    if not aliases and not any(src.domain.catch_all for src in sources):
+        quick = _check_domains_quickly(sources)
+    return quick if quick is not None else _check_domains_fully(sources, aliases)
 
 
 def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | None:
     """The findings when the domains break no rule (dangling targets, a warning, may be
     found), or None: then `_check_domains_fully` finds the errors and where they are.
     Whole-inventory set operations instead of a step per account and redirect: a warm
-    load after one edit checks every domain again, cached or not."""
+    load after one edit checks every domain again, cached or not. Inventories with alias
+    domains or catch-alls take the full path (`check_domains`)."""
     accounts: list[str] = []
     redirects: list[str] = []
     targets: list[list[str]] = []  # each redirect's `to`, parallel to `redirects`
@@ -101,8 +114,14 @@ def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | N
     every_target = set(chain.from_iterable(targets))
     if not every_target.isdisjoint(redirect_set):
         graph: dict[str, list[str]] = {}
+        mailboxes: frozenset[str] | None = None  # made only for a redirect naming itself
         for source, to in zip(redirects, targets, strict=True):
             onward = [t for t in to if t in redirect_set]
+            if source in onward:  # forward and keep a copy: fine with a mailbox
+                mailboxes = _enabled_accounts(sources) if mailboxes is None else mailboxes
+                if source not in mailboxes:
+                    return None
+                onward = [t for t in onward if t != source]
             if onward:
                 graph[source] = onward
         if any(is_loop(c, graph) for c in strongly_connected_components(graph)):
@@ -123,7 +142,20 @@ def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | N
     return _dangling_targets(holders, account_set, redirect_set, local, invalid)
 
 
-def _check_domains_fully(sources: Sequence[DomainSource]) -> list[Finding]:
+def _enabled_accounts(sources: Sequence[DomainSource]) -> frozenset[str]:
+    """The address of every enabled account: those have a mailbox."""
+    return frozenset(
+        src.domain.address_of(acc.name)
+        for src in sources
+        for acc in src.domain.accounts
+        if acc.enabled
+    )
+
+
+def _check_domains_fully(
+    sources: Sequence[DomainSource], aliases: Mapping[str, str] | None = None
+) -> list[Finding]:
+    aliases = aliases or {}
     findings: list[Finding] = []
     # address → where it is first declared; `Ref`s are made only for findings (this loop
     # sees every account and redirect of the inventory, tens of thousands).
@@ -173,10 +205,16 @@ def _check_domains_fully(sources: Sequence[DomainSource]) -> list[Finding]:
                     refs=(_redirect_ref(*first),),
                 )
             )
-    findings.extend(_redirect_loops(redirect_at, redirect_to))
+    mailboxes = _enabled_accounts(sources)
+    catch_alls = {s.domain.domain: s.domain.catch_all for s in sources if s.domain.catch_all}
+    declared = {address: _redirect_ref(*at) for address, at in redirect_at.items()}
+    findings.extend(find_redirect_loops(declared, redirect_to, mailboxes, aliases, catch_alls))
     local = {src.domain.domain for src in sources}
     invalid = _invalid_addresses(sources)
-    findings.extend(_dangling_targets(sources, accounts, redirect_to, local, invalid))
+    findings.extend(
+        _dangling_targets(sources, accounts, redirect_to, local, invalid, aliases, catch_alls)
+    )
+    findings.extend(_dangling_catch_alls(sources, mailboxes, redirect_to, invalid, aliases))
     return findings
 
 
@@ -217,75 +255,33 @@ def _foreign(src: DomainSource, path: DataPath, name: str) -> list[Finding]:
     ]
 
 
-def _redirect_loops(
-    redirect_at: Mapping[str, tuple[DomainSource, int]],
-    redirects: Mapping[str, tuple[str, ...]],
-) -> list[Finding]:
-    # Only redirects that point at other redirects can be part of a loop.
-    graph: dict[str, list[str]] = {}
-    for src, to in redirects.items():
-        onward = [t for t in to if t in redirects]
-        if onward:
-            graph[src] = onward
-    findings = []
-    for component in strongly_connected_components(dict(sorted(graph.items()))):
-        if not is_loop(component, graph):
-            continue
-        start = min(component)
-        cycle = _cycle_through(start, graph, set(component))
-        hops = " → ".join([*cycle, cycle[0]])
-        refs = tuple(_redirect_ref(*redirect_at[a]) for a in cycle)
-        where = ", ".join(f"{a} at {{{i}}}" for i, a in enumerate(cycle))
-        first = refs[0]
-        to_index = redirects[start].index(cycle[1] if len(cycle) > 1 else start)
-        findings.append(
-            Finding(
-                first.file,
-                (*first.path[:-1], "to", to_index),
-                f"redirect loop: {hops} (mail would circle until it bounces); "
-                f"redirects in the loop: {where}",
-                refs=refs,
-            )
-        )
-    return findings
-
-
-def _cycle_through(start: str, graph: Mapping[str, Sequence[str]], allowed: set[str]) -> list[str]:
-    """A shortest cycle start → ... → start inside one strongly connected component."""
-    previous: dict[str, str] = {}
-    frontier = [start]
-    while frontier:
-        nxt_frontier = []
-        for node in frontier:
-            for t in graph.get(node, ()):
-                if t == start:
-                    path = [node]
-                    while path[-1] != start:
-                        path.append(previous[path[-1]])
-                    return list(reversed(path))
-                if t in allowed and t not in previous:
-                    previous[t] = node
-                    nxt_frontier.append(t)
-        frontier = nxt_frontier
-    return [start]
-
-
 def _dangling_targets(
     sources: Sequence[DomainSource],
     accounts: Container[str],
     redirects: Container[str],
     local: Container[str],
     invalid: Container[str],
+    aliases: Mapping[str, str] | None = None,
+    catch_alls: Container[str] = (),
 ) -> list[Finding]:
     """Redirect targets in a local domain (`local`: every checked domain) that are neither
-    an account nor a redirect, valid or `invalid` (whose error is reported already)."""
+    an account nor a redirect, valid or `invalid` (whose error is reported already); an
+    address of an alias domain counts as its name in the aliased domain, and a domain with
+    a catch-all (`catch_alls`) takes any address."""
+    aliases = aliases or {}
     findings = []
     for src in sources:
         for i, red in enumerate(src.domain.redirects):
             for j, target in enumerate(red.to):
                 domain = target.rpartition("@")[2]
+                if domain in aliases:
+                    target = f"{target.rpartition('@')[0]}@{aliases[domain]}"
+                    if target.startswith("postmaster@"):
+                        continue  # every alias domain has its postmaster row
+                    domain = aliases[domain]
                 if (
                     domain in local
+                    and domain not in catch_alls
                     and target not in accounts
                     and target not in redirects
                     and target not in invalid
@@ -295,11 +291,48 @@ def _dangling_targets(
                         Finding(
                             src.file,
                             ("redirects", src.redirect_at(i), "to", j),
-                            f"{target} is in local domain {domain} but is neither an account "
-                            "nor a redirect there; mail to it will bounce",
+                            f"{red.to[j]} is in local domain {red.to[j].rpartition('@')[2]} "
+                            "but is neither an account nor a redirect there; mail to it will "
+                            "bounce",
                             severity="warning",
                         )
                     )
+    return findings
+
+
+def _dangling_catch_alls(
+    sources: Sequence[DomainSource],
+    mailboxes: Container[str],
+    redirects: Container[str],
+    invalid: Container[str],
+    aliases: Mapping[str, str],
+) -> list[Finding]:
+    """Catch-all targets in a local domain (or an alias domain) that are neither an enabled
+    account nor a redirect: every guessed address would be accepted and then bounce."""
+    local = {src.domain.domain for src in sources}
+    findings = []
+    for src in sources:
+        target = src.domain.catch_all
+        if target is None:
+            continue
+        local_part, _, domain = target.rpartition("@")
+        address = f"{local_part}@{aliases[domain]}" if domain in aliases else target
+        domain = address.rpartition("@")[2]
+        # postmaster@ of a served domain always exists (`tables.make_postmaster_aliases`).
+        known = address in mailboxes or address in redirects or address in invalid
+        known = known or local_part == "postmaster"
+        if domain not in local or known or ANY_ADDRESS + domain in invalid:
+            continue
+        findings.append(
+            Finding(
+                src.file,
+                ("catch_all",),
+                f"catch-all target {target} is in local domain {target.rpartition('@')[2]} "
+                "but is neither an enabled account nor a redirect there: every unknown "
+                f"address of {src.domain.domain} would be accepted and then bounce "
+                "(backscatter); name an enabled account or a redirect",
+            )
+        )
     return findings
 
 
@@ -348,7 +381,8 @@ def check_hosts(raw: Any, domain_files: Mapping[str, str], *, file: str) -> list
                     Finding(
                         file,
                         ("hosts", name, "domains", i),
-                        f"unknown domain {domain!r}: there is no domains/{domain}.yml",
+                        f"unknown domain {domain!r}: there is no domains/{domain}.yml"
+                        + alias_domain_hint(raw, domain.lower()),
                     )
                 )
     for domain in sorted(known - served):

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from compiler.cache.gcpause import gc_paused
+from compiler.load.aliasdomains import check_alias_domains, valid_alias_domains
 from compiler.load.crosscheck import (
     ANY_ADDRESS,
     DomainSource,
@@ -133,7 +134,6 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
     if cache is not None:
         cache.save()
 
-    run.findings.extend(check_domains([*sources, *run.partial]))
     domains: dict[str, Domain] = {}
     domain_files: dict[str, str] = {}
     domain_keys: dict[str, str] = {}
@@ -146,6 +146,8 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
     # Hosts may name a domain whose file is invalid: the file's errors are reported already.
     for src in run.partial:
         domain_files.setdefault(src.domain.domain, src.file)
+    aliases = valid_alias_domains(raw_main, domain_files) if raw_main is not _FAILED else {}
+    run.findings.extend(check_domains([*sources, *run.partial], aliases))
 
     policy = None
     if raw_main is not _FAILED:
@@ -158,6 +160,7 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
         run.findings.extend(_check_host_policies(raw_main, policy, main_name))
         run.findings.extend(check_hosts(raw_main, domain_files, file=main_name))
         run.findings.extend(check_external_senders(raw_main, domain_files, file=main_name))
+        run.findings.extend(check_alias_domains(raw_main, domain_files, file=main_name))
 
     inventory = None
     if inv_file is not None and policy is not None:
@@ -167,6 +170,7 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
             groups=inv_file.groups,
             policy=policy,
             domains=dict(sorted(domains.items())),
+            alias_domains=dict(sorted(inv_file.alias_domains.items())),
         )
 
     diagnostics = sorted(

@@ -414,16 +414,17 @@ def test_duplicate_account_across_files_names_both_places(tmp_path: Path) -> Non
     ]
 
 
-def test_self_redirect_is_a_loop(tmp_path: Path) -> None:
+def test_self_redirect_without_a_mailbox_is_an_error(tmp_path: Path) -> None:
     write(
         tmp_path,
         example_com="domain: example.com\nredirects:\n  - name: a\n"
         "    to: [x@y.org, a@example.com]\n",
     )
     assert errors_of(tmp_path) == [
-        "domains/example.com.yml:4:19: error: redirects[0].to[1]: redirect loop: a@example.com → "
-        "a@example.com (mail would circle until it bounces); redirects in the loop: "
-        "a@example.com at domains/example.com.yml:3:11"
+        "domains/example.com.yml:4:19: error: redirects[0].to[1]: redirect a@example.com names "
+        "itself, but a@example.com is no enabled account: mail to it would bounce (a redirect "
+        "keeps a copy only in the mailbox of an enabled account of that address; drop it from "
+        "`to`)"
     ]
 
 

@@ -38,7 +38,10 @@ def sources(draw: st.DrawFn) -> list[DomainSource]:
     out = []
     for dom in draw(domains):
         names = st.sampled_from(LOCALS) if tidy else name
-        accounts = [{"name": n, "password": BLF} for n in draw(st.lists(names, max_size=3))]
+        accounts = [
+            {"name": n, "password": BLF, "enabled": draw(st.booleans())}
+            for n in draw(st.lists(names, max_size=3))
+        ]
         redirects = [
             {"name": n, "to": draw(st.lists(address, min_size=1, max_size=2))}
             for n in draw(st.lists(names, max_size=3, unique=tidy))
