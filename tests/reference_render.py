@@ -47,10 +47,25 @@ class Tables:
     deny_pop3: tuple[str, ...]
 
 
+def alias_domain_rows(cfg: HostConfig) -> dict[str, str]:
+    """Each served alias domain's rows: every enabled account and redirect source of the
+    domain it aliases under the alias's name, and its postmaster."""
+    rows = {}
+    for alias, target in cfg.alias_domains.items():
+        for address in [*cfg.mailboxes, *cfg.redirects, f"postmaster@{target}"]:
+            local, _, domain = address.rpartition("@")
+            if domain == target:
+                rows[f"{local}@{alias}"] = address
+    return rows
+
+
 def make_tables(cfg: HostConfig) -> Tables:
     """Mailbox rows for the enabled accounts (`cfg.mailboxes` order), alias rows for the
-    redirects and for each served domain's postmaster that is neither declared nor the
-    host's postmaster itself (sorted), the served domains (sorted)."""
+    redirects, for each served domain's postmaster that is neither declared nor the
+    host's postmaster itself, for each catch-all (`@domain target`, and each enabled
+    account of its domain that is no redirect to itself) and for the alias domains
+    (sorted), the served domains (sorted); sender rows for each enabled account and its
+    names in alias domains (sorted)."""
     mailboxes = cfg.mailboxes
     aliases = {source: ", ".join(targets) for source, targets in cfg.redirects.items()}
     for domain in cfg.domain_names:
@@ -58,6 +73,19 @@ def make_tables(cfg: HostConfig) -> Tables:
         declared = postmaster in cfg.redirects or postmaster in mailboxes
         if not declared and postmaster != cfg.postmaster:
             aliases[postmaster] = cfg.postmaster
+    for dom in cfg.domains:
+        if dom.catch_all:
+            aliases["@" + dom.domain] = dom.catch_all
+            for address in mailboxes:
+                if address.endswith("@" + dom.domain) and address not in cfg.redirects:
+                    aliases[address] = address
+    aliases.update(alias_domain_rows(cfg))
+    senders = {address: address for address in mailboxes}
+    for alias, target in cfg.alias_domains.items():
+        for address in mailboxes:
+            local, _, domain = address.rpartition("@")
+            if domain == target:
+                senders[f"{local}@{alias}"] = address
     maildirs = []
     for address in mailboxes:
         local, _, domain = address.partition("@")
@@ -70,7 +98,8 @@ def make_tables(cfg: HostConfig) -> Tables:
         virtual_mailbox_domains=tuple((name, "OK") for name in sorted(cfg.domain_names)),
         virtual_mailbox_maps=tuple(maildirs),
         virtual_alias_maps=tuple(sorted(aliases.items())),
-        sender_login_maps=tuple((address, address) for address in mailboxes),
+        # `cfg.mailboxes` order (sorted in a resolved config), sorted with alias names.
+        sender_login_maps=tuple(sorted(senders.items()) if cfg.alias_domains else senders.items()),
         passwd=tuple(passwd),
         deny_imap=tuple(a for a, account in mailboxes.items() if not account.imap),
         deny_pop3=tuple(a for a, account in mailboxes.items() if not account.pop3),
@@ -124,9 +153,11 @@ def make_agent_config(cfg: HostConfig) -> AgentConfig:
         hostname=cfg.spec.hostname,
         listen=f"unix:{paths.agent_socket}",
         state=policy.policy_state,
-        local_domains=sorted(cfg.domain_names),
+        local_domains=sorted([*cfg.domain_names, *cfg.alias_domains]),
         accounts=accounts,
         redirects={source: list(targets) for source, targets in cfg.redirects.items()},
+        catch_alls={d.domain: d.catch_all for d in cfg.domains if d.catch_all},
+        alias_domains=dict(cfg.alias_domains),
         global_filter=list(policy.global_filter),
         global_filter_reject_text=policy.global_filter_reject_text,
         whitelist_reject_text=policy.whitelist_reject_text,
@@ -150,11 +181,14 @@ def _compact(value: Any) -> str:
 
 def dump_agent_config(config: AgentConfig) -> str:
     """agent.json's layout: sorted keys, one line per top-level key and one line per entry
-    of a non-empty top-level mapping, each value compact JSON."""
+    of a non-empty top-level mapping, each value compact JSON; the keys of features not used
+    (alias domains, catch-alls) are left out."""
     data = config.model_dump(mode="json")
     lines = []
     for key in sorted(data):
         value = data[key]
+        if key in ("alias_domains", "catch_alls") and not value:
+            continue
         if isinstance(value, dict) and value:
             entries = [f"    {json.dumps(k)}: {_compact(value[k])}" for k in sorted(value)]
             lines.append(f"  {json.dumps(key)}: {{\n" + ",\n".join(entries) + "\n  }")
@@ -182,7 +216,8 @@ def make_autoresponders(cfg: HostConfig) -> list[SieveScript]:
         responder = account.autoresponder
         if responder is None or not responder.enabled:
             continue
-        aliases = reaching_addresses(address, cfg.redirects)
+        routes = {**cfg.redirects, **{a: (t,) for a, t in alias_domain_rows(cfg).items()}}
+        aliases = reaching_addresses(address, routes)
         script = make_vacation_script(
             address, responder, aliases=aliases, whitelist=account.whitelist
         )

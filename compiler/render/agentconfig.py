@@ -32,6 +32,8 @@ _compact = json.JSONEncoder(sort_keys=True, separators=(", ", ": ")).encode
 _string = json.encoder.encode_basestring_ascii
 # The sorted keys of an account entry, as render_agent_config writes them.
 ACCOUNT_KEYS = ("blacklist", "enabled", "limits", "whitelist")
+# Top-level keys written only when not empty (the agent reads their default, {}).
+OPTIONAL_KEYS = ("alias_domains", "catch_alls")
 
 
 def probe_address(listener: Listener) -> str:
@@ -57,9 +59,11 @@ def _host_config(cfg: HostConfig) -> AgentConfig:
         hostname=cfg.spec.hostname,
         listen=f"unix:{paths.agent_socket}",
         state=policy.policy_state,
-        local_domains=sorted(cfg.domain_names),
+        local_domains=sorted([*cfg.domain_names, *cfg.alias_domains]),
         accounts={},
         redirects={},
+        catch_alls=cfg.catch_alls,
+        alias_domains=cfg.alias_domains,
         global_filter=list(policy.global_filter),
         global_filter_reject_text=policy.global_filter_reject_text,
         whitelist_reject_text=policy.whitelist_reject_text,
@@ -194,7 +198,10 @@ def _accounts_block(cfg: HostConfig, shared: SharedAgentText) -> list[str]:
 def render_agent_config(cfg: HostConfig, shared: SharedAgentText) -> str:
     """agent.json of `cfg`, its domain-only parts from `shared` (`compiler.render.join`
     makes it; hosts serving the same domains share one)."""
-    data = _host_config(cfg).model_dump(mode="json", exclude={"accounts", "redirects"})
+    config = _host_config(cfg)
+    # Keys of features a host does not use are left out, so its agent.json stays as it was.
+    exclude = {"accounts", "redirects"} | {k for k in OPTIONAL_KEYS if not getattr(config, k)}
+    data = config.model_dump(mode="json", exclude=exclude)
     return _format_config(
         data, {"accounts": _accounts_block(cfg, shared), "redirects": shared.redirects}
     )

@@ -118,6 +118,8 @@ def make_base_context(cfg: HostConfig) -> dict[str, Any]:
         "outbound_policy": make_policy_hook(paths.agent_socket, policy.policy_fail_action_outbound),
         "extra_main": sorted(policy.postfix_main.items()),
         "external_senders": make_external_senders(cfg),
+        # Alias domains are virtual_alias_domains, never virtual_mailbox_domains.
+        "alias_domains": list(cfg.alias_domains),
         "dovecot_protocols": protocols,
         # Every plain SMTP listener: each smtpd reads its own -o overrides only when a client
         # connects, so a bad submission-only setting shows only on 587/2525.

@@ -4,7 +4,8 @@ A fragment holds a domain's ready-made rows, each made by its row rule (`compile
 `.agentconfig`, `.sieve`): for its enabled accounts (declaration order) the Dovecot passwd
 line, the virtual_mailbox_maps and sender_login_maps rows, the agent.json entry split around
 its limits, the accounts refused IMAP or POP3; for its redirects (declaration order) the
-virtual_alias_maps row and the agent.json entry; and the Sieve script of each enabled
+virtual_alias_maps row and the agent.json entry; for its catch-all, if any, the
+virtual_alias_maps rows (`tables.make_catch_all_aliases`); and the Sieve script of each enabled
 autoresponder, made with the aliases that reach it through the fragment's own redirects
 (`compiler.render.join` makes it again when a redirect of another fragment leads into the
 domain). `make_fragment` is the one maker: `make_domain_fragment` applies it to a `Domain`,
@@ -42,12 +43,13 @@ from compiler.render.tables import (
     alias_row,
     deny_rows,
     mailbox_row,
+    make_catch_all_aliases,
     make_passwd_lines,
     sender_login_row,
 )
 from schemas.domain import Account, Domain
 
-_FORMAT = b"mailcfg-fragment-4"
+_FORMAT = b"mailcfg-fragment-5"
 _CODE = (
     "render/fragments.py",
     "render/tables.py",
@@ -88,7 +90,8 @@ class DomainFragment:
     alias_rows: tuple[str, ...]  # `source target, target`
     agent_redirects: tuple[str, ...]  # `    "source": ["target", "target"]`
     outside_targets: tuple[str, ...]  # redirect targets in other domains
-    responders: tuple[ResponderScript, ...]
+    catch_all_rows: tuple[str, ...]  # `@domain target` and `address address`; () without
+    responders: tuple[ResponderScript, ...]  # last: `_to_row` stores it apart
 
 
 def make_fragment(
@@ -96,10 +99,11 @@ def make_fragment(
     accounts: Sequence[tuple[str, Account]],
     redirects: Mapping[str, tuple[str, ...]],
     reverse: Mapping[str, Sequence[str]] | None = None,
+    catch_all: str | None = None,
 ) -> DomainFragment:
-    """The fragment of `domain` with the enabled `(address, account)`s and the redirects
-    given. A responder's aliases are found in `reverse` (`sieve.invert_redirects`), by
-    default over `redirects` alone."""
+    """The fragment of `domain` with the enabled `(address, account)`s, the redirects and
+    the catch-all target given. A responder's aliases are found in `reverse`
+    (`sieve.invert_redirects`), by default over `redirects` alone."""
     if reverse is None:
         reverse = invert_redirects(redirects)
     responders = []
@@ -110,6 +114,10 @@ def make_fragment(
             responders.append(ResponderScript(address, tuple(aliases), script))
     before, after = make_account_entries(accounts)
     suffix = "@" + domain
+    catch_all_rows: tuple[str, ...] = ()
+    if catch_all is not None:
+        rows = make_catch_all_aliases(domain, catch_all, (a for a, _ in accounts), redirects)
+        catch_all_rows = tuple(alias_row(s, to) for s, to in rows)
     return DomainFragment(
         domain=domain,
         addresses=tuple(a for a, _ in accounts),
@@ -126,6 +134,7 @@ def make_fragment(
         outside_targets=tuple(
             sorted({t for to in redirects.values() for t in to if not t.endswith(suffix)})
         ),
+        catch_all_rows=catch_all_rows,
         responders=tuple(responders),
     )
 
@@ -135,7 +144,7 @@ def make_domain_fragment(domain: Domain) -> DomainFragment:
     `resolve.index_domains` names them."""
     accounts = [(domain.address_of(acc.name), acc) for acc in domain.accounts if acc.enabled]
     redirects = {domain.address_of(red.name): tuple(red.to) for red in domain.redirects}
-    return make_fragment(domain.domain, accounts, redirects)
+    return make_fragment(domain.domain, accounts, redirects, catch_all=domain.catch_all)
 
 
 def make_host_fragments(cfg: HostConfig) -> list[DomainFragment]:
@@ -152,7 +161,11 @@ def make_host_fragments(cfg: HostConfig) -> list[DomainFragment]:
         accounts.get(address.rpartition("@")[2], other_accounts).append((address, account))
     for source, targets in cfg.redirects.items():
         redirects.get(source.rpartition("@")[2], other_redirects)[source] = targets
-    fragments = [make_fragment(name, accounts[name], redirects[name]) for name in names]
+    catch_alls = cfg.catch_alls
+    fragments = [
+        make_fragment(name, accounts[name], redirects[name], catch_all=catch_alls.get(name))
+        for name in names
+    ]
     if other_accounts or other_redirects:
         reverse = invert_redirects(cfg.redirects)
         fragments.append(make_fragment("", other_accounts, other_redirects, reverse))

@@ -8,8 +8,11 @@ come from per-domain fragments (`compiler.render.fragments`), read from a `Fragm
 there is one and they name exactly the host's mailboxes and redirects (always so for a host of
 the cache's inventory), else made from the host config's own rows (`make_host_fragments`),
 and `join_fragments` lays them out in address order by one permutation per column, no
-per-account work but a lookup. `DomainSetCache` shares the result between the hosts of one
-run that serve the same domains.
+per-account work but a lookup. A host's alias domains (`HostConfig.alias_domains`) add
+their rows here, from the fragment of the domain each one aliases (`tables`'
+`make_alias_domain_aliases` and `make_alias_domain_senders`), and make that domain's
+autoresponder scripts again with the alias addresses. `DomainSetCache` shares the result
+between the hosts of one run that serve the same domains.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from compiler.render.tables import (
     TableTexts,
     alias_row,
     format_lines,
+    make_alias_domain_aliases,
+    make_alias_domain_senders,
     make_postmaster_aliases,
     make_virtual_mailbox_domains,
 )
@@ -52,13 +57,18 @@ class DomainSetData:
     tables: TableTexts
     autoresponders: tuple[SieveScript, ...]
     agent_text: SharedAgentText
+    alias_domains: dict[str, str] = field(default_factory=dict)
+    catch_alls: dict[str, str] = field(default_factory=dict)
 
     def serves(self, cfg: HostConfig) -> bool:
         """Whether this data is `make_domain_set_data(cfg)`: equal accounts and redirects in
-        the same order, names and postmaster (hosts resolved together share the dicts)."""
+        the same order, names, catch-alls, alias domains and postmaster (hosts resolved
+        together share the dicts)."""
         return (
             self.postmaster == cfg.postmaster
             and self.domain_names == cfg.domain_names
+            and self.alias_domains == cfg.alias_domains
+            and self.catch_alls == cfg.catch_alls
             and _same_items(self.mailboxes, cfg.mailboxes)
             and _same_items(self.redirects, cfg.redirects)
         )
@@ -139,11 +149,17 @@ def join_fragments(cfg: HostConfig, fragments: Sequence[DomainFragment]) -> Doma
         return None
     no_imap = set(_column(fragments, "no_imap"))
     no_pop3 = set(_column(fragments, "no_pop3"))
+    aliases = _alias_domain_rows(cfg, fragments)
+    sender_rows = _pick(_column(fragments, "sender_rows"), order)
+    if aliases.senders:
+        sender_rows = sorted([*sender_rows, *aliases.senders], key=_row_key)
     tables = TableTexts(
         virtual_mailbox_domains=format_lines(make_virtual_mailbox_domains(cfg)),
         virtual_mailbox_maps=format_lines(_pick(_column(fragments, "mailbox_rows"), order)),
-        virtual_alias_maps=_alias_map_text(cfg, _pick(_column(fragments, "alias_rows"), by_source)),
-        sender_login_maps=format_lines(_pick(_column(fragments, "sender_rows"), order)),
+        virtual_alias_maps=_alias_map_text(
+            cfg, _pick(_column(fragments, "alias_rows"), by_source), fragments, aliases.rows
+        ),
+        sender_login_maps=format_lines(sender_rows),
         passwd=format_lines(_pick(_column(fragments, "passwd"), order)),
         deny_imap=format_lines([a for a in mailboxes if a in no_imap] if no_imap else []),
         deny_pop3=format_lines([a for a in mailboxes if a in no_pop3] if no_pop3 else []),
@@ -162,32 +178,78 @@ def join_fragments(cfg: HostConfig, fragments: Sequence[DomainFragment]) -> Doma
         domain_names=cfg.domain_names,
         postmaster=cfg.postmaster,
         tables=tables,
-        autoresponders=tuple(_join_autoresponders(cfg, fragments)),
+        autoresponders=tuple(_join_autoresponders(cfg, fragments, aliases.rows)),
         agent_text=agent_text,
+        alias_domains=cfg.alias_domains,
+        catch_alls=cfg.catch_alls,
     )
 
 
-def _alias_map_text(cfg: HostConfig, redirect_rows: list[str]) -> str:
-    """virtual_alias_maps: the redirect rows (in `cfg.redirects` order) and the postmaster
-    aliases, sorted by source."""
+def _row_key(row: str) -> str:
+    return row.partition(" ")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class AliasDomainRows:
+    """A host's alias-domain rows: virtual_alias_maps `(source, targets)` and
+    sender_login_maps lines."""
+
+    rows: list[tuple[str, tuple[str, ...]]]
+    senders: list[str]
+
+
+def _alias_domain_rows(cfg: HostConfig, fragments: Sequence[DomainFragment]) -> AliasDomainRows:
+    """The rows of `cfg`'s alias domains, each from the fragment of the domain it aliases:
+    its enabled accounts and its redirect sources (an address both is one row)."""
+    rows: list[tuple[str, tuple[str, ...]]] = []
+    senders: list[str] = []
+    if not cfg.alias_domains:
+        return AliasDomainRows(rows, senders)
+    by_domain = {f.domain: f for f in fragments}
+    for alias, target in cfg.alias_domains.items():
+        fragment = by_domain[target]
+        addresses = dict.fromkeys((*fragment.addresses, *fragment.sources))
+        rows += make_alias_domain_aliases(alias, target, addresses)
+        senders += make_alias_domain_senders(alias, fragment.addresses)
+    return AliasDomainRows(rows, senders)
+
+
+def _alias_map_text(
+    cfg: HostConfig,
+    redirect_rows: list[str],
+    fragments: Sequence[DomainFragment] = (),
+    alias_domain_rows: Sequence[tuple[str, tuple[str, ...]]] = (),
+) -> str:
+    """virtual_alias_maps: the redirect rows (in `cfg.redirects` order), the postmaster
+    aliases, the catch-all rows of `fragments` and `alias_domain_rows`, sorted by source."""
     keys = list(cfg.redirects)
     rows = list(redirect_rows)
-    for source, targets in make_postmaster_aliases(cfg):
+    for source, targets in [*make_postmaster_aliases(cfg), *alias_domain_rows]:
         keys.append(source)
         rows.append(alias_row(source, targets))
+    for fragment in fragments:
+        if fragment.catch_all_rows:
+            keys += map(_row_key, fragment.catch_all_rows)
+            rows += fragment.catch_all_rows
     if keys != sorted(keys):
         rows = _pick(rows, sorted(range(len(keys)), key=keys.__getitem__))
     return format_lines(rows)
 
 
-def _join_autoresponders(cfg: HostConfig, fragments: Sequence[DomainFragment]) -> list[SieveScript]:
+def _join_autoresponders(
+    cfg: HostConfig,
+    fragments: Sequence[DomainFragment],
+    alias_domain_rows: Sequence[tuple[str, tuple[str, ...]]] = (),
+) -> list[SieveScript]:
     """The fragments' Sieve scripts, by address. A script's aliases come from its own
-    fragment's redirects unless a redirect of another fragment leads into its domain: only
-    then are they worked out over all of `cfg.redirects`, and the script made again if they
-    differ (every path into a domain from outside passes such a redirect)."""
+    fragment's redirects unless a redirect of another fragment or an alias domain leads into
+    its domain: only then are they worked out over all of `cfg.redirects` and
+    `alias_domain_rows`, and the script made again if they differ (every path into a domain
+    from outside passes such a redirect or row)."""
     entered = {
         t.rpartition("@")[2] for f in fragments if f.outside_targets for t in f.outside_targets
     }
+    entered.update(cfg.alias_domains.values())
     mailboxes = cfg.mailboxes
     reverse: dict[str, list[str]] | None = None
     scripts = []
@@ -197,7 +259,7 @@ def _join_autoresponders(cfg: HostConfig, fragments: Sequence[DomainFragment]) -
             script = responder.script
             if reached:
                 if reverse is None:
-                    reverse = invert_redirects(cfg.redirects)
+                    reverse = invert_redirects({**cfg.redirects, **dict(alias_domain_rows)})
                 aliases = reaching_addresses(responder.address, reverse)
                 if tuple(aliases) != responder.aliases:
                     address = responder.address

@@ -33,16 +33,30 @@ class HostConfig(Frozen):
     # Resolved sending limits per enabled account.
     limits: dict[str, Limits] = Field(default_factory=dict)
     postmaster: str
+    # Alias domains of served domains: alias → the served domain it delivers as, sorted.
+    alias_domains: dict[str, str] = Field(default_factory=dict)
 
     @property
     def domain_names(self) -> tuple[str, ...]:
         return tuple(d.domain for d in self.domains)
+
+    @property
+    def catch_alls(self) -> dict[str, str]:
+        """Served domain → its catch-all target, for the domains that have one."""
+        return {d.domain: d.catch_all for d in self.domains if d.catch_all}
 
 
 def resolve_limits(default: Limits, override: LimitsOverride | None) -> Limits:
     if override is None:
         return default
     return default.model_copy(update=override.model_dump(exclude_unset=True))
+
+
+def served_alias_domains(inv: Inventory, domains: tuple[Domain, ...]) -> dict[str, str]:
+    """The alias domains of `domains`: a host serves an alias domain exactly when it serves
+    the domain it aliases."""
+    names = {d.domain for d in domains}
+    return {a: t for a, t in sorted(inv.alias_domains.items()) if t in names}
 
 
 def served_domains(inv: Inventory, host: str) -> tuple[Domain, ...]:
@@ -143,4 +157,5 @@ def resolve_host(
         redirects=served.redirects,
         limits=_resolve_all_limits(policy.limits, served),
         postmaster=postmaster,
+        alias_domains=served_alias_domains(inv, domains),
     )

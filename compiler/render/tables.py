@@ -1,9 +1,10 @@
 """The row rules of the lookup tables: Postfix maps and Dovecot passwd-file and deny files.
 
 Each kind of row is made by one function here (`passwd_line` with `quota_rule`,
-`mailbox_row`, `sender_login_row`, `alias_row`, `make_postmaster_aliases`, `deny_rows`,
-`make_virtual_mailbox_domains`); `compiler.render.fragments` applies them to each domain's
-accounts and redirects, and `compiler.render.join` lays the rows of a host's domains out as
+`mailbox_row`, `sender_login_row`, `alias_row`, `make_postmaster_aliases`,
+`make_catch_all_aliases`, `make_alias_domain_aliases`, `make_alias_domain_senders`,
+`deny_rows`, `make_virtual_mailbox_domains`); `compiler.render.fragments` applies them to each
+domain's accounts and redirects, and `compiler.render.join` lays the rows of a host's domains out as
 `TableTexts`, the file bodies the roles write. Keys and values are already restricted by
 `schemas.common` (no whitespace, ':' or ',' in addresses; hashes checked by
 `schemas.password`), so nothing here needs escaping.
@@ -11,7 +12,7 @@ accounts and redirects, and `compiler.render.join` lays the rows of a host's dom
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from compiler.render.resolve import HostConfig
@@ -73,10 +74,11 @@ def mailbox_row(address: str) -> str:
     return f"{address} {maildir_of(address)}"
 
 
-def sender_login_row(address: str) -> str:
+def sender_login_row(address: str, login: str | None = None) -> str:
     """sender_login_maps: after SASL login each account may use its own address only as the
-    envelope sender (the Dovecot login name is the full address)."""
-    return f"{address} {address}"
+    envelope sender (the Dovecot login name is the full address), and its name in an alias
+    domain (`login`: the account's address)."""
+    return f"{address} {login or address}"
 
 
 def alias_row(source: str, targets: Sequence[str]) -> str:
@@ -96,6 +98,43 @@ def make_postmaster_aliases(cfg: HostConfig) -> list[tuple[str, tuple[str, ...]]
             continue
         rows.append((address, (cfg.postmaster,)))
     return rows
+
+
+def make_catch_all_aliases(
+    domain: str, target: str, accounts: Iterable[str], redirects: Container[str]
+) -> list[tuple[str, tuple[str, ...]]]:
+    """A catch-all's rows for `alias_row`: `@domain` → `target`, and each enabled account
+    of the domain (`accounts`, in order) that is no redirect source to itself. Virtual
+    aliasing runs before the mailbox lookup, so without its identity row an account's mail
+    would go to the catch-all too; a redirect keeps its own row, and an address that maps to
+    itself is delivered there."""
+    rows: list[tuple[str, tuple[str, ...]]] = [(f"@{domain}", (target,))]
+    rows += [(a, (a,)) for a in accounts if a not in redirects]
+    return rows
+
+
+def make_alias_domain_aliases(
+    alias: str, target: str, addresses: Iterable[str]
+) -> list[tuple[str, tuple[str, ...]]]:
+    """An alias domain's rows for `alias_row`: the same name in `alias` → each of
+    `addresses` (the enabled accounts and redirect sources of the domain `target`, in
+    order), then postmaster when they lack it. One row per address, no `@alias @target`
+    wildcard: an unknown name of the alias domain stays unknown, rejected at RCPT."""
+    rows: list[tuple[str, tuple[str, ...]]] = []
+    has_postmaster = False
+    for address in addresses:
+        local = address.rpartition("@")[0]
+        has_postmaster = has_postmaster or local == "postmaster"
+        rows.append((f"{local}@{alias}", (address,)))
+    if not has_postmaster:
+        rows.append((f"postmaster@{alias}", (f"postmaster@{target}",)))
+    return rows
+
+
+def make_alias_domain_senders(alias: str, accounts: Iterable[str]) -> list[str]:
+    """sender_login_maps rows of an alias domain: each enabled account of the domain it
+    aliases (`accounts`, in order) may send as its name in `alias`."""
+    return [sender_login_row(f"{a.rpartition('@')[0]}@{alias}", a) for a in accounts]
 
 
 def deny_rows(accounts: Iterable[tuple[str, Account]], protocol: str) -> list[str]:

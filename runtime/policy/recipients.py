@@ -7,13 +7,19 @@ of the addresses a redirect expands to. So the rule is fail closed, per address 
 
 - An address reaches every local account mail to it is addressed to through redirects
   (`agent.json` `redirects`, plus the `postmaster@<domain>` aliases the compiler adds for a
-  served domain that declares no such account or redirect): the accounts it is delivered to,
+  served domain that declares no such account or redirect, plus the rows of each alias domain:
+  `name@<alias>` → `name@<domain>` for every account and redirect source of the domain it
+  aliases, and its postmaster): the accounts it is delivered to,
   however many hops and local domains away, and the accounts on the way that forward their
   mail. An account that also has a redirect loses its mailbox to the redirect (Postfix's
   virtual aliasing runs first) unless the redirect names the account itself ("keep a copy"),
   but its own lists still apply to mail addressed to it: forwarding says where the mail goes,
   not that the account stops refusing what it refuses. A loop of redirects (which Postfix
   never delivers) reaches every account in and after the loop.
+- An address of a domain with a catch-all (`agent.json` `catch_alls`) that is neither an
+  account nor a redirect reaches what the catch-all target reaches: Postfix delivers it
+  there, so the target's lists apply (fail closed: a guessed address never skips them).
+  Unknown names of an alias domain need nothing: Postfix rejects them before asking.
 - Mail to the address is refused when any account it reaches refuses the sender: its
   blacklist lists the sender, or its whitelist is on and lacks the sender. So one account
   with a whitelist behind a shared redirect (`info@` → alice, carol) makes the redirect
@@ -61,14 +67,52 @@ UNKNOWN = LocalRecipient(None)
 
 def make_alias_graph(config: AgentConfig) -> dict[str, Sequence[str]]:
     """The redirects as Postfix's virtual_alias_maps has them (`compiler.render.tables`): the
-    declared ones and `postmaster@<domain>` → the host's postmaster where a served domain
-    declares neither an account nor a redirect of that name."""
+    declared ones, `postmaster@<domain>` → the host's postmaster where a served domain
+    declares neither an account nor a redirect of that name, each alias domain's rows, and
+    `@<domain>` → its catch-all target (Postfix's own key for it: no address starts with @).
+    A catch-all's identity rows for accounts need no entry: an account reaches itself."""
     graph: dict[str, Sequence[str]] = dict(config.redirects)
+    aliases = config.alias_domains
     for domain in config.local_domains:
         address = f"postmaster@{domain}"
+        if domain in aliases:
+            continue  # its postmaster is one of its rows
         if address not in graph and address not in config.accounts and address != config.postmaster:
             graph[address] = (config.postmaster,)
+    if aliases:
+        graph.update(_alias_domain_rows(aliases, [*config.accounts, *graph]))
+    for domain, target in config.catch_alls.items():
+        graph["@" + domain] = (target,)
     return graph
+
+
+def _alias_domain_rows(
+    aliases: Mapping[str, str], addresses: Sequence[str]
+) -> dict[str, Sequence[str]]:
+    """`name@<alias>` → `name@<domain>` for each of `addresses` in a domain with an alias
+    domain, and postmaster (`compiler.render.tables.make_alias_domain_aliases`)."""
+    by_target: dict[str, list[str]] = {}
+    for alias, target in aliases.items():
+        by_target.setdefault(target, []).append(alias)
+    rows: dict[str, Sequence[str]] = {}
+    for alias, target in aliases.items():
+        rows[f"postmaster@{alias}"] = (f"postmaster@{target}",)
+    for address in addresses:
+        local, _, domain = address.rpartition("@")
+        for alias in by_target.get(domain, ()):
+            rows[f"{local}@{alias}"] = (address,)
+    return rows
+
+
+class CatchAllRecipients(dict[str, LocalRecipient]):
+    """A recipient index of a config with catch-alls: an address it lacks, in a domain with
+    a catch-all, is looked up as the catch-all (`@<domain>`), as Postfix delivers it."""
+
+    def get(self, address: str, default: LocalRecipient | None = None) -> LocalRecipient | None:  # type: ignore[override]
+        found = dict.get(self, address)
+        if found is None:
+            found = dict.get(self, "@" + address.rpartition("@")[2])
+        return found if found is not None else default
 
 
 def index_recipients(config: AgentConfig) -> dict[str, LocalRecipient]:
@@ -86,7 +130,7 @@ def index_recipients(config: AgentConfig) -> dict[str, LocalRecipient]:
     first, reach = _expand(graph, accounts, listed)
     for address in graph:
         out[address] = _make_recipient(address, first[address], reach[address], black, white)
-    return out
+    return CatchAllRecipients(out) if config.catch_alls else out
 
 
 def _lists(accounts: Mapping[str, AgentAccount], which: str) -> dict[str, AccountList]:

@@ -130,4 +130,39 @@ def no_agent() -> tuple[Inventory, str]:
     return inv.model_copy(update={"hosts": {host: spec}}), host
 
 
-CASES = {"minimal": minimal, "full": full, "no_agent": no_agent}
+def forms() -> tuple[Inventory, str]:
+    """The redirect forms Postfix adds: an account that forwards and keeps a copy (with an
+    autoresponder), a catch-all (beside an account, a redirect and a disabled account), and
+    two alias domains, one of them of a domain another host serves."""
+    example = Domain(
+        domain="example.com",
+        accounts=[
+            Account(
+                name="alice",
+                password=H1,
+                autoresponder=Autoresponder(subject="Away", body="Back on Monday."),
+            ),
+            Account(name="bob", password=H2),
+            Account(name="gone", password=H3, enabled=False),
+        ],
+        redirects=[
+            Redirect(name="alice", to=["alice@example.com", "alice@mail.example"]),
+            Redirect(name="sales", to="bob@example.com"),
+        ],
+        catch_all="bob@example.com",
+    )
+    org = Domain(domain="example.org", accounts=[Account(name="carol", password=H3)])
+    inv = Inventory(
+        hosts={
+            "mx3": HostSpec(
+                address="192.0.2.30", hostname="mx3.example.com", domains=["example.com"]
+            ),
+            "mx4": HostSpec(address="192.0.2.40", hostname="mx4.example.org"),
+        },
+        domains={"example.com": example, "example.org": org},
+        alias_domains={"example.net": "example.com", "example.info": "example.org"},
+    )
+    return inv, "mx3"
+
+
+CASES = {"minimal": minimal, "full": full, "no_agent": no_agent, "forms": forms}
