@@ -149,14 +149,14 @@ def test_activations_are_formatted_from_resolved_paths() -> None:
     assert set(acts) == {"postfix", "dovecot"}
     pf = acts["postfix"]
     assert pf.action == "reload"
-    assert "postmap -c '{stage}/srv/pf' 'hash:{stage}/srv/pf/virtual_alias_maps'" in pf.build
+    postmap = "postmap -c '{stage}/srv/pf' 'hash:{stage}/srv/pf/virtual_alias_maps'"
+    assert any(c.startswith(postmap + " ") for c in pf.build)
     assert any("postfix -c '{stage}/srv/pf' check" in c for c in pf.validate)
     assert pf.apply == (
         "if postfix -c /srv/pf status 2>/dev/null; then postfix -c /srv/pf reload; fi",
     )
-    assert "doveconf -c '{stage}/etc/dovecot/dovecot.conf' -x -n >/dev/null" in (
-        acts["dovecot"].validate
-    )
+    doveconf = "doveconf -c '{stage}/etc/dovecot/dovecot.conf' -x -n"
+    assert any(doveconf in c for c in acts["dovecot"].validate)
 
 
 def test_verify_probes_every_smtp_listener_and_asks_the_agent() -> None:
