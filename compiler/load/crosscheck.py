@@ -14,49 +14,31 @@ Everything here returns unlocated `Finding`s.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Container, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
 from compiler.connectors.confine import local_root_problem
 from compiler.load.aliasdomains import alias_domain_hint
-from compiler.load.delivery import find_redirect_loops
+from compiler.load.delivery import (
+    dangles,
+    find_dangling_catch_alls,
+    find_dangling_targets,
+    find_redirect_loops,
+    has_bad_walk,
+    make_delivery_graph,
+)
 from compiler.load.diagnostics import DataPath, Finding, Ref
 from compiler.load.postfix_params import managed_parameters, refusal_of
+
+# DomainSource and ANY_ADDRESS are also this module's: the loader and the tests name them here.
+from compiler.load.sources import ANY_ADDRESS as ANY_ADDRESS
+from compiler.load.sources import DomainSource as DomainSource
+from compiler.load.sources import enabled_accounts, invalid_addresses
 from schemas.common import check_domain
-from schemas.domain import Domain
 from schemas.graph import is_loop, strongly_connected_components
 
 _MAIN_CF_NAME = re.compile(r"[a-z][a-z0-9_]*")  # re.fullmatch: no trailing-newline escape
-
-
-# In `DomainSource.invalid`, "@" + domain stands for every address of the domain (no address
-# starts with "@").
-ANY_ADDRESS = "@"
-
-
-@dataclass(frozen=True, slots=True)
-class DomainSource:
-    """A validated domain and where it came from. A file with invalid accounts or redirects
-    is still cross-checked with the valid ones: `account_index`/`redirect_index` then give
-    each kept item's index in the file, and `invalid` holds the addresses the invalid items
-    declare (`ANY_ADDRESS` + domain where a name is unknown). Those exist for the redirect
-    targets' check: their own error is the one message, not also a "will bounce" warning at
-    every redirect to them."""
-
-    file: str
-    stem: str  # the file name without extension: must equal the domain
-    domain: Domain
-    account_index: tuple[int, ...] | None = None
-    redirect_index: tuple[int, ...] | None = None
-    invalid: frozenset[str] = frozenset()
-
-    def account_at(self, i: int) -> int:
-        return self.account_index[i] if self.account_index is not None else i
-
-    def redirect_at(self, i: int) -> int:
-        return self.redirect_index[i] if self.redirect_index is not None else i
 
 
 def _account_ref(src: DomainSource, i: int) -> Ref:
@@ -73,19 +55,18 @@ def check_domains(
     """Every finding of the domain rules (see the module docstring) over `sources`;
     `aliases` are the inventory's alias domains (alias → a domain of `sources`), whose
     addresses redirects and catch-alls may name."""
-    aliases = aliases or {}
-    quick = None
-    if not aliases and not any(src.domain.catch_all for src in sources):
-        quick = _check_domains_quickly(sources)
+    quick = _check_domains_quickly(sources, aliases)
     return quick if quick is not None else _check_domains_fully(sources, aliases)
 
 
-def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | None:
+def _check_domains_quickly(
+    sources: Sequence[DomainSource], aliases: Mapping[str, str] | None = None
+) -> list[Finding] | None:
     """The findings when the domains break no rule (dangling targets, a warning, may be
     found), or None: then `_check_domains_fully` finds the errors and where they are.
     Whole-inventory set operations instead of a step per account and redirect: a warm
-    load after one edit checks every domain again, cached or not. Inventories with alias
-    domains or catch-alls take the full path (`check_domains`)."""
+    load after one edit checks every domain again, cached or not."""
+    aliases = aliases or {}
     accounts: list[str] = []
     redirects: list[str] = []
     targets: list[list[str]] = []  # each redirect's `to`, parallel to `redirects`
@@ -112,14 +93,23 @@ def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | N
     if len(account_set) != len(accounts) or len(redirect_set) != len(redirects):
         return None  # declared twice
     every_target = set(chain.from_iterable(targets))
-    if not every_target.isdisjoint(redirect_set):
+    invalid = invalid_addresses(sources)
+    catch_alls = {s.domain.domain: s.domain.catch_all for s in sources if s.domain.catch_all}
+    if aliases or catch_alls:  # the walk goes on through them: see compiler.load.delivery
+        mailboxes = enabled_accounts(sources)
+        routes = dict(zip(redirects, targets, strict=True))
+        if has_bad_walk(make_delivery_graph(routes, mailboxes, aliases, catch_alls), mailboxes):
+            return None
+        if find_dangling_catch_alls(sources, mailboxes, redirect_set, invalid, aliases):
+            return None
+    elif not every_target.isdisjoint(redirect_set):
         graph: dict[str, list[str]] = {}
-        mailboxes: frozenset[str] | None = None  # made only for a redirect naming itself
+        copies: frozenset[str] | None = None  # made only for a redirect naming itself
         for source, to in zip(redirects, targets, strict=True):
             onward = [t for t in to if t in redirect_set]
             if source in onward:  # forward and keep a copy: fine with a mailbox
-                mailboxes = _enabled_accounts(sources) if mailboxes is None else mailboxes
-                if source not in mailboxes:
+                copies = enabled_accounts(sources) if copies is None else copies
+                if source not in copies:
                     return None
                 onward = [t for t in onward if t != source]
             if onward:
@@ -127,11 +117,10 @@ def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | N
         if any(is_loop(c, graph) for c in strongly_connected_components(graph)):
             return None  # a redirect loop
     local = {src.domain.domain for src in sources}
-    invalid = _invalid_addresses(sources)
     dangling = {
         t
         for t in every_target - account_set - redirect_set - invalid
-        if t.rpartition("@")[2] in local and ANY_ADDRESS + t.rpartition("@")[2] not in invalid
+        if dangles(t, account_set, redirect_set, local, invalid, aliases, catch_alls)
     }
     if not dangling:
         return []
@@ -139,16 +128,8 @@ def _check_domains_quickly(sources: Sequence[DomainSource]) -> list[Finding] | N
     holders = [
         src for src in sources if any(not dangling.isdisjoint(r.to) for r in src.domain.redirects)
     ]
-    return _dangling_targets(holders, account_set, redirect_set, local, invalid)
-
-
-def _enabled_accounts(sources: Sequence[DomainSource]) -> frozenset[str]:
-    """The address of every enabled account: those have a mailbox."""
-    return frozenset(
-        src.domain.address_of(acc.name)
-        for src in sources
-        for acc in src.domain.accounts
-        if acc.enabled
+    return find_dangling_targets(
+        holders, account_set, redirect_set, local, invalid, aliases, catch_alls
     )
 
 
@@ -205,22 +186,17 @@ def _check_domains_fully(
                     refs=(_redirect_ref(*first),),
                 )
             )
-    mailboxes = _enabled_accounts(sources)
+    mailboxes = enabled_accounts(sources)
     catch_alls = {s.domain.domain: s.domain.catch_all for s in sources if s.domain.catch_all}
     declared = {address: _redirect_ref(*at) for address, at in redirect_at.items()}
     findings.extend(find_redirect_loops(declared, redirect_to, mailboxes, aliases, catch_alls))
     local = {src.domain.domain for src in sources}
-    invalid = _invalid_addresses(sources)
+    invalid = invalid_addresses(sources)
     findings.extend(
-        _dangling_targets(sources, accounts, redirect_to, local, invalid, aliases, catch_alls)
+        find_dangling_targets(sources, accounts, redirect_to, local, invalid, aliases, catch_alls)
     )
-    findings.extend(_dangling_catch_alls(sources, mailboxes, redirect_to, invalid, aliases))
+    findings.extend(find_dangling_catch_alls(sources, mailboxes, redirect_to, invalid, aliases))
     return findings
-
-
-def _invalid_addresses(sources: Sequence[DomainSource]) -> frozenset[str]:
-    """Every address declared by an invalid account or redirect."""
-    return frozenset().union(*(src.invalid for src in sources if src.invalid))
 
 
 def _declared_address(
@@ -253,87 +229,6 @@ def _foreign(src: DomainSource, path: DataPath, name: str) -> list[Finding]:
             f"domain's file (domains/{other}.yml)",
         )
     ]
-
-
-def _dangling_targets(
-    sources: Sequence[DomainSource],
-    accounts: Container[str],
-    redirects: Container[str],
-    local: Container[str],
-    invalid: Container[str],
-    aliases: Mapping[str, str] | None = None,
-    catch_alls: Container[str] = (),
-) -> list[Finding]:
-    """Redirect targets in a local domain (`local`: every checked domain) that are neither
-    an account nor a redirect, valid or `invalid` (whose error is reported already); an
-    address of an alias domain counts as its name in the aliased domain, and a domain with
-    a catch-all (`catch_alls`) takes any address."""
-    aliases = aliases or {}
-    findings = []
-    for src in sources:
-        for i, red in enumerate(src.domain.redirects):
-            for j, target in enumerate(red.to):
-                domain = target.rpartition("@")[2]
-                if domain in aliases:
-                    target = f"{target.rpartition('@')[0]}@{aliases[domain]}"
-                    if target.startswith("postmaster@"):
-                        continue  # every alias domain has its postmaster row
-                    domain = aliases[domain]
-                if (
-                    domain in local
-                    and domain not in catch_alls
-                    and target not in accounts
-                    and target not in redirects
-                    and target not in invalid
-                    and ANY_ADDRESS + domain not in invalid
-                ):
-                    findings.append(
-                        Finding(
-                            src.file,
-                            ("redirects", src.redirect_at(i), "to", j),
-                            f"{red.to[j]} is in local domain {red.to[j].rpartition('@')[2]} "
-                            "but is neither an account nor a redirect there; mail to it will "
-                            "bounce",
-                            severity="warning",
-                        )
-                    )
-    return findings
-
-
-def _dangling_catch_alls(
-    sources: Sequence[DomainSource],
-    mailboxes: Container[str],
-    redirects: Container[str],
-    invalid: Container[str],
-    aliases: Mapping[str, str],
-) -> list[Finding]:
-    """Catch-all targets in a local domain (or an alias domain) that are neither an enabled
-    account nor a redirect: every guessed address would be accepted and then bounce."""
-    local = {src.domain.domain for src in sources}
-    findings = []
-    for src in sources:
-        target = src.domain.catch_all
-        if target is None:
-            continue
-        local_part, _, domain = target.rpartition("@")
-        address = f"{local_part}@{aliases[domain]}" if domain in aliases else target
-        domain = address.rpartition("@")[2]
-        # postmaster@ of a served domain always exists (`tables.make_postmaster_aliases`).
-        known = address in mailboxes or address in redirects or address in invalid
-        known = known or local_part == "postmaster"
-        if domain not in local or known or ANY_ADDRESS + domain in invalid:
-            continue
-        findings.append(
-            Finding(
-                src.file,
-                ("catch_all",),
-                f"catch-all target {target} is in local domain {target.rpartition('@')[2]} "
-                "but is neither an enabled account nor a redirect there: every unknown "
-                f"address of {src.domain.domain} would be accepted and then bounce "
-                "(backscatter); name an enabled account or a redirect",
-            )
-        )
-    return findings
 
 
 def check_hosts(raw: Any, domain_files: Mapping[str, str], *, file: str) -> list[Finding]:

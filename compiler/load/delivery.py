@@ -11,8 +11,13 @@ limit and then bounces: a cycle of distinct addresses is a loop, an error naming
 A redirect that names itself without a mailbox behind it (no enabled account of that address)
 bounces too, and is an error of its own.
 
-`compiler.load.crosscheck` calls `find_redirect_loops` on the whole inventory; the graph
-algorithm is `schemas.graph`'s, shared with the agent's recipient index.
+Also where the walk ends nowhere: a redirect target in a local domain (or an alias domain) that
+no account or redirect answers for, outside a domain with a catch-all (a warning: that mail
+bounces), and a local catch-all target that is neither an enabled account nor a redirect (an
+error: every guessed address would be accepted and then bounce).
+
+`compiler.load.crosscheck` calls these on the whole inventory; the graph algorithm is
+`schemas.graph`'s, shared with the agent's recipient index.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Container, Mapping, Sequence
 
 from compiler.load.diagnostics import Finding, Ref
+from compiler.load.sources import ANY_ADDRESS, DomainSource
 from schemas.graph import is_loop, strongly_connected_components
 
 
@@ -62,31 +68,27 @@ def make_delivery_graph(
             if onward:
                 graph[source] = onward
         return graph
-    todo = sorted(redirects, reverse=True)
-    while todo:
-        node = todo.pop()
+    expanding = aliases.keys() | catch_alls.keys()
+    pending: list[str] = []
+    for source in sorted(redirects):
+        # Edges that may go on: to redirects, and to addresses of alias or catch-all domains.
+        onward = [t for t in redirects[source] if t in redirects or _domain(t) in expanding]
+        if onward:
+            graph[source] = onward
+            pending += (t for t in onward if t not in redirects)
+    while pending:
+        node = pending.pop()
         if node in graph:
             continue
-        if node in redirects:
-            onward = list(redirects[node])
-        else:
-            step = expand_address(node, redirects, mailboxes, aliases, catch_alls)
-            onward = [step] if step is not None else []
-        graph[node] = onward
-        for t in onward:
-            if t not in graph and (t in redirects or _expands(t, mailboxes, aliases, catch_alls)):
-                todo.append(t)
+        step = expand_address(node, redirects, mailboxes, aliases, catch_alls)
+        graph[node] = [step] if step is not None else []
+        if step is not None and step not in redirects and _domain(step) in expanding:
+            pending.append(step)
     return graph
 
 
-def _expands(
-    address: str,
-    mailboxes: Container[str],
-    aliases: Mapping[str, str],
-    catch_alls: Mapping[str, str],
-) -> bool:
-    domain = address.rpartition("@")[2]
-    return domain in aliases or (domain in catch_alls and address not in mailboxes)
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2]
 
 
 def find_redirect_loops(
@@ -175,3 +177,108 @@ def _cycle_through(start: str, graph: Mapping[str, Sequence[str]], allowed: set[
                     nxt_frontier.append(t)
         frontier = nxt_frontier
     return [start]
+
+
+def has_bad_walk(graph: Mapping[str, Sequence[str]], mailboxes: Container[str]) -> bool:
+    """Whether `make_delivery_graph`'s `graph` holds what `find_redirect_loops` reports: a
+    source naming itself without a mailbox, or a loop of distinct addresses."""
+    walk: dict[str, Sequence[str]] = {}
+    for source, onward in graph.items():
+        if source in onward:
+            if source not in mailboxes:
+                return True
+            onward = [t for t in onward if t != source]
+        walk[source] = onward
+    return any(is_loop(c, walk) for c in strongly_connected_components(walk))
+
+
+def dangles(
+    target: str,
+    accounts: Container[str],
+    redirects: Container[str],
+    local: Container[str],
+    invalid: Container[str],
+    aliases: Mapping[str, str],
+    catch_alls: Container[str],
+) -> bool:
+    """Whether mail to redirect target `target` bounces: it is in a local domain (`local`) or
+    an alias domain of one, no account or redirect answers for it (valid, or `invalid`, whose
+    error is reported already) and its domain has no catch-all."""
+    local_part, _, domain = target.rpartition("@")
+    if domain in aliases:
+        if local_part == "postmaster":
+            return False  # every alias domain has its postmaster row
+        domain = aliases[domain]
+        target = f"{local_part}@{domain}"
+    return (
+        domain in local
+        and domain not in catch_alls
+        and target not in accounts
+        and target not in redirects
+        and target not in invalid
+        and ANY_ADDRESS + domain not in invalid
+    )
+
+
+def find_dangling_targets(
+    sources: Sequence[DomainSource],
+    accounts: Container[str],
+    redirects: Container[str],
+    local: Container[str],
+    invalid: Container[str],
+    aliases: Mapping[str, str] | None = None,
+    catch_alls: Container[str] = (),
+) -> list[Finding]:
+    """A warning for each redirect target of `sources` that `dangles`."""
+    aliases = aliases or {}
+    findings = []
+    for src in sources:
+        for i, red in enumerate(src.domain.redirects):
+            for j, target in enumerate(red.to):
+                if dangles(target, accounts, redirects, local, invalid, aliases, catch_alls):
+                    findings.append(
+                        Finding(
+                            src.file,
+                            ("redirects", src.redirect_at(i), "to", j),
+                            f"{target} is in local domain {target.rpartition('@')[2]} but is "
+                            "neither an account nor a redirect there; mail to it will bounce",
+                            severity="warning",
+                        )
+                    )
+    return findings
+
+
+def find_dangling_catch_alls(
+    sources: Sequence[DomainSource],
+    mailboxes: Container[str],
+    redirects: Container[str],
+    invalid: Container[str],
+    aliases: Mapping[str, str],
+) -> list[Finding]:
+    """Catch-all targets in a local domain (or an alias domain) that are neither an enabled
+    account nor a redirect: every guessed address would be accepted and then bounce."""
+    local = {src.domain.domain for src in sources}
+    findings = []
+    for src in sources:
+        target = src.domain.catch_all
+        if target is None:
+            continue
+        local_part, _, domain = target.rpartition("@")
+        address = f"{local_part}@{aliases[domain]}" if domain in aliases else target
+        domain = address.rpartition("@")[2]
+        # postmaster@ of a served domain always exists (`tables.make_postmaster_aliases`).
+        known = address in mailboxes or address in redirects or address in invalid
+        known = known or local_part == "postmaster"
+        if domain not in local or known or ANY_ADDRESS + domain in invalid:
+            continue
+        findings.append(
+            Finding(
+                src.file,
+                ("catch_all",),
+                f"catch-all target {target} is in local domain {target.rpartition('@')[2]} "
+                "but is neither an enabled account nor a redirect there: every unknown "
+                f"address of {src.domain.domain} would be accepted and then bounce "
+                "(backscatter); name an enabled account or a redirect",
+            )
+        )
+    return findings

@@ -23,8 +23,10 @@ BLF = "{BLF-CRYPT}$2b$12$1.bvD2JGivMxXj64XddFyOe2th8Ti5BNJWgAYM4gEHsd1m4j0GoYm"
 DOMAINS = ("a.test", "b.test", "c.test")
 LOCALS = ("x", "y", "z")
 
+# alias.test is an alias domain of a.test in the runs that pass `ALIASES`.
 address = st.builds(lambda local, dom: f"{local}@{dom}", st.sampled_from(LOCALS),
-                    st.sampled_from((*DOMAINS, "far.example")))  # fmt: skip
+                    st.sampled_from((*DOMAINS, "far.example", "alias.test")))  # fmt: skip
+ALIASES = {"alias.test": "a.test"}
 # A declared name: mostly a local part, sometimes a full address (own domain or another).
 name = st.one_of(st.sampled_from(LOCALS), st.sampled_from(LOCALS), address)
 
@@ -46,8 +48,9 @@ def sources(draw: st.DrawFn) -> list[DomainSource]:
             {"name": n, "to": draw(st.lists(address, min_size=1, max_size=2))}
             for n in draw(st.lists(names, max_size=3, unique=tidy))
         ]
+        catch_all = draw(st.one_of(st.none(), address)) if draw(st.integers(0, 3)) == 0 else None
         domain = Domain.model_validate(
-            {"domain": dom, "accounts": accounts, "redirects": redirects}
+            {"domain": dom, "accounts": accounts, "redirects": redirects, "catch_all": catch_all}
         )
         stem = dom if tidy or draw(st.integers(0, 9)) else "misnamed.test"
         out.append(DomainSource(file=f"domains/{stem}-{len(out)}.yml", stem=stem, domain=domain))
@@ -55,15 +58,16 @@ def sources(draw: st.DrawFn) -> list[DomainSource]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(sources())
-def test_quick_check_equals_the_full_check(srcs: list[DomainSource]) -> None:
-    full = _check_domains_fully(srcs)
-    quick = _check_domains_quickly(srcs)
+@given(sources(), st.booleans())
+def test_quick_check_equals_the_full_check(srcs: list[DomainSource], aliased: bool) -> None:
+    aliases = ALIASES if aliased else None
+    full = _check_domains_fully(srcs, aliases)
+    quick = _check_domains_quickly(srcs, aliases)
     if any(f.severity == "error" for f in full):
         assert quick is None
     if quick is not None:
         assert quick == full
-    assert check_domains(srcs) == full
+    assert check_domains(srcs, aliases) == full
 
 
 def test_quick_check_reports_dangling_targets_in_file_order() -> None:
