@@ -23,8 +23,10 @@ class RenderedFile:
     group: str = "root"
     role: str = ""
     sensitive: bool = False  # never print its content (passwords, keys)
-    # A sensitive file's masked view (`compiler.render.masking`): what a plan may show of it.
-    # None: nothing but that it changed.
+    # What a plan may show of a sensitive file (`compiler.render.masking.masked_view`): how to
+    # mask it (a render's file: a mask kind), or the view itself (a stored release's file).
+    # Neither: nothing but that it changed.
+    mask: str | None = None
     shown: str | None = None
 
     @property

@@ -28,6 +28,7 @@ from compiler.push.hostside.wire import (
     ReleasesReply,
     RollbackRequest,
 )
+from compiler.render.masking import masked_view
 from compiler.types import Activation, FileTree, Plan, Release, RenderedFile
 
 # Validate + reload of a large host can take a while; the on-host program bounds each command.
@@ -96,8 +97,9 @@ def _file_meta(f: RenderedFile) -> FileMeta:
         "role": f.role,
         "sensitive": f.sensitive,
     }
-    if f.shown is not None:
-        meta["shown"] = f.shown  # the masked view, for later plans' diffs
+    shown = masked_view(f)
+    if shown is not None:
+        meta["shown"] = shown  # the masked view, for later plans' diffs
     return meta
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from compiler.render.masking import masked_view
 from compiler.types import (
     Activation,
     ChangeKind,
@@ -70,7 +71,7 @@ def _change_to(
             role=want.role,
             sensitive=sensitive,
             drift=installed is not None,  # managed, but removed by hand
-            shown_after=want.shown if sensitive else None,
+            shown_after=masked_view(want) if sensitive else None,
         )
     same_content = have.sha256 == want.sha256
     same_meta = (have.mode, have.owner, have.group) == (want.mode, want.owner, want.group)
@@ -94,7 +95,7 @@ def _change_to(
         meta_before="" if same_meta else _meta(have.mode, have.owner, have.group),
         meta_after="" if same_meta else _meta(want.mode, want.owner, want.group),
         shown_before=installed.shown if sensitive and installed is not None else None,
-        shown_after=want.shown if sensitive else None,
+        shown_after=masked_view(want) if sensitive else None,
     )
 
 

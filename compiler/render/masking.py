@@ -1,9 +1,10 @@
 """The masked view of a sensitive file: the part of it a plan may show.
 
 A role marks a file `sensitive` and may name how to mask it (`mask: passwd-file` in role.yml).
-The render step makes the view once (`mask_content`) and attaches it to the `RenderedFile`
-(`shown`); the release records it beside the file, so a later plan has the view of what the
-host holds too. Plans and their output read views only: they never parse a secret. A sensitive
+The rendered file carries its mask kind; `masked_view` makes the view when a plan shows a
+change of the file or an apply records it with the release (beside the file, so a later plan
+has the view of what the host holds too). Plan output reads views only: it never parses a
+secret. A sensitive
 file without a mask kind (a TLS key) has no view: a plan says only that it changed.
 
 A view is JSON text: the noun of what was hidden ("password") and one entry per line of the
@@ -21,6 +22,8 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from compiler.types import RenderedFile
 
 MASK = "********"
 _SCHEME = re.compile(r"\{[A-Za-z0-9._-]{1,32}\}")
@@ -91,6 +94,15 @@ def mask_passwd_file(content: str) -> MaskedView:
 
 
 MASKS: dict[str, Callable[[str], MaskedView]] = {"passwd-file": mask_passwd_file}
+
+
+def masked_view(file: RenderedFile) -> str | None:
+    """The view (as text) of a file: the one it carries, or made by its mask kind; None when
+    it has neither. Made when a plan or a release needs it, not at render: a render that is
+    only written out (or a plan where the file is unchanged) never masks 50,000 lines."""
+    if file.shown is not None:
+        return file.shown
+    return mask_content(file.mask, file.content) if file.mask else None
 
 
 def mask_content(kind: str, content: bytes) -> str:

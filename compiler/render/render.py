@@ -12,7 +12,6 @@ import jinja2
 
 from compiler.render.context import make_context
 from compiler.render.join import DomainSetCache
-from compiler.render.masking import mask_content
 from compiler.render.resolve import HostConfig
 from compiler.render.roles import Role, RoleError, RoleFile, Roles, compile_snippet, render_prepared
 from compiler.types import FileTree, RenderedFile
@@ -63,8 +62,7 @@ def render_role(roles: Roles, role: Role, context: dict[str, Any]) -> list[Rende
                     group=spec.group,
                     role=role.name,
                     sensitive=spec.sensitive,
-                    # Masked here, once: plans show the view and never parse the secret.
-                    shown=mask_content(spec.mask, content) if spec.mask else None,
+                    mask=spec.mask,
                 )
             )
     return files

@@ -67,8 +67,8 @@ def assert_no_hash(text: str) -> None:
 
 
 def users_file(content: bytes, *, mask: bool = True) -> RenderedFile:
-    shown = mask_content("passwd-file", content) if mask else None
-    return RenderedFile(PATH, content, 0o640, "root", "dovecot", "dovecot", True, shown)
+    kind = "passwd-file" if mask else None
+    return RenderedFile(PATH, content, 0o640, "root", "dovecot", "dovecot", True, kind)
 
 
 def sha(data: bytes) -> str:
