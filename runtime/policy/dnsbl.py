@@ -63,18 +63,25 @@ class DnsblZone:
 
 
 def make_resolver(nameservers: Sequence[str], timeout: float) -> dns.asyncresolver.Resolver:
-    """Nameservers given: exactly those (`host` or `host:port`); none: the system's."""
-    if not nameservers:
-        res = dns.asyncresolver.Resolver()
-    else:
-        res = dns.asyncresolver.Resolver(configure=False)
+    """An asynchronous resolver (see `configure_resolver`) without dnspython's cache: ours
+    keeps listings by TTL, including negative answers."""
+    res = dns.asyncresolver.Resolver(configure=not nameservers)
+    configure_resolver(res, nameservers, timeout)
+    res.cache = None
+    return res
+
+
+def configure_resolver(
+    res: dns.resolver.BaseResolver, nameservers: Sequence[str], timeout: float
+) -> None:
+    """Nameservers given: exactly those (`host` or `host:port`; `res` made without the
+    system's configuration); none: the system's. Each query gives up after `timeout`."""
+    if nameservers:
         res.nameservers = [
             dns.nameserver.Do53Nameserver(*split_host_port(ns, 53)) for ns in nameservers
         ]
     res.lifetime = timeout
     res.timeout = timeout
-    res.cache = None  # our own cache keeps listings by TTL, including negative answers
-    return res
 
 
 def split_host_port(spec: str, default: int) -> tuple[str, int]:

@@ -20,7 +20,7 @@ import dns.nameserver
 import dns.resolver
 import spf
 
-from runtime.policy.dnsbl import split_host_port
+from runtime.policy.dnsbl import configure_resolver
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,9 @@ class SpfResult:
 
 
 def make_sync_resolver(nameservers: Sequence[str], timeout: float) -> dns.resolver.Resolver:
-    if not nameservers:
-        res = dns.resolver.Resolver()
-    else:
-        res = dns.resolver.Resolver(configure=False)
-        res.nameservers = [
-            dns.nameserver.Do53Nameserver(*split_host_port(ns, 53)) for ns in nameservers
-        ]
-    res.lifetime = timeout
-    res.timeout = timeout
+    """A blocking resolver for pyspf (see `runtime.policy.dnsbl.configure_resolver`)."""
+    res = dns.resolver.Resolver(configure=not nameservers)
+    configure_resolver(res, nameservers, timeout)
     return res
 
 
