@@ -482,6 +482,12 @@ class NetnsLab:
         host.services.append(proc.pid)
         return proc.pid
 
+    def bind_mount(self, host: NetnsHost, source: Path, target: str) -> None:
+        """Bind-mount `source` over `target` in the host's mount namespace only (the one its
+        sshd and services run in): e.g. programs the host has and this machine has not on
+        its PATH. Gone with the namespace; the runner's own view never changes."""
+        self.run_in_host(host, f"mount --bind {shlex.quote(str(source))} {shlex.quote(target)}")
+
     def track_pid(self, host: NetnsHost, pid: int) -> None:
         """Remember a PID started in the host by other means (a daemon's pid file)."""
         host.services.append(pid)
