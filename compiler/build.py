@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from compiler.load.inventory import LoadedInventory
     from compiler.render.roles import Roles
     from compiler.render.targets import Target
+    from compiler.tools.dnsrecords import DnsPlan
     from compiler.tools.stats import StatsRow
     from schemas.inventory import HostSpec
 
@@ -194,6 +195,18 @@ class BuildSession:
         except CacheError:
             return None
         return path
+
+    def dns_plan(self, hosts: Sequence[str] = ()) -> DnsPlan:
+        """The DNS records of `hosts` (every host when empty) and of the domains they serve
+        (`tools.dnsrecords`), from every host's resolved policy."""
+        from compiler.load.layers import resolve_policy
+        from compiler.render.roles import role_defaults
+        from compiler.tools.dnsrecords import make_dns_plan
+
+        selected, inventory = self.hosts(hosts), self.load().inventory
+        defaults = role_defaults(self.roles())
+        policies = {h: resolve_policy(inventory, h, defaults) for h in inventory.hosts}
+        return make_dns_plan(inventory, policies, selected)
 
     # --- hosts ----------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from schemas.common import (
     json_string,
     parse_size,
 )
+from schemas.dns import DomainDns
 from schemas.password import PasswordHash
 from schemas.policy import LimitsOverride
 
@@ -130,6 +131,10 @@ class Domain(Frozen):
     accounts: list[Account] = Field(default_factory=list)
     redirects: list[Redirect] = Field(default_factory=list)
     catch_all: Address | None = Field(default=None, description=CATCH_ALL_DESCRIPTION)
+    dns: DomainDns | None = Field(
+        default=None,
+        description="This domain's changes to the server's DMARC and MTA-STS (`mailcfg dns`).",
+    )
 
     def address_of(self, name: str) -> str:
         """Full address for a declared name (local part or full address)."""

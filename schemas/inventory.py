@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from schemas.common import DomainName, Frozen, Identifier, Port
+from schemas.dns import DnsSettings, PublicAddresses
 from schemas.domain import Domain
 from schemas.hostvalues import ControllerPath, HostAddress, HostRoot, KnownHostsPath, UserName
 from schemas.policy import ServerPolicy
@@ -50,6 +51,11 @@ class HostSpec(Frozen):
     groups: list[Identifier] = Field(default_factory=list)
     domains: list[DomainName] | Literal["all"] = "all"
     policy: dict[str, Any] = Field(default_factory=dict)
+    public_addresses: PublicAddresses = Field(
+        default_factory=list,
+        description="The addresses the internet reaches this host at (A/AAAA of `hostname`, "
+        "its PTR, SPF); `mailcfg dns` prints their records and `mailcfg doctor` checks them.",
+    )
 
 
 class GroupSpec(Frozen):
@@ -77,6 +83,7 @@ class InventoryFile(Frozen):
     alias_domains: dict[DomainName, DomainName] = Field(
         default_factory=dict, description=ALIAS_DOMAINS_DESCRIPTION
     )
+    dns: DnsSettings = DnsSettings()
 
 
 class Inventory(Frozen):
@@ -90,3 +97,4 @@ class Inventory(Frozen):
     domains: dict[str, Domain] = Field(default_factory=dict)
     # Alias domain → the domain of `domains` it delivers as (checked by the loader).
     alias_domains: dict[str, str] = Field(default_factory=dict)
+    dns: DnsSettings = DnsSettings()

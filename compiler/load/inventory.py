@@ -171,6 +171,7 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
             policy=policy,
             domains=dict(sorted(domains.items())),
             alias_domains=dict(sorted(inv_file.alias_domains.items())),
+            dns=inv_file.dns,
         )
 
     diagnostics = sorted(

@@ -119,7 +119,7 @@ BAD_EXPECTED = [
     "mailcfg.yml:8:25: error: hosts.mx1.domains[1]: unknown domain 'missing.test': there is no "
     "domains/missing.test.yml",
     "mailcfg.yml:9:5: error: hosts.mx1.colour: unknown key 'colour'; allowed: address, "
-    "hostname, transport, root, ssh, roles, groups, domains, policy",
+    "hostname, transport, root, ssh, roles, groups, domains, policy, public_addresses",
     "mailcfg.yml:12:22: error: hosts.mx1.policy.listeners.smtp.port: Input should be greater "
     "than or equal to 1 (got 0)",
     "mailcfg.yml:16:24: error: groups.edge.policy.recipient_limit: Input should be greater than "
