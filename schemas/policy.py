@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import re2
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from schemas.common import (
     Address,
@@ -23,6 +23,8 @@ from schemas.common import (
     SafeText,
     Size,
     Token,
+    check_length,
+    json_string,
     show_value,
     size_json_schema,
 )
@@ -40,6 +42,7 @@ from schemas.hostvalues import (
     TlsProtocol,
     TrustedNetwork,
     UserName,
+    check_host_address,
 )
 
 # A filter regex is matched against every inbound sender on the agent's event loop, and is
@@ -110,13 +113,119 @@ class Listeners(Frozen):
     lmtp: Listener = Listener(port=24, address="127.0.0.1")
 
 
+# Debian's self-signed pair (package ssl-cert): a default that works, never one clients trust;
+# every plan warns while a host uses it (`compiler.load.tlscheck`).
+SNAKEOIL_CERT = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
+SNAKEOIL_KEY = "/etc/ssl/private/ssl-cert-snakeoil.key"
+# The certbot lineage mailcfg obtains with `tls.acme`: one fixed name, so the paths are known
+# at load time whatever the host's names, and a change of names reissues into the same files.
+ACME_LINEAGE = "mailcfg"
+ACME_LIVE_DIR = f"/etc/letsencrypt/live/{ACME_LINEAGE}"
+ACME_CERT = f"{ACME_LIVE_DIR}/fullchain.pem"
+ACME_KEY = f"{ACME_LIVE_DIR}/privkey.pem"
+ACME_URL_MAX = 512
+_ACME_URL_RE = re.compile(
+    r"https://(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<path>/[A-Za-z0-9._~/+-]*)?"
+)
+
+
+def check_acme_directory(value: str) -> str:
+    """An ACME directory URL: `https://HOST[:PORT]/PATH` (HOST a name, an IPv4 address or
+    [IPv6]); no user, query or fragment, and a path of letters, digits and `._~/+-`. Only
+    https: the directory hands out the account's and the orders' URLs."""
+    check_length(value, ACME_URL_MAX, "an ACME directory URL")
+    m = _ACME_URL_RE.fullmatch(value) if value.isascii() else None
+    port = int(m["port"]) if m and m["port"] else 443
+    host = m["host"].strip("[]") if m else ""
+    try:
+        if m is None or not 0 < port < 65536:
+            raise ValueError
+        check_host_address(host)
+    except ValueError:
+        raise ValueError(
+            f"{show_value(value)} is not an ACME directory URL: https://HOST[:PORT]/PATH "
+            "(https only; HOST a name, an IPv4 address or [IPv6]; no user, query or "
+            "fragment; the path has letters, digits and ._~/+- only)"
+        ) from None
+    return value
+
+
+AcmeDirectory = Annotated[
+    str,
+    AfterValidator(check_acme_directory),
+    json_string(r"https://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/+-]*)?", ACME_URL_MAX),
+]
+
+
+class AcmeChallenge(StrEnum):
+    HTTP_01 = "http-01"  # certbot's standalone server answers on `http_port`
+
+
+def check_acme_names(value: list[str]) -> list[str]:
+    if len(set(value)) != len(value):
+        raise ValueError("a name is listed twice")
+    return value
+
+
+class Acme(Frozen):
+    """A certificate from an ACME CA (Let's Encrypt, or any RFC 8555 server) for the host's
+    `hostname` and `names`, obtained by Debian's certbot at apply and renewed by certbot's
+    own timer; a renewal reloads Postfix and Dovecot through the on-host program's
+    `activate` (the apply's own reload and verify commands)."""
+
+    email: Address = Field(description="The ACME account's contact (expiry notices).")
+    directory: AcmeDirectory = Field(
+        description="The CA's ACME directory URL, https only "
+        "(Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory)."
+    )
+    challenge: AcmeChallenge = AcmeChallenge.HTTP_01
+    names: Annotated[list[DomainName], AfterValidator(check_acme_names)] = Field(
+        default_factory=list,
+        max_length=99,
+        description="Names clients use besides the host's hostname (imap.example.com); "
+        "each must resolve to this host.",
+    )
+    http_port: Port = Field(
+        default=80,
+        description="Where certbot's standalone server answers the http-01 challenge; the CA "
+        "connects to port 80, so change it only behind a port forward (or in tests).",
+    )
+    ca_bundle: AbsPath | None = Field(
+        default=None,
+        description="A CA bundle on the host that certbot trusts for the directory (a private "
+        "or test CA); default: the system's.",
+    )
+
+
 class Tls(Frozen):
     """Certificate and key files on the host; the oldest TLS version offered (TLS 1.0 and 1.1
-    are deprecated, RFC 8996)."""
+    are deprecated, RFC 8996). With `acme` the pair is certbot's (`ACME_CERT`, `ACME_KEY`):
+    another `cert` or `key` beside it is an error."""
 
-    cert: AbsPath = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
-    key: AbsPath = "/etc/ssl/private/ssl-cert-snakeoil.key"
+    cert: AbsPath = SNAKEOIL_CERT
+    key: AbsPath = SNAKEOIL_KEY
     min_protocol: TlsProtocol = "TLSv1.2"
+    acme: Acme | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def use_acme_pair(cls, data: Any) -> Any:
+        """With `acme`, the pair is certbot's. The policy layers start from the schema's
+        defaults, so the snakeoil pair there means "not chosen"."""
+        if not isinstance(data, dict) or data.get("acme") is None:
+            return data
+        for field, acme_path, default in (
+            ("cert", ACME_CERT, SNAKEOIL_CERT),
+            ("key", ACME_KEY, SNAKEOIL_KEY),
+        ):
+            if data.get(field, default) not in (default, acme_path):
+                raise ValueError(
+                    f"tls.{field} {show_value(str(data[field]))} and tls.acme exclude each "
+                    f"other: with acme the certificate is certbot's ({ACME_CERT} and "
+                    f"{ACME_KEY}); remove tls.{field} or tls.acme"
+                )
+        return {**data, "cert": ACME_CERT, "key": ACME_KEY}
 
 
 class KnownDnsbl(StrEnum):
