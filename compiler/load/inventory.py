@@ -52,6 +52,7 @@ from compiler.load.safefiles import (
     open_root,
     read_regular,
 )
+from compiler.load.tlscheck import check_snakeoil
 from compiler.load.validate import findings_from_error, validate_data
 from compiler.load.yamlload import YamlSyntaxError, load_positions, locate, parse_yaml
 from schemas.domain import Domain, Name
@@ -161,6 +162,7 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
         run.findings.extend(check_hosts(raw_main, domain_files, file=main_name))
         run.findings.extend(check_external_senders(raw_main, domain_files, file=main_name))
         run.findings.extend(check_alias_domains(raw_main, domain_files, file=main_name))
+        run.findings.extend(check_snakeoil(raw_main, main_name, [*run.findings, *run.located]))
 
     inventory = None
     if inv_file is not None and policy is not None:

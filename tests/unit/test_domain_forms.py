@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.load.diagnostics import InventoryError
-from compiler.load.inventory import load_inventory
+from compiler.load.diagnostics import Diagnostic, InventoryError
+from compiler.load.inventory import LoadedInventory, load_inventory
 from compiler.render.render import render_host
 from compiler.render.resolve import resolve_host
 from compiler.render.roles import default_roles_dir, load_roles, role_defaults
@@ -63,6 +63,11 @@ def write(root: Path, main: str = MAIN, **domains: str) -> Path:
     return root
 
 
+def warnings_of(loaded: LoadedInventory) -> tuple[Diagnostic, ...]:
+    """The load's warnings but the snakeoil one (these hosts keep Debian's default pair)."""
+    return tuple(w for w in loaded.warnings if "snakeoil" not in w.message)
+
+
 def errors_of(root: Path) -> list[str]:
     with pytest.raises(InventoryError) as info:
         load_inventory(root)
@@ -71,7 +76,7 @@ def errors_of(root: Path) -> list[str]:
 
 def render(root: Path, host: str = "mx") -> FileTree:
     loaded = load_inventory(root)
-    assert loaded.warnings == ()
+    assert warnings_of(loaded) == ()
     cfg = resolve_host(loaded.inventory, host, role_defaults(ROLES))
     return render_host(cfg, ROLES)
 
@@ -164,7 +169,7 @@ def test_a_loop_through_a_catch_all_names_it(tmp_path: Path) -> None:
 
 def test_redirect_into_a_catch_all_domain_is_not_dangling(tmp_path: Path) -> None:
     com = COM.replace("to: bob@example.com}", "to: [whoever@example.org]}")
-    assert load_inventory(write(tmp_path, example_com=com, example_org=ORG)).warnings == ()
+    assert warnings_of(load_inventory(write(tmp_path, example_com=com, example_org=ORG))) == ()
 
 
 # --- alias domains ----------------------------------------------------------------------------
@@ -255,6 +260,6 @@ def test_a_redirect_through_an_alias_domain_back_to_itself_is_a_loop(tmp_path: P
 def test_targets_in_an_alias_domain_are_checked_as_their_names(tmp_path: Path) -> None:
     com = COM.replace("to: bob@example.com}", "to: [bob@example.net, nobody@example.net]}")
     loaded = load_inventory(write(tmp_path, ALIASED, example_com=com, example_org=ORG))
-    (warning,) = [w.format().replace(f"{tmp_path}/", "") for w in loaded.warnings]
+    (warning,) = [w.format().replace(f"{tmp_path}/", "") for w in warnings_of(loaded)]
     assert warning.startswith("domains/example.com.yml:8:41: warning: redirects[1].to[1]: ")
     assert "nobody@example.net is in local domain example.net" in warning

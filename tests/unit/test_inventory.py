@@ -22,6 +22,11 @@ hosts:
     address: 127.0.0.1
     hostname: mx.example.com
 """
+# A host that names its certificate (Debian's snakeoil default is a warning of its own), for
+# the tests that count warnings.
+NAMED_PAIR = (
+    MAIN + "    policy: {tls: {cert: /etc/ssl/mail/cert.pem, key: /etc/ssl/mail/key.pem}}\n"
+)
 
 
 def write(root: Path, main: str = MAIN, **domains: str) -> Path:
@@ -389,6 +394,7 @@ def test_balanced_braces_in_main_cf_values_are_allowed(tmp_path: Path) -> None:
 def test_account_and_redirect_of_the_same_name_are_allowed(tmp_path: Path) -> None:
     write(
         tmp_path,
+        NAMED_PAIR,
         example_com=f"""\
         domain: example.com
         accounts: [{{name: a, password: "{BLF}"}}, {{name: b, password: "{BLF}"}}]
@@ -447,6 +453,7 @@ def test_multi_hop_loop_across_files_names_every_hop(tmp_path: Path) -> None:
 def test_chain_without_cycle_is_fine_and_dangling_local_target_warns(tmp_path: Path) -> None:
     write(
         tmp_path,
+        NAMED_PAIR,
         example_com=f"""\
         domain: example.com
         accounts: [{{name: z, password: "{BLF}"}}]
@@ -537,6 +544,7 @@ def test_host_override_wins_over_group_and_inventory(tmp_path: Path) -> None:
 def test_legacy_hash_is_a_warning_not_an_error(tmp_path: Path) -> None:
     write(
         tmp_path,
+        NAMED_PAIR,
         example_com=f'domain: example.com\naccounts:\n  - name: old\n    password: "{MD5}"\n',
     )
     loaded = load(tmp_path)

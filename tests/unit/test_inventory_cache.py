@@ -13,7 +13,11 @@ from compiler.load.parsecache import DomainCache
 
 BLF = "{BLF-CRYPT}$2b$12$1.bvD2JGivMxXj64XddFyOe2th8Ti5BNJWgAYM4gEHsd1m4j0GoYm"
 MD5 = "{MD5-CRYPT}$1$/0FlUclv$hAvuorFl2DVrbFFfv3GLw/"
-MAIN = "hosts:\n  mx: {address: 127.0.0.1, hostname: mx.example.com}\n"
+# The host names its certificate: Debian's snakeoil default is a warning of its own.
+MAIN = (
+    "hosts:\n  mx: {address: 127.0.0.1, hostname: mx.example.com, "
+    "policy: {tls: {cert: /etc/ssl/mail/cert.pem, key: /etc/ssl/mail/key.pem}}}\n"
+)
 
 
 def domain(name: str, *accounts: str, password: str = BLF) -> str:
