@@ -18,7 +18,7 @@ from compiler.render.agentconfig import host_port, probe_address, render_agent_c
 from compiler.render.join import DomainSetCache, make_domain_set_data
 from compiler.render.resolve import HostConfig
 from schemas.inventory import Role
-from schemas.policy import FailAction, Listener
+from schemas.policy import ACME_LINEAGE, ACME_LIVE_DIR, FailAction, Listener
 
 POSTFIX_MAPS = ("virtual_mailbox_domains", "virtual_mailbox_maps", "virtual_alias_maps",
                 "sender_login_maps")  # fmt: skip
@@ -28,6 +28,11 @@ AGENT_CONFIG_NAME = "agent.json"
 # fail-safe action (tests/e2e/test_mailflow.py shows both DUNNO and DEFER_IF_PERMIT).
 POLICY_TIMEOUT = "10s"
 POLICY_TRY_LIMIT = 2
+# The role that obtains the certificate: rendered for a host whose policy has `tls.acme`
+# (not listed in `roles`: the certificate is part of the TLS policy, not a service).
+ACME_ROLE = "acme"
+# Where certbot's renewal hook finds the on-host program (`recover` keeps this copy current).
+ONHOST_PROGRAM = "/var/lib/mailcfg/onhost.pyz"
 
 
 def postfix_inet(listener: Listener) -> str:
@@ -84,6 +89,36 @@ def make_external_senders(cfg: HostConfig) -> list[ExternalSenderClass]:
     ]
 
 
+def host_role_names(cfg: HostConfig) -> list[str]:
+    """The roles whose files the host gets, sorted: its spec's, and `acme` with `tls.acme`."""
+    names = {str(role) for role in cfg.spec.roles}
+    if cfg.policy.tls.acme is not None:
+        names.add(ACME_ROLE)
+    return sorted(names)
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeRequest:
+    """What the acme role asks certbot for: the lineage, its names (the hostname first), and
+    the roles its renewal hook reloads (those of the host that read the TLS pair)."""
+
+    lineage: str
+    live_dir: str
+    names: tuple[str, ...]
+    reload_roles: tuple[str, ...]
+    program: str = ONHOST_PROGRAM
+
+
+def make_acme_request(cfg: HostConfig) -> AcmeRequest | None:
+    acme = cfg.policy.tls.acme
+    if acme is None:
+        return None
+    hostname = cfg.spec.hostname
+    names = (hostname, *(n for n in acme.names if n != hostname))
+    readers = tuple(sorted({str(r) for r in cfg.spec.roles} & {Role.DOVECOT, Role.POSTFIX}))
+    return AcmeRequest(ACME_LINEAGE, ACME_LIVE_DIR, names, readers)
+
+
 def make_base_context(cfg: HostConfig) -> dict[str, Any]:
     """The context without the account-sized parts (tables, agent config, autoresponders):
     enough for role.yml paths and activation commands, cheap for any inventory size."""
@@ -130,6 +165,10 @@ def make_base_context(cfg: HostConfig) -> dict[str, Any]:
         ],
         "imap_probe": _first_enabled(ls.imap, ls.pop3),
         "agent_config_path": posixpath.join(paths.agent_config_dir, AGENT_CONFIG_NAME),
+        "acme": make_acme_request(cfg),
+        # The CA bundle certbot's renewals trust, as a list for role.yml's `each` (a file
+        # only when there is one).
+        "acme_trust": [a.ca_bundle] if (a := policy.tls.acme) and a.ca_bundle else [],
         "runtime_directory": runtime_directory,
         "state_directory": state_directory,
         "agent_rw_paths": rw_paths,

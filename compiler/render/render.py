@@ -10,7 +10,7 @@ from typing import Any
 
 import jinja2
 
-from compiler.render.context import make_context
+from compiler.render.context import host_role_names, make_context
 from compiler.render.join import DomainSetCache
 from compiler.render.resolve import HostConfig
 from compiler.render.roles import Role, RoleError, RoleFile, Roles, compile_snippet, render_prepared
@@ -69,11 +69,11 @@ def render_role(roles: Roles, role: Role, context: dict[str, Any]) -> list[Rende
 
 
 def render_host(cfg: HostConfig, roles: Roles, cache: DomainSetCache | None = None) -> FileTree:
-    """Every file the host needs, from the roles listed in its spec. Hosts rendered with one
+    """Every file the host needs, from its roles (`host_role_names`). Hosts rendered with one
     `cache` share the work that depends on their domains only."""
     context = make_context(cfg, cache)
     files: dict[str, RenderedFile] = {}
-    for name in sorted(set(cfg.spec.roles)):
+    for name in host_role_names(cfg):
         if name not in roles.roles:
             raise RenderError(f"host {cfg.name}: role {name!r} not found in {roles.path}")
         for rendered in render_role(roles, roles[name], context):

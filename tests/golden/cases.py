@@ -165,4 +165,26 @@ def forms() -> tuple[Inventory, str]:
     return inv, "mx3"
 
 
-CASES = {"minimal": minimal, "full": full, "no_agent": no_agent, "forms": forms}
+def acme() -> tuple[Inventory, str]:
+    """A certificate from an ACME CA (tls.acme): the acme role's request, renewal hook and
+    certbot trust drop-in, and Postfix and Dovecot pointing at certbot's lineage."""
+    inv, host = minimal()
+    spec = inv.hosts[host].model_copy(
+        update={
+            "policy": {
+                "tls": {
+                    "acme": {
+                        "email": "hostmaster@example.com",
+                        "directory": "https://acme.example.net/directory",
+                        "names": ["imap.example.com", "smtp.example.com"],
+                        "ca_bundle": "/etc/mailcfg/acme-ca.pem",
+                    }
+                }
+            }
+        }
+    )
+    hosts = {host: HostSpec.model_validate(spec.model_dump())}
+    return Inventory(hosts=hosts, domains=inv.domains), host
+
+
+CASES = {"minimal": minimal, "full": full, "no_agent": no_agent, "forms": forms, "acme": acme}
