@@ -11,6 +11,9 @@ document on stdout (`wire.REPLIES`, or a `wire.FailureReply` and a non-zero exit
 - `releases`: the stored releases (`facts`).
 - `recover`: put the live files back to one release after an interrupted change (`recover`);
   the boot hook runs it from the stable copy `/var/lib/mailcfg/onhost.pyz` with no arguments.
+- `activate --role R…`: reload and verify roles' services with the current release's commands
+  (`activate`); certbot's renewal hook runs it from the stable copy. Host-side only: its
+  documents are declared in `activate`, not on the wire.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from .activate import ActivateRequest, request_from_roles
 from .fileops import read_json
 from .hostroot import Host, StepFailed
 from .wire import REQUESTS, WireError, check_document, failure_reply
 
 Command = Callable[[Host, Any, list[str]], Any]
+# Every command's request declaration: the wire's, and those run on the host only.
+COMMAND_REQUESTS: dict[str, Any] = {**REQUESTS, "activate": ActivateRequest}
 
 
 def load_command(name: str) -> Command:
@@ -43,6 +49,10 @@ def load_command(name: str) -> Command:
         from . import recover
 
         return recover.cmd_recover
+    if name == "activate":
+        from . import activate
+
+        return activate.cmd_activate
     from . import transaction
 
     return transaction.cmd_apply if name == "apply" else transaction.cmd_rollback
@@ -51,14 +61,16 @@ def load_command(name: str) -> Command:
 def decode_request(ns: argparse.Namespace, host: Host) -> object:
     """The request document, checked against the command's declaration."""
     doc: object = {}
-    if ns.args_b64:
+    if ns.role:
+        doc = request_from_roles(ns.role)
+    elif ns.args_b64:
         doc = json.loads(zlib.decompress(base64.b64decode(ns.args_b64)))
     elif ns.args_file:
         path = host.path(ns.args_file)
         doc = read_json(path, {})
         os.unlink(path)
     try:
-        check_document(doc, REQUESTS[ns.command], f"{ns.command} request")
+        check_document(doc, COMMAND_REQUESTS[ns.command], f"{ns.command} request")
     except WireError as exc:
         raise StepFailed("input", str(exc)) from None
     return doc
@@ -66,11 +78,12 @@ def decode_request(ns: argparse.Namespace, host: Host) -> object:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mailcfg-onhost")
-    parser.add_argument("command", choices=sorted(REQUESTS))
+    parser.add_argument("command", choices=sorted(COMMAND_REQUESTS))
     parser.add_argument("--root", default="/")
     parser.add_argument("--owners", choices=["auto", "real", "recorded"], default="auto")
     parser.add_argument("--args-b64", default="")
     parser.add_argument("--args-file", default="")
+    parser.add_argument("--role", action="append", default=[], help="activate: a role")
     ns = parser.parse_args(argv)
     host = Host(ns.root, ns.owners)
     warnings: list[str] = []
