@@ -96,6 +96,8 @@ class HostState:
     # activations it still owes, so the next apply reloads even if every file is already in place.
     interrupted: str | None = None
     pending: tuple[Activation, ...] = ()
+    # The machine's facts about what the roles need; None for a local root (not a machine).
+    system: SystemFacts | None = None
 
 
 class ChangeKind(StrEnum):
@@ -152,11 +154,16 @@ class Plan:
     # Whether the host runs the activations' reload and verify commands: a local root does
     # not (they would act on this machine's services).
     runs_services: bool = True
+    # What apply does to the machine before it stages the files (packages, users, …), what it
+    # ensures (None: nothing, a local root) and notes on what it leaves alone.
+    host_changes: tuple[HostChange, ...] = ()
+    needs: HostNeeds | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def has_changes(self) -> bool:
         # Activations without file changes are owed by an interrupted apply: still work to do.
-        return bool(self.changes or self.activations)
+        return bool(self.changes or self.activations or self.host_changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +171,88 @@ class Release:
     id: str
     tree_digest: str
     previous_id: str | None
+
+
+# --- what a host needs besides its files (roles' `needs:`), and what it has ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GroupNeed:
+    name: str
+    gid: int | None = None  # None: any
+
+
+@dataclass(frozen=True, slots=True)
+class UserNeed:
+    name: str
+    group: str  # primary group
+    uid: int | None = None  # None: any
+    home: str = "/nonexistent"
+    shell: str = "/usr/sbin/nologin"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryNeed:
+    path: str
+    owner: str = "root"
+    group: str = "root"
+    mode: int = 0o755
+
+
+@dataclass(frozen=True, slots=True)
+class HostNeeds:
+    """What a host's roles need on the machine, merged (`compiler.render.roles.make_needs`):
+    Debian packages and the debconf answers set before they are installed, system groups and
+    users, directories, and systemd units to enable."""
+
+    packages: tuple[str, ...] = ()
+    debconf: tuple[str, ...] = ()
+    groups: tuple[GroupNeed, ...] = ()
+    users: tuple[UserNeed, ...] = ()
+    directories: tuple[DirectoryNeed, ...] = ()
+    units: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedDirectory:
+    directory: bool  # False: something else is at the path
+    mode: int
+    owner: str
+    group: str
+
+
+@dataclass(frozen=True, slots=True)
+class SystemFacts:
+    """The machine as observed: its release, its Python, and each need's state (None:
+    absent; a package's installed version; a user's (uid, gid); a unit's (enabled, active))."""
+
+    os_id: str
+    os_version: str
+    os_name: str
+    python: str = ""
+    machine: str = ""
+    packages: Mapping[str, str | None] = field(default_factory=dict)
+    groups: Mapping[str, int | None] = field(default_factory=dict)
+    users: Mapping[str, tuple[int, int] | None] = field(default_factory=dict)
+    directories: Mapping[str, ObservedDirectory | None] = field(default_factory=dict)
+    systemd: bool = False
+    units: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
+class HostChangeKind(StrEnum):
+    INSTALL = "install"
+    CREATE_GROUP = "create group"
+    CREATE_USER = "create user"
+    CREATE_DIRECTORY = "create directory"
+    CHANGE_DIRECTORY = "change directory"
+    ENABLE = "enable"
+
+
+@dataclass(frozen=True, slots=True)
+class HostChange:
+    """One thing apply does to the machine: `kind` of `subject` (a package, group, user,
+    directory or unit); `detail` says more (`uid 5000, group vmail`, `0755 root:root -> …`)."""
+
+    kind: HostChangeKind
+    subject: str
+    detail: str = ""

@@ -1,10 +1,12 @@
 """Apply a plan to a host as a release, roll back to a stored release, list releases.
 
 The compiler side of the release engine: it packs the desired tree and the plan's activations
-into one bundle (a tar with `release.json`), uploads it, and runs the on-host program's `apply`,
-which does stage → build → validate → record pending → install → activate → verify → commit
-under the host lock, or reinstalls the previous release on failure; a rollback goes through the
-same install → activate → verify → restore path (`compiler/push/hostside/transaction.py`).
+into one bundle (a tar with `release.json`, which also names what the host's roles need on the
+machine), uploads it, and runs the on-host program's `apply`, which does unpack → provision
+(packages, groups, users, directories, units) → stage → build → validate → record pending →
+install → activate → verify → commit under the host lock, or reinstalls the previous release
+on failure; a rollback goes through the same install → activate → verify → restore path
+(`compiler/push/hostside/transaction.py`).
 Requests and replies are the ones `compiler/push/hostside/wire.py` declares.
 Two round trips per apply (upload, run) in the steady state.
 """
@@ -20,6 +22,7 @@ from datetime import UTC, datetime
 
 from compiler.connectors.transport import Transport
 from compiler.push.hostcall import STATE_DIR, HostError, Warn, activation_to_json, call_onhost
+from compiler.push.hostneeds import needs_to_json
 from compiler.push.hostside.wire import (
     ApplyRequest,
     BundleDoc,
@@ -79,6 +82,7 @@ def make_bundle(
         "keep_releases": keep_releases,
         "files": {path: _file_meta(f) for path, f in tree.items()},
         "activations": [activation_to_json(a) for a in activations],
+        "needs": None if plan.needs is None else needs_to_json(plan.needs),
     }
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:

@@ -84,11 +84,12 @@ def _guarded(host: str, job: Callable[[str], HostResult]) -> HostResult:
 def plan_target(target: Target, open_transport: OpenTransport) -> HostResult:
     """Observe the host and make its plan."""
     transport = open_transport(target.name, target.spec)
+    machine = target.spec.transport is not TransportKind.LOCAL  # a local root is no machine
     try:
-        state = observe_host(transport, target.tree)
+        state = observe_host(transport, target.tree, target.needs if machine else None)
     finally:
         transport.close()
-    plan = make_plan(target.name, target.tree, state, target.activations)
+    plan = make_plan(target.name, target.tree, state, target.activations, target.needs)
     plan = replace(plan, runs_services=runs_services(target.spec))
     return HostResult(target.name, Outcome.CHANGED if plan.has_changes else Outcome.OK, plan)
 

@@ -7,6 +7,8 @@ the desired tree. Pure: no clock, no I/O; the same inputs give the same plan.
 - drift: any of those where the host's file is not what the current release installed (edited
   or removed by hand), so the plan shows that the apply overwrites a manual change.
 Activations are those of the roles with changes, plus any an interrupted apply still owes.
+Host changes (packages to install, users, directories, units: `compiler.push.hostneeds`) are
+those the host's needs lack on the machine observed; a local root gets none.
 The content of sensitive files never enters the plan; their masked views do (the desired one,
 and the one the current release recorded), for `compiler.push.show` to diff.
 """
@@ -15,12 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from compiler.push.hostneeds import host_notes, plan_host_changes
 from compiler.render.masking import masked_view
 from compiler.types import (
     Activation,
     ChangeKind,
     FileChange,
     FileTree,
+    HostNeeds,
     HostState,
     ManagedFile,
     ObservedFile,
@@ -30,20 +34,29 @@ from compiler.types import (
 
 
 def make_plan(
-    host: str, tree: FileTree, state: HostState, activations: tuple[Activation, ...]
+    host: str,
+    tree: FileTree,
+    state: HostState,
+    activations: tuple[Activation, ...],
+    needs: HostNeeds = HostNeeds(),  # noqa: B008 (frozen: one shared empty value is safe)
 ) -> Plan:
     """The plan for `host`; `activations` holds one per role of the host, the plan keeps
-    those of the roles with changes."""
+    those of the roles with changes; `needs` is what the host's roles need on the machine
+    (used where `state` has the machine's facts)."""
     changes = tuple(_file_changes(tree, state))
     roles = {c.role for c in changes}
     activations = tuple(a for a in activations if a.role in roles)
     owed = tuple(a for a in state.pending if a.role not in {b.role for b in activations})
+    system = state.system
     return Plan(
         host=host,
         changes=changes,
         activations=activations + owed,
         tree_digest=tree.digest,
         current_release=state.release_id,
+        host_changes=plan_host_changes(needs, system) if system is not None else (),
+        needs=needs if system is not None else None,
+        notes=host_notes(needs, system),
     )
 
 

@@ -6,6 +6,10 @@ Where its role gave it a mask (`compiler.render.masking`), the diff is that of i
 alone changed reads `~ alice@example.com: password changed`; any other sensitive file shows
 `(sensitive: content hidden)`. Binary content is described, never dumped.
 
+Host changes (packages to install, groups, users and directories to create or change, units
+to enable: `compiler.push.hostneeds`) come before the file changes, as apply does them, with
+the notes on what a host leaves alone (a local root's packages, a host without systemd).
+
 Activations are worded as apply carries them out (the roles' apply commands): a reload happens
 only where the service runs; a role whose action is `restart` (the agent) is restarted for a
 changed systemd unit, and otherwise rereads its config itself; a host whose plan says it runs
@@ -20,12 +24,29 @@ from collections import Counter
 from typing import Any, Literal
 
 from compiler.render.masking import MaskedLine, MaskedView, parse_view
-from compiler.types import Activation, ChangeKind, FileChange, Plan
+from compiler.types import Activation, ChangeKind, FileChange, HostChange, HostChangeKind, Plan
 
 Format = Literal["diff", "summary", "markdown", "json"]
 FORMATS: tuple[Format, ...] = ("diff", "summary", "markdown", "json")
 SENSITIVE_NOTE = "(sensitive: content hidden)"
 NO_SERVICES = "local host: services are not reloaded"
+# kind → (what a line of the plan says, the singular and plural of what it counts)
+HOST_WORDS: dict[HostChangeKind, tuple[str, str, str]] = {
+    HostChangeKind.INSTALL: ("install package", "package to install", "packages to install"),
+    HostChangeKind.CREATE_GROUP: ("create group", "group to create", "groups to create"),
+    HostChangeKind.CREATE_USER: ("create user", "user to create", "users to create"),
+    HostChangeKind.CREATE_DIRECTORY: (
+        "create directory",
+        "directory to create",
+        "directories to create",
+    ),
+    HostChangeKind.CHANGE_DIRECTORY: (
+        "change directory",
+        "directory to change",
+        "directories to change",
+    ),
+    HostChangeKind.ENABLE: ("enable unit", "unit to enable", "units to enable"),
+}
 
 
 def format_plan(plan: Plan, fmt: Format = "diff") -> str:
@@ -61,10 +82,37 @@ def count_changes(plan: Plan) -> str:
     if not plan.has_changes:
         return "no changes"
     counts = Counter(c.kind for c in plan.changes)
-    return (
+    text = (
         f"{counts[ChangeKind.CREATE]} to create, {counts[ChangeKind.UPDATE]} to update, "
         f"{counts[ChangeKind.DELETE]} to delete"
     )
+    if plan.host_changes:
+        text += "; " + count_host_changes(plan)
+    return text
+
+
+def count_host_changes(plan: Plan) -> str:
+    """`2 packages to install, 1 user to create`, in the order apply does them."""
+    counts = Counter(c.kind for c in plan.host_changes)
+    parts = []
+    for kind, (_, one, many) in HOST_WORDS.items():
+        if counts[kind]:
+            parts.append(f"{counts[kind]} {one if counts[kind] == 1 else many}")
+    return ", ".join(parts)
+
+
+def describe_host_change(change: HostChange) -> str:
+    """`install package postfix`, `create user vmail (uid 5000, group vmail)`."""
+    text = f"{HOST_WORDS[change.kind][0]} {change.subject}"
+    return f"{text} ({change.detail})" if change.detail else text
+
+
+def host_lines(plan: Plan) -> list[str]:
+    """The host changes, then the notes, one line each (none for a plan without changes)."""
+    if not plan.has_changes:
+        return []
+    lines = [f"--- {describe_host_change(c)}" for c in plan.host_changes]
+    return lines + [f"({note})" for note in plan.notes]
 
 
 def describe_activations(plan: Plan) -> str:
@@ -198,11 +246,24 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
             for a in plan.activations
         ],
         "runs_services": plan.runs_services,
+        "host_changes": [
+            {
+                "kind": c.kind.value,
+                "subject": c.subject,
+                "detail": c.detail,
+                "does": describe_host_change(c),
+            }
+            for c in plan.host_changes
+        ],
+        # Whether apply ensures the roles' packages, users, directories and units here.
+        "manages_machine": plan.needs is not None,
+        "notes": list(plan.notes),
     }
 
 
 def _diff(plan: Plan) -> str:
     out = [f"=== {summarize_plan(plan)}\n"]
+    out.extend(line + "\n" for line in host_lines(plan))
     for change in plan.changes:
         out.append(f"--- {describe_change(change)}\n")
         out.append(diff_change(change))
@@ -211,6 +272,9 @@ def _diff(plan: Plan) -> str:
 
 def _markdown(plan: Plan) -> str:
     out = [f"### `{plan.host}`\n\n{summarize_plan(plan)}\n"]
+    lines = host_lines(plan)
+    if lines:
+        out.append("\n" + "".join(f"- {line.removeprefix('--- ')}\n" for line in lines))
     for change in plan.changes:
         out.append(f"\n#### {describe_change(change)}\n")
         body = diff_change(change)

@@ -1,10 +1,12 @@
 """Roles: loading `roles/<name>/` (role.yml, defaults.yml, templates/) and making activations.
 
 A role is found by folder name. `role.yml` lists the files the role owns (template, host path,
-mode, owner, group, sensitive, mask) and its activation commands; `defaults.yml` is the role's
-policy-defaults layer (`compiler.render.resolve` merges it below the inventory). Paths and commands
-are small Jinja2 templates rendered with the host's resolved config (`compiler.render.render`
-builds that context), so a role never hard-codes a path the model can move.
+mode, owner, group, sensitive, mask), its activation commands and what it needs on the
+machine (`needs:` packages, users, directories, units: `compiler.render.needs`);
+`defaults.yml` is the role's policy-defaults layer (`compiler.render.resolve` merges it below
+the inventory). Paths and commands are small Jinja2 templates rendered with the host's
+resolved config (`compiler.render.render` builds that context), so a role never hard-codes a
+path the model can move.
 
 Roles are code, trusted like the compiler (CI runs them from a trusted ref, never from a pull
 request): inventory values reach templates only as data, never as template source, so a plain
@@ -33,10 +35,11 @@ from ruamel.yaml.error import YAMLError
 from compiler.load.layers import merge_layers
 from compiler.render.context import make_base_context
 from compiler.render.masking import MASKS
+from compiler.render.needs import NeedsError, RoleNeeds, parse_needs, render_needs
 from compiler.render.resolve import HostConfig
-from compiler.types import Activation
+from compiler.types import Activation, HostNeeds
 
-_ROLE_KEYS = {"service", "action", "files", "build", "validate", "apply", "verify"}
+_ROLE_KEYS = {"service", "action", "files", "build", "validate", "apply", "verify", "needs"}
 _FILE_KEYS = {"template", "path", "mode", "owner", "group", "sensitive", "mask", "rows", "each"}
 _ACTIONS = {"reload", "restart", "none"}
 # What str.splitlines() splits on, and NUL (never part of an argument).
@@ -77,6 +80,7 @@ class Role:
     validate: tuple[str, ...] = ()
     apply: tuple[str, ...] = ()
     verify: tuple[str, ...] = ()
+    needs: RoleNeeds = field(default_factory=RoleNeeds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +199,10 @@ def load_role(directory: Path) -> Role:
     files = spec.get("files") or []
     if not isinstance(files, list):
         raise RoleError(f"{spec_path}: files: expected a list")
+    try:
+        needs = parse_needs(spec_path, spec.get("needs"))
+    except NeedsError as exc:
+        raise RoleError(str(exc)) from None
     defaults_path = directory / "defaults.yml"
     defaults = _read_yaml(defaults_path) if defaults_path.is_file() else None
     if defaults is not None and not isinstance(defaults, dict):
@@ -209,6 +217,7 @@ def load_role(directory: Path) -> Role:
         validate=_commands(spec_path, "validate", spec.get("validate")),
         apply=_commands(spec_path, "apply", spec.get("apply")),
         verify=_commands(spec_path, "verify", spec.get("verify")),
+        needs=needs,
     )
 
 
@@ -288,3 +297,19 @@ def make_activations(
             raise RoleError(f"{roles.path}: role {name!r} not found")
         result.append(make_activation(roles, roles[name], context))
     return tuple(result)
+
+
+def make_needs(roles: Roles, names: Collection[str], context: Mapping[str, Any]) -> HostNeeds:
+    """What the roles `names` (those a host has) need on the machine, rendered with
+    `context` (`make_base_context`) and merged in role name order."""
+    missing = sorted(set(names) - set(roles.roles))
+    if missing:
+        raise RoleError(f"{roles.path}: role {missing[0]!r} not found")
+
+    def render(source: str, where: str) -> str:
+        return render_snippet(roles, source, context, where).strip()
+
+    try:
+        return render_needs(((n, roles[n].needs) for n in sorted(set(names))), render)
+    except NeedsError as exc:
+        raise RoleError(str(exc)) from None

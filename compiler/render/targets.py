@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 from compiler.cache.gcpause import gc_paused
 from compiler.connectors.confine import split_below
+from compiler.render.context import make_base_context
 from compiler.render.fragments import FragmentCache
 from compiler.render.join import DomainSetCache
 from compiler.render.render import render_host
 from compiler.render.resolve import HostConfig, ServedAccountsCache, resolve_host
-from compiler.render.roles import Roles, make_activations, role_defaults
-from compiler.types import Activation, FileTree
+from compiler.render.roles import Roles, make_activations, make_needs, role_defaults
+from compiler.types import Activation, FileTree, HostNeeds
 from schemas.inventory import HostSpec, Inventory
 
 
@@ -33,6 +34,7 @@ class Target:
     spec: HostSpec
     tree: FileTree
     activations: tuple[Activation, ...]
+    needs: HostNeeds = field(default_factory=HostNeeds)  # what its roles need on the machine
 
     @property
     def host_roles(self) -> set[str]:
@@ -62,7 +64,9 @@ def compile_host(
     tree = render_host(cfg, roles, cache.domain_sets)
     check_tree_paths(tree)
     activations = make_activations(cfg, roles, roles.roles)
-    return cfg, Target(host, inventory.hosts[host], tree, activations)
+    host_roles = [r.value for r in inventory.hosts[host].roles]
+    needs = make_needs(roles, host_roles, make_base_context(cfg))
+    return cfg, Target(host, inventory.hosts[host], tree, activations, needs)
 
 
 class PathError(ValueError):

@@ -75,4 +75,4 @@ def call(
 
 
 def observe(root: Path, paths: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    return call(root, "observe", {"paths": paths or {}, "sensitive": []})
+    return call(root, "observe", {"paths": paths or {}, "sensitive": [], "needs": None})

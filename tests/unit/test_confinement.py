@@ -335,7 +335,7 @@ def test_onhost_script_refuses_links_in_a_directory_root(tmp_path: Path, elsewhe
         call_onhost(t, "releases", {}, ReleasesReply)
     (root / "var" / "lib" / "mailcfg" / "releases").unlink()
     (root / "etc").symlink_to(elsewhere / "etc")
-    request = {"paths": {"/etc/passwd": ["00", "root", "root"]}, "sensitive": []}
+    request = {"paths": {"/etc/passwd": ["00", "root", "root"]}, "sensitive": [], "needs": None}
     with pytest.raises(HostError, match="symbolic link") as refused:
         call_onhost(t, "observe", request, ObserveReply)
     assert "root:x" not in str(refused.value)

@@ -108,7 +108,7 @@ def test_observe_returns_content_only_when_different_and_not_sensitive(root: Pat
     (root / "etc/b").write_bytes(b"b\n")
     want = {p: [f.sha256[:16], "root", "root"] for p, f in tree.items()}
     want["/etc/b"] = ["ffff", "root", "root"]
-    doc = call(root, "observe", {"paths": want, "sensitive": []})
+    doc = call(root, "observe", {"paths": want, "sensitive": [], "needs": None})
     previous = {p: base64.b64decode(v) for p, v in doc["previous"].items()}
     assert previous == {"/etc/a": b"edited\n", "/etc/b": b"b\n"}
     assert "SECRET" not in json.dumps(doc)  # sensitive by the release's manifest

@@ -3,8 +3,8 @@ the store holds). Neither takes the lock: they change nothing.
 
 `observe` answers with sha256/mode/owner/group of every managed or desired path, the content of
 files that differ from the desired sha (never of sensitive or very large files; of a sensitive
-one, the masked view its release recorded), and the activations an interrupted change still
-owes.
+one, the masked view its release recorded), the activations an interrupted change still
+owes, and, when the request names what the roles need, the machine's facts (`machine`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import stat
 
 from .fileops import name_of_gid, name_of_uid, read_json, sha256_file
 from .hostroot import Host
+from .machine import observe_system
 from .store import current_manifest, current_release, read_pending
 from .wire import FileMeta, LiveFile, ObserveReply, ObserveRequest, ReleaseEntry, ReleasesReply
 
@@ -95,6 +96,7 @@ def cmd_observe(host: Host, request: ObserveRequest, warnings: list[str]) -> Obs
         "previous": previous,
         "interrupted": pending["release"] if pending else None,
         "pending": pending["activations"] if pending else [],
+        "system": None if request["needs"] is None else observe_system(host, request["needs"]),
     }
 
 

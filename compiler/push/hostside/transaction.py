@@ -1,10 +1,14 @@
 """The release transaction: one change of the host's live files from the current release to
 another, under the host lock, as named steps sharing one `Transaction`.
 
-    apply:     stage → build → validate → record pending → install → activate → verify → commit
+    apply:     unpack → provision → stage → build → validate → record pending → install →
+               activate → verify → commit
     rollback:                    choose → record pending → install → activate → verify → commit
 
-A failure before install leaves the live files untouched (a release directory the apply made is
+Provision (`provision`: packages, groups, users, directories, units) comes before the files are
+staged, since staging gives them owners that a package or a user step makes and validation
+runs the packages' tools; what it did is not undone by a failure or a rollback. A failure
+before install leaves the live files untouched (a release directory the apply made is
 removed). A failure at install, activate or verify, in an apply or a rollback alike, restores
 the release the host was on (`install.restore`) and re-runs the reloads; the reply names the
 failed step and what was put back. A crash between record pending and commit leaves
@@ -26,6 +30,7 @@ from .fileops import sync_tree, write_json
 from .hostlock import HostLock
 from .hostroot import Host, StepFailed
 from .install import install_tree, restore
+from .provision import provision
 from .recover import clean_incoming, recover_interrupted, refresh_program_copy
 from .runner import merge_activations, run_commands
 from .stage import build_release, stage_release, unpack_bundle
@@ -72,9 +77,9 @@ class Transaction:
 
     # --- an apply's own steps -------------------------------------------------------------------
 
-    def stage(self, bundle: BinaryIO) -> BundleDoc:
-        """Unpack the bundle into a new release directory, check the host is still at the
-        release the plan was made against, verify and set each file's metadata."""
+    def unpack(self, bundle: BinaryIO) -> BundleDoc:
+        """Unpack the bundle into a new release directory and check the host is still at the
+        release the plan was made against."""
         host = self.host
         staging = host.state_path("staging")
         os.makedirs(staging, mode=0o700, exist_ok=True)
@@ -94,8 +99,17 @@ class Transaction:
         os.replace(unpacked, self.stage_dir)
         self.files = dict(doc["files"])
         self.activations = list(doc["activations"])
-        stage_release(host, doc, self.stage_dir)
         return doc
+
+    def provision(self, doc: BundleDoc) -> None:
+        """The packages, groups, users, directories and units the roles need (each its own
+        step); nothing when the bundle names none."""
+        if doc["needs"] is not None:
+            provision(self.host, doc["needs"], self.warnings)
+
+    def stage(self, doc: BundleDoc) -> None:
+        """Verify each unpacked file and give it its metadata (owners the provision made)."""
+        stage_release(self.host, doc, self.stage_dir)
 
     def check_current(self, doc: BundleDoc) -> None:
         if self.from_id != doc["expect_current"]:
@@ -260,7 +274,9 @@ def prepare_change(host: Host, warnings: list[str], keep: str | None) -> None:
 
 def apply_bundle(tx: Transaction, bundle: BinaryIO) -> ChangeReply | FailureReply:
     try:
-        doc = tx.stage(bundle)
+        doc = tx.unpack(bundle)
+        tx.provision(doc)
+        tx.stage(doc)
         tx.build(doc)
         tx.validate()
     except BaseException:

@@ -20,6 +20,7 @@ evaluates these annotations at run time, where `X | None` needs Python 3.10.
 # ruff: noqa: UP045
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, Literal, Optional, TypedDict, Union, get_args, get_origin, get_type_hints
 
@@ -78,12 +79,91 @@ class ReleaseEntry(TypedDict):
     current: bool
 
 
+# What a name in a `NeedsDoc` may be (checked by the controller when roles render their needs,
+# and by the host before a name reaches a command's argv): never an option, never two words.
+PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]{1,100}")  # Debian policy 5.6.1
+ACCOUNT_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+UNIT_NAME = re.compile(r"[A-Za-z0-9_.@:-]{1,200}\.(service|socket|timer|path|target)")
+
+
+class GroupNeed(TypedDict):
+    name: str
+    gid: Optional[int]  # null: any (a new one is chosen by groupadd)
+
+
+class UserNeed(TypedDict):
+    name: str
+    uid: Optional[int]  # null: any (a new system uid)
+    group: str  # its primary group (declared in `groups`, or one a package makes)
+    home: str
+    shell: str
+
+
+class DirectoryNeed(TypedDict):
+    path: str
+    owner: str
+    group: str
+    mode: int
+
+
+class NeedsDoc(TypedDict):
+    """What a host's roles need besides their files (`compiler.types.HostNeeds`): Debian
+    packages (with the debconf answers set before they are installed), system groups and
+    users, directories and systemd units to enable."""
+
+    packages: list[str]
+    debconf: list[str]  # `debconf-set-selections` lines: "<package> <question> <type> <value>"
+    groups: list[GroupNeed]
+    users: list[UserNeed]
+    directories: list[DirectoryNeed]
+    units: list[str]
+
+
+class OsRelease(TypedDict):
+    id: str  # /etc/os-release ID ("debian", "ubuntu"; "" when absent)
+    version_id: str  # VERSION_ID ("12", "24.04")
+    pretty_name: str
+
+
+class UserFact(TypedDict):
+    uid: int
+    gid: int
+
+
+class DirectoryFact(TypedDict):
+    directory: bool  # false: something else is at the path
+    mode: int
+    owner: str
+    group: str
+
+
+class UnitFact(TypedDict):
+    enabled: str  # `systemctl is-enabled`: enabled, disabled, static, masked, not-found, …
+    active: str  # `systemctl is-active`: active, inactive, failed, …
+
+
+class SystemFacts(TypedDict):
+    """The machine behind a host's "/" as the needs concern it: each need's name or path maps
+    to what was found (null: absent; a package's installed version)."""
+
+    os: OsRelease
+    python: str  # the version of the python3 running this program ("3.11")
+    machine: str  # `uname -m` ("x86_64", "aarch64")
+    packages: dict[str, Optional[str]]
+    groups: dict[str, Optional[int]]
+    users: dict[str, Optional[UserFact]]
+    directories: dict[str, Optional[DirectoryFact]]
+    systemd: bool  # systemd runs (PID 1): the units were asked about
+    units: dict[str, UnitFact]  # empty without systemd
+
+
 # --- requests (controller → host) ---------------------------------------------------------------
 
 
 class ObserveRequest(TypedDict):
     paths: dict[str, tuple[str, str, str]]  # path → [sha256 prefix, owner, group] wanted
     sensitive: list[str]  # paths whose content is never sent back
+    needs: Optional[NeedsDoc]  # null: a local root, no machine facts wanted
 
 
 class ApplyRequest(TypedDict):
@@ -99,6 +179,7 @@ class BundleDoc(TypedDict):
     keep_releases: int
     files: dict[str, FileMeta]
     activations: list[ActivationDoc]
+    needs: Optional[NeedsDoc]  # ensured before the release is staged; null: none (a local root)
 
 
 class RollbackRequest(TypedDict):
@@ -137,6 +218,7 @@ class ObserveReply(TypedDict):
     previous: dict[str, str]  # path → base64 of the content found, for diffs
     interrupted: Optional[str]  # the release an interrupted apply was installing
     pending: list[ActivationDoc]  # the activations it still owes
+    system: Optional[SystemFacts]  # null when the request asked for no needs
 
 
 class ChangeReply(TypedDict):
