@@ -30,7 +30,8 @@ apt-get install -y -qq --no-install-recommends \
   python3 python3-venv python3-dev gcc \
   postfix dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-sieve \
   dovecot-managesieved openssh-server openssh-client sudo redis-server swaks pflogsumm postfwd \
-  iproute2 procps openssl ssl-cert faketime ca-certificates git mmdebstrap >/dev/null
+  iproute2 procps openssl ssl-cert faketime ca-certificates git mmdebstrap certbot pebble \
+  >/dev/null
 # The example inventory points at Debian's snakeoil pair; containers may lack it.
 make-ssl-cert generate-default-snakeoil
 
