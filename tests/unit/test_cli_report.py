@@ -240,6 +240,10 @@ PRODUCED_BY = {
     ("unlock", 1): "test_cli_agent.py::test_unlock_asks_every_host_and_says_what_each_did",
     ("stats", 0): "test_cli_agent.py::test_stats_gathers_rows_from_every_agent",
     ("stats", 1): "test_cli_agent.py::test_stats_of_a_failing_host_leaves_the_others",
+    ("dns", 0): "test_dnsrecords.py::test_cli_dns_formats_and_policy_file",
+    ("dns", 1): "test_dnsrecords.py::test_cli_dns_formats_and_policy_file",
+    ("doctor", 0): "test_doctor.py::test_cli_doctor_exit_codes_and_json",
+    ("doctor", 1): "test_doctor.py::test_cli_doctor_exit_codes_and_json",
     ("mailcfg", 2): "test_cli_help.py::test_bare_mailcfg_prints_usage_and_exits_2",
 }
 
