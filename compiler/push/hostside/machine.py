@@ -79,7 +79,7 @@ def observe_system(host: Host, needs: NeedsDoc) -> SystemFacts:
     systemd = host.is_system and os.path.isdir("/run/systemd/system")
     return {
         "os": read_os_release(host),
-        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "python": ".".join(str(part) for part in sys.version_info[:3]),
         "machine": os.uname().machine,
         "packages": installed_versions(host, needs["packages"]),
         "groups": {g["name"]: find_group(host, g["name"]) for g in needs["groups"]},

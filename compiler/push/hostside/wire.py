@@ -147,7 +147,7 @@ class SystemFacts(TypedDict):
     to what was found (null: absent; a package's installed version)."""
 
     os: OsRelease
-    python: str  # the version of the python3 running this program ("3.11")
+    python: str  # the version of the python3 running this program ("3.11.2")
     machine: str  # `uname -m` ("x86_64", "aarch64")
     packages: dict[str, Optional[str]]
     groups: dict[str, Optional[int]]
