@@ -1,6 +1,6 @@
 """ACME certificates without a CA: the `tls.acme` values, the snakeoil warning of every load,
 what the acme role renders and runs, and the on-host `activate` its renewal hook calls (the
-shipped program, run as a host runs it). The CA itself is tests/e2e/test_acme.py's."""
+shipped program, run as a host runs it). The CA itself is tests/e2e/test_acme_pebble.py's."""
 
 from __future__ import annotations
 
