@@ -142,6 +142,9 @@ class Activation:
     validate: tuple[str, ...] = ()
     apply: tuple[str, ...] = ()
     verify: tuple[str, ...] = ()  # after apply: the service answers
+    # What `apply` does, in a plan's words, when the role says it better than its action
+    # (role.yml `summary:`); "" for the wording of the action.
+    summary: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,8 @@ def describe_activations(plan: Plan) -> str:
 def describe_activation(activation: Activation, plan: Plan) -> str:
     """One role's activation in words (see the module docstring)."""
     service = activation.service
+    if activation.summary:
+        return activation.summary
     if activation.action == "reload":
         return f"reload {service} if running"
     if activation.action == "restart":

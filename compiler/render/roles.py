@@ -39,7 +39,17 @@ from compiler.render.needs import NeedsError, RoleNeeds, parse_needs, render_nee
 from compiler.render.resolve import HostConfig
 from compiler.types import Activation, HostNeeds
 
-_ROLE_KEYS = {"service", "action", "files", "build", "validate", "apply", "verify", "needs"}
+_ROLE_KEYS = {
+    "service",
+    "action",
+    "summary",
+    "files",
+    "build",
+    "validate",
+    "apply",
+    "verify",
+    "needs",
+}
 _FILE_KEYS = {"template", "path", "mode", "owner", "group", "sensitive", "mask", "rows", "each"}
 _ACTIONS = {"reload", "restart", "none"}
 # What str.splitlines() splits on, and NUL (never part of an argument).
@@ -81,6 +91,7 @@ class Role:
     apply: tuple[str, ...] = ()
     verify: tuple[str, ...] = ()
     needs: RoleNeeds = field(default_factory=RoleNeeds)
+    summary: str = ""  # what its apply does, for plans (see `Activation.summary`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +229,16 @@ def load_role(directory: Path) -> Role:
         apply=_commands(spec_path, "apply", spec.get("apply")),
         verify=_commands(spec_path, "verify", spec.get("verify")),
         needs=needs,
+        summary=_summary(spec_path, spec.get("summary")),
     )
+
+
+def _summary(spec_path: Path, raw: object) -> str:
+    if raw is None:
+        return ""
+    if not isinstance(raw, str) or "\n" in raw.strip():
+        raise RoleError(f"{spec_path}: summary: expected one line of text")
+    return raw.strip()
 
 
 def load_roles(path: Path) -> Roles:
@@ -283,6 +303,7 @@ def make_activation(roles: Roles, role: Role, context: Mapping[str, Any]) -> Act
         validate=_render_commands(roles, role, "validate", context),
         apply=_render_commands(roles, role, "apply", context),
         verify=_render_commands(roles, role, "verify", context),
+        summary=role.summary,
     )
 
 

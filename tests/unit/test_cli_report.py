@@ -209,7 +209,8 @@ def test_a_local_host_says_it_reloads_nothing(
     monkeypatch.setenv("MAILCFG_SERVICES", "run")
     _, out, _ = run(capsys, "plan", str(inv), "--format", "summary")
     assert (
-        "; then restart mailcfg-agent (its systemd unit changed), reload dovecot if running" in out
+        "; then restart mailcfg-agent (its systemd unit changed), reload dovecot if running and"
+        " dovecot.conf or its TLS pair changed" in out
     )
     monkeypatch.delenv("MAILCFG_SERVICES")
     assert run(capsys, "apply", str(inv))[0] == 0  # a local root: nothing is reloaded
