@@ -42,7 +42,7 @@ def run_commands(
             raise StepFailed(step, f"{command}: timed out after {COMMAND_TIMEOUT:.0f}s") from None
         output = (proc.stderr + proc.stdout).decode(errors="replace").strip()
         if proc.returncode == NOT_FOUND and not host.is_system:
-            warnings.append(f"{step} skipped on a local root (not installed): {output}")
+            warnings.append(f"{step} skipped on a local root: {output}")
             continue
         if proc.returncode != 0:
             detail = output or "(no output)"
