@@ -271,3 +271,20 @@ def test_interrupted_controller_leaves_the_apply_to_commit(host: CountingTranspo
         time.sleep(0.05)
     assert current.read_text().strip() == release_id
     assert (host.root / "etc/postfix/main.cf").read_bytes() == b"myhostname = mx2\n"
+
+
+def test_validate_sees_staged_files_old_enough_for_postfix(host: CountingTransport) -> None:
+    """Postfix reads a file modified within the last second again after a ~1.8 s sleep: the
+    staged files are complete, so they are given an mtime in the past before validation."""
+    age = "$(( $(date +%s) - $(stat -c %Y {stage}/etc/postfix/main.cf) ))"
+    checking = Activation(
+        "postfix",
+        "postfix",
+        "reload",
+        validate=(f'[ {age} -ge 5 ] || {{ echo "staged main.cf is {age} s old" >&2; exit 1; }}',),
+    )
+    tree = make_tree()
+    plan = make_plan(host.host, tree, observe_host(host, tree), (checking,))
+    apply_plan(plan, tree, host, release_id=make_release_id(datetime.now(UTC), tree.digest))
+    installed = (host.root / "etc/postfix/main.cf").stat().st_mtime
+    assert time.time() - installed < 60  # the installed file is written anew, as before
