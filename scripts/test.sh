@@ -31,6 +31,7 @@ apt-get install -y -qq --no-install-recommends \
   postfix dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-sieve \
   dovecot-managesieved openssh-server openssh-client sudo redis-server swaks pflogsumm postfwd \
   iproute2 procps openssl ssl-cert faketime ca-certificates git mmdebstrap certbot pebble \
+  rspamd clamav clamav-daemon postsrsd chromium chromium-driver \
   >/dev/null
 # The example inventory points at Debian's snakeoil pair; containers may lack it.
 make-ssl-cert generate-default-snakeoil
