@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 from compiler.connectors.transport import CommandResult, Transport
-from compiler.push.hostside.wire import ActivationDoc, FailureReply, WireError, check_document
+from compiler.push.hostside.wire import ActivationDoc, FailureReply
+from compiler.push.hostside.wirecheck import WireError, check_document
 from compiler.types import Activation
 
 STATE_DIR = "/var/lib/mailcfg"

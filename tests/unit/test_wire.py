@@ -23,7 +23,7 @@ import pytest
 from compiler.connectors.local import LocalTransport
 from compiler.push.apply import apply_plan, list_releases, rollback_release
 from compiler.push.hostcall import HostError, onhost_script, zip_program
-from compiler.push.hostside import wire
+from compiler.push.hostside import wire, wirecheck
 from compiler.push.observe import observe_host
 from compiler.types import Activation, FileTree, Plan
 from tests.unit.onhost_program import STATE, call, run_program
@@ -130,7 +130,7 @@ def test_controller_refuses_a_malformed_reply(
 
 def test_every_declaration_has_a_check() -> None:
     for declared in [*wire.REQUESTS.values(), *wire.REPLIES.values(), wire.BundleDoc]:
-        wire.make_check(declared)
+        wirecheck.make_check(declared)
     assert set(wire.REQUESTS) == set(wire.REPLIES)
 
 

@@ -30,7 +30,8 @@ from typing import Any
 from .activate import ActivateRequest, request_from_roles
 from .fileops import read_json
 from .hostroot import Host, StepFailed
-from .wire import REQUESTS, WireError, check_document, failure_reply
+from .wire import REQUESTS, failure_reply
+from .wirecheck import WireError, check_document
 
 Command = Callable[[Host, Any, list[str]], Any]
 # Every command's request declaration: the wire's, and those run on the host only.

@@ -20,7 +20,8 @@ from .fileops import name_of_gid, name_of_uid, owner_ids, sha256_file, write_new
 from .hostroot import Host, StepFailed
 from .runner import run_commands
 from .store import Manifest
-from .wire import BundleDoc, FileMeta, WireError, check_document
+from .wire import BundleDoc, FileMeta
+from .wirecheck import WireError, check_document
 
 
 def unpack_bundle(host: Host, bundle: BinaryIO, stage_dir: str) -> BundleDoc:
