@@ -14,6 +14,7 @@ never in it):
 
     <cache>/                   the parse cache's packs (`load.parsecache`)
     <cache>/fragments/         per-domain rows of the domain-set tables (`render.fragments`)
+    <cache>/templates/         the roles' compiled templates (`render.templatecache`)
     <cache>/outdir/<id>.json   the manifest of each `render --out` directory (`render.outdir`)
 
 An unsafe cache directory is reported once through `warn` and the session runs without one.
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from schemas.inventory import HostSpec
 
 FRAGMENTS_SUBDIRECTORY = "fragments"
+TEMPLATES_SUBDIRECTORY = "templates"
 Warn = Callable[[str], None]
 
 
@@ -124,7 +126,10 @@ class BuildSession:
         if self._roles is None:
             from compiler.render.roles import default_roles_dir, load_roles
 
-            self._roles = load_roles(self.roles_dir if self.roles_dir else default_roles_dir())
+            code_cache = self.cache / TEMPLATES_SUBDIRECTORY if self.cache is not None else None
+            self._roles = load_roles(
+                self.roles_dir if self.roles_dir else default_roles_dir(), code_cache
+            )
         return self._roles
 
     def hosts(self, wanted: Sequence[str] = ()) -> list[str]:
@@ -156,9 +161,9 @@ class BuildSession:
                 if self.cache is not None
                 else None
             )
-            targets, failures = compile_targets(
-                inventory, self.roles(), selected, fragments=fragments
-            )
+            roles = self.roles()
+            targets, failures = compile_targets(inventory, roles, selected, fragments=fragments)
+            roles.save_compiled()
             # The inventory and targets live until the process exits: keep their ~10^5 objects
             # out of every later collection (plan and apply go on allocating).
             gc.freeze()

@@ -37,6 +37,7 @@ from compiler.render.context import make_base_context
 from compiler.render.masking import MASKS
 from compiler.render.needs import NeedsError, RoleNeeds, parse_needs, render_needs
 from compiler.render.resolve import HostConfig
+from compiler.render.templatecache import TemplateCodeCache
 from compiler.types import Activation, HostNeeds
 
 _ROLE_KEYS = {
@@ -105,9 +106,16 @@ class Roles:
     roles: Mapping[str, Role]
     env: jinja2.Environment
     snippets: dict[str, jinja2.Template] = field(default_factory=dict, compare=False, repr=False)
+    # Compiled code from earlier runs (`compiler.render.templatecache`); None: no cache.
+    code_cache: TemplateCodeCache | None = field(default=None, compare=False, repr=False)
 
     def __getitem__(self, name: str) -> Role:
         return self.roles[name]
+
+    def save_compiled(self) -> None:
+        """Keep the code compiled by this run for the next one (with a `code_cache`)."""
+        if self.code_cache is not None:
+            self.code_cache.save()
 
 
 def default_roles_dir() -> Path:
@@ -241,14 +249,17 @@ def _summary(spec_path: Path, raw: object) -> str:
     return raw.strip()
 
 
-def load_roles(path: Path) -> Roles:
-    """Load every role (a subdirectory with a role.yml) of `path`."""
+def load_roles(path: Path, code_cache: Path | None = None) -> Roles:
+    """Load every role (a subdirectory with a role.yml) of `path`; with `code_cache` (a
+    directory), templates compiled by an earlier run are taken from it (`save_compiled`)."""
     if not path.is_dir():
         raise RoleError(f"{path}: roles directory not found")
     roles = {d.name: load_role(d) for d in sorted(path.iterdir()) if (d / "role.yml").is_file()}
     if not roles:
         raise RoleError(f"{path}: no role found (expected <name>/role.yml)")
-    return Roles(path=path, roles=MappingProxyType(roles), env=make_environment(path))
+    env = make_environment(path)
+    cache = TemplateCodeCache.open(code_cache, env) if code_cache is not None else None
+    return Roles(path=path, roles=MappingProxyType(roles), env=env, code_cache=cache)
 
 
 def role_defaults(roles: Roles) -> dict[str, Any]:
@@ -261,7 +272,11 @@ def compile_snippet(roles: Roles, source: str, where: str) -> jinja2.Template:
     template = roles.snippets.get(source)
     if template is None:
         try:
-            template = roles.snippets[source] = roles.env.from_string(source)
+            template = roles.snippets[source] = (
+                roles.code_cache.compile_string(source)
+                if roles.code_cache is not None
+                else roles.env.from_string(source)
+            )
         except jinja2.TemplateError as exc:
             raise RoleError(f"{where}: {exc}") from exc
     return template

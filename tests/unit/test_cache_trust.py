@@ -63,7 +63,8 @@ def plant_pickles(checkout: Path, marker: Path, forge: str) -> Path:
     ]
     planted = checkout / ".mailcfg" / "cache"
     evil = pickle.dumps({key: Payload(marker) for key in keys})
-    for pack in sorted(probe.rglob("pack-*.pickle")):
+    packs = sorted(probe.rglob("pack-*.pickle"))
+    for pack in packs:
         where = planted / pack.parent.relative_to(probe)
         tag = pack.name.removeprefix("pack-").removesuffix(".pickle")
         names = [pack.name] + [f"loose-{tag}-{key}.pickle" for key in keys]
@@ -76,7 +77,7 @@ def plant_pickles(checkout: Path, marker: Path, forge: str) -> Path:
                 data = MAGIC + mac.digest() + evil
             (where / name).write_bytes(data)
     shutil.rmtree(probe)
-    assert len(list(planted.rglob("*.pickle"))) == 2 * (1 + len(keys))
+    assert len(list(planted.rglob("*.pickle"))) == len(packs) * (1 + len(keys))
     return planted
 
 
@@ -138,7 +139,7 @@ def test_the_default_cache_is_private_and_outside_the_checkout(
         st = directory.lstat()
         assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
     assert sorted(p.name for p in cache.iterdir()) == sorted(
-        ["fragments", "outdir", *(p.name for p in cache.glob("pack-*.pickle"))]
+        ["fragments", "outdir", "templates", *(p.name for p in cache.glob("pack-*.pickle"))]
     )
     stats = LoadStats()
     load_inventory(checkout, cache_dir=cache, stats=stats)
