@@ -23,8 +23,8 @@ from typing import IO, TYPE_CHECKING, NoReturn
 
 from compiler import cliout
 from compiler.build import BuildSession
-from compiler.clidns import DNS_COMMANDS, add_dns_commands
 from compiler.cliout import UsageError
+from compiler.cliweb import EXTRA_COMMANDS, add_extra_commands
 from compiler.push.apply import INTERRUPTED_NOTE, ApplyError, format_releases
 from compiler.push.fleet import (
     DEFAULT_FORKS,
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output")
     p.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     inventory_command("codeowners", "print a CODEOWNERS file from the domains' admins")
-    add_dns_commands(inventory_command)
+    add_extra_commands(inventory_command)
     p = sub.add_parser("passwd", help="hash a new password (asked, or read from stdin)")
     p.add_argument("--scheme", default="BLF-CRYPT", help="hash scheme (default: BLF-CRYPT)")
     p = sub.add_parser("schema", help="print the JSON Schema of one kind of inventory file")
@@ -291,7 +291,7 @@ _COMMANDS = {
     "codeowners": cmd_codeowners,
     "passwd": cmd_passwd,
     "schema": cmd_schema,
-    **DNS_COMMANDS,
+    **EXTRA_COMMANDS,
 }
 
 
