@@ -98,7 +98,7 @@ def password(address: str) -> Any:
     )
 
 
-@user_pages.route("/<address>/redirect", methods=["GET", "POST"])
+@user_pages.route("/<address>/redirect", methods=["GET", "POST"], endpoint="redirect")
 @login_required
 def redirect_page(address: str) -> Any:
     if request.method == "GET":
