@@ -13,7 +13,7 @@ import jinja2
 from compiler.render.context import host_role_names, make_context
 from compiler.render.join import DomainSetCache
 from compiler.render.resolve import HostConfig
-from compiler.render.roles import Role, RoleError, RoleFile, Roles, compile_snippet, render_prepared
+from compiler.render.roles import Role, RoleError, RoleFile, Roles, compile_snippet, prepare_render
 from compiler.types import FileTree, RenderedFile
 
 
@@ -40,16 +40,18 @@ def render_role(roles: Roles, role: Role, context: dict[str, Any]) -> list[Rende
         if spec.rows:
             variables["rows"] = getattr(context["tables"], spec.rows)
         items = context[spec.each] if spec.each else [None]
+        render_path = prepare_render(path_template, variables)
+        render_text = prepare_render(template, variables)
         for item in items:
             variables["item"] = item
             try:
-                path = render_prepared(path_template, variables).strip()
+                path = render_path().strip()
             except jinja2.TemplateError as exc:
                 raise RoleError(f"{where}.path: {exc}") from exc
             if not path.startswith("/"):
                 raise RoleError(f"{where}: path {path!r} is not absolute")
             try:
-                text = render_prepared(template, variables)
+                text = render_text()
             except jinja2.TemplateError as exc:
                 raise RoleError(f"roles/{role.name}/templates/{spec.template}: {exc}") from exc
             content = text.encode("utf-8")

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import jinja2
+from jinja2.nodes import EvalContext
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
@@ -291,11 +292,25 @@ def render_snippet(roles: Roles, source: str, context: Mapping[str, Any], where:
         raise RoleError(f"{where}: {exc}") from exc
 
 
-def render_prepared(template: jinja2.Template, variables: dict[str, Any]) -> str:
-    """`template.render(variables)` for `variables` that already hold the template's globals
-    (`dict(template.globals, **context)`), made once for many renders: Jinja2 would copy
-    them twice per call, most of the cost of rendering a one-line path or a small file."""
-    return "".join(template.root_render_func(template.new_context(variables, shared=True)))
+def prepare_render(template: jinja2.Template, variables: dict[str, Any]) -> Callable[[], str]:
+    """A function that renders `template` with `variables` as they are at each call (the
+    caller changes `item` between calls); `variables` already hold the template's globals
+    (`dict(template.globals, **context)`), made once for many renders: Jinja2 would copy them
+    twice per call. One Jinja2 context serves every call, its own state (local and exported
+    variables, blocks, the evaluation context) set back to a new context's before each: a new
+    context per call cost more than rendering a one-line path or a small file."""
+    context = template.new_context(variables, shared=True)
+    env, name, blocks = template.environment, template.name, template.blocks
+    root = template.root_render_func
+
+    def render() -> str:
+        context.vars.clear()
+        context.exported_vars.clear()
+        context.blocks = {k: [v] for k, v in blocks.items()}
+        context.eval_ctx = EvalContext(env, name)
+        return "".join(root(context))
+
+    return render
 
 
 def _render_commands(
