@@ -28,6 +28,7 @@ from schemas.common import (
     show_value,
     size_json_schema,
 )
+from schemas.filtering import Dkim, FilterPorts, InboundDmarc, SpamActions
 from schemas.hostvalues import (
     IPV4_MAPPED,
     TRUSTED_MIN_PREFIX,
@@ -310,6 +311,12 @@ class Paths(Frozen):
     mail_log: AbsPath = "/var/log/mail.log"
     dovecot_log: AbsPath | None = None
     systemd_unit_dir: AbsPath = "/etc/systemd/system"
+    # The rspamd role's files go to local.d/ and override.d/ below it; DKIM keys are made
+    # on the host in rspamd_dkim_dir (0750 _rspamd), never in a release.
+    rspamd_config_dir: AbsPath = "/etc/rspamd"
+    rspamd_dkim_dir: AbsPath = "/var/lib/rspamd/dkim"
+    clamd_socket: SocketPath = "/run/clamav/clamd.ctl"
+    postsrsd_secret: AbsPath = "/etc/postsrsd.secret"
 
 
 # External senders may be as wide as trusted networks (`TRUSTED_MIN_PREFIX`, IPv4 /8, IPv6
@@ -417,3 +424,25 @@ class ServerPolicy(Frozen):
     dovecot_auth_failure_delay: DovecotTime = "2s"
     # Per served domain, the outside client networks that may send with its addresses.
     external_senders: ExternalSendersList = Field(default_factory=list)
+    # Filtering (schemas.filtering): any of dkim, dmarc, spam_actions or antivirus makes rspamd
+    # Postfix's milter on the host.
+    dkim: Dkim | None = Field(default=None, description=Dkim.__doc__)
+    dmarc: InboundDmarc | None = Field(
+        default=None,
+        description="Check SPF, DKIM, DMARC and ARC of inbound mail with rspamd "
+        "(Authentication-Results), and apply the sender's DMARC policy when `enforce`.",
+    )
+    spam_actions: SpamActions | None = Field(
+        default=None, description="Score inbound mail with rspamd and act on the scores."
+    )
+    antivirus: bool = Field(
+        default=False,
+        description="Scan inbound mail with ClamAV through rspamd; infected mail is refused "
+        "at DATA.",
+    )
+    srs: bool = Field(
+        default=False,
+        description="Rewrite the envelope sender of mail redirected to outside domains with "
+        "SRS (postsrsd), so the receiver's SPF check passes; bounces come back to the sender.",
+    )
+    filter_ports: FilterPorts = FilterPorts()

@@ -15,6 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from compiler.render.agentconfig import host_port, probe_address, render_agent_config
+from compiler.render.filtering import filter_role_names, make_filter_context
 from compiler.render.join import DomainSetCache, make_domain_set_data
 from compiler.render.resolve import HostConfig
 from schemas.inventory import Role
@@ -90,10 +91,13 @@ def make_external_senders(cfg: HostConfig) -> list[ExternalSenderClass]:
 
 
 def host_role_names(cfg: HostConfig) -> list[str]:
-    """The roles whose files the host gets, sorted: its spec's, and `acme` with `tls.acme`."""
+    """The roles whose files the host gets, sorted: its spec's, `acme` with `tls.acme`, and
+    beside postfix the filtering roles its policy asks for (`compiler.render.filtering`)."""
     names = {str(role) for role in cfg.spec.roles}
     if cfg.policy.tls.acme is not None:
         names.add(ACME_ROLE)
+    if Role.POSTFIX in cfg.spec.roles:
+        names |= filter_role_names(cfg.policy)
     return sorted(names)
 
 
@@ -176,6 +180,7 @@ def make_base_context(cfg: HostConfig) -> dict[str, Any]:
         "inet": postfix_inet,
         "address": dovecot_address,
         "port": dovecot_port,
+        **make_filter_context(cfg),
     }
 
 

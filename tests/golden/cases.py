@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 
 from schemas.domain import Account, Autoresponder, Domain, Redirect, SenderList
-from schemas.inventory import GroupSpec, HostSpec, Inventory
+from schemas.inventory import GroupSpec, HostSpec, Inventory, Role
 from schemas.policy import LimitsOverride
 
 H1 = (
@@ -187,4 +187,35 @@ def acme() -> tuple[Inventory, str]:
     return Inventory(hosts=hosts, domains=inv.domains), host
 
 
-CASES = {"minimal": minimal, "full": full, "no_agent": no_agent, "forms": forms, "acme": acme}
+def rspamd() -> tuple[Inventory, str]:
+    """Filtering: DKIM signing, enforced inbound DMARC, spam actions, ClamAV, SRS and Bayes in
+    Redis (policy_state), for two served domains and two alias domains: the rspamd, clamav and
+    srs roles' files and Postfix's milter and SRS lines (no agent: its files are other cases')."""
+    inv, _ = forms()
+    host = "mx4"
+    spec = inv.hosts[host].model_copy(
+        update={
+            "roles": [Role.POSTFIX, Role.DOVECOT],
+            "policy": {
+                "dkim": {"selector": "mc2026a", "algorithm": "rsa"},
+                "dmarc": {"enforce": True},
+                "spam_actions": {"add_header": 5, "rewrite_subject": 8, "reject": 12},
+                "antivirus": True,
+                "srs": True,
+                "policy_state": "redis://127.0.0.1:6379/2",
+                "spam": {"nameservers": ["127.0.0.1:5353"]},
+            },
+        }
+    )
+    hosts = {host: HostSpec.model_validate(spec.model_dump())}
+    return inv.model_copy(update={"hosts": hosts}), host
+
+
+CASES = {
+    "minimal": minimal,
+    "full": full,
+    "no_agent": no_agent,
+    "forms": forms,
+    "acme": acme,
+    "rspamd": rspamd,
+}

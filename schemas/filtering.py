@@ -1,0 +1,119 @@
+"""Mail filtering policy: DKIM signing, inbound DMARC, spam actions, anti-virus, SRS, and the
+loopback ports of the daemons that do them (rspamd, postsrsd).
+
+Any of `dkim`, `dmarc`, `spam_actions` or `antivirus` gives a host Debian's rspamd as Postfix's
+milter (the `rspamd` role); `antivirus` adds ClamAV (the `clamav` role), `srs` Debian's
+postsrsd (the `srs` role). Every value lands in an rspamd UCL file, main.cf or a shell command
+run as root: selectors are DNS labels, scores bounded numbers, ports integers.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from itertools import pairwise
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, model_validator
+
+from schemas.common import Frozen, Port, json_string, show_value
+
+SELECTOR_PREFIX_MAX = 30
+_SELECTOR_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+
+
+def check_selector_prefix(value: str) -> str:
+    """A DKIM selector's first part: lower-case letters, digits and inner hyphens (one DNS
+    label; the host's name is appended to it)."""
+    if len(value) > SELECTOR_PREFIX_MAX or not _SELECTOR_RE.fullmatch(value):
+        raise ValueError(
+            f"{show_value(value)} is not a DKIM selector: lower-case letters, digits and '-' "
+            f"(not first or last), at most {SELECTOR_PREFIX_MAX} characters, like mc2026a"
+        )
+    return value
+
+
+SelectorPrefix = Annotated[
+    str,
+    AfterValidator(check_selector_prefix),
+    json_string("^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", SELECTOR_PREFIX_MAX),
+]
+
+
+class DkimAlgorithm(StrEnum):
+    RSA = "rsa"  # 2048 bits: what every receiver verifies
+    ED25519 = "ed25519"  # RFC 8463: short keys, not verified by every receiver yet
+
+
+class Dkim(Frozen):
+    """Sign the mail the host sends, for every domain it serves (alias domains too), aligned
+    with the header From. Each host has its own key, generated on the host at the first apply
+    (never in git or a plan), under the selector `<selector>-<host>`; `mailcfg dns` prints
+    its record once the host has it."""
+
+    selector: SelectorPrefix = Field(
+        default="mc2026a",
+        description="The selector's first part; the host signs as <selector>-<host name>. "
+        "A new value makes a new key (publish its record before the next apply signs with it).",
+    )
+    algorithm: DkimAlgorithm = Field(
+        default=DkimAlgorithm.RSA, description="rsa (2048 bits, the default) or ed25519."
+    )
+
+
+class InboundDmarc(Frozen):
+    """rspamd checks SPF, DKIM, DMARC and ARC of inbound mail and adds Authentication-Results."""
+
+    enforce: bool = Field(
+        default=True,
+        description="Apply the sender domain's published DMARC policy: p=reject is refused at "
+        "DATA, p=quarantine scores as spam; false: only the Authentication-Results header.",
+    )
+
+
+SPAM_SCORE_MAX = 1000.0
+Score = Annotated[float, Field(gt=0, le=SPAM_SCORE_MAX)]
+
+
+class SpamActions(Frozen):
+    """rspamd's score thresholds for inbound mail (null: never)."""
+
+    add_header: Score | None = Field(default=6.0, description="Add X-Spam: Yes at this score.")
+    rewrite_subject: Score | None = Field(
+        default=None, description="Prefix the subject with ***SPAM*** at this score."
+    )
+    reject: Score | None = Field(default=15.0, description="Refuse the mail at DATA (5xx).")
+
+    @model_validator(mode="after")
+    def check_order(self) -> SpamActions:
+        given = [
+            (name, score)
+            for name, score in (
+                ("add_header", self.add_header),
+                ("rewrite_subject", self.rewrite_subject),
+                ("reject", self.reject),
+            )
+            if score is not None
+        ]
+        for (low, a), (high, b) in pairwise(given):
+            if a >= b:
+                raise ValueError(f"{low} ({a}) must be lower than {high} ({b})")
+        return self
+
+
+class FilterPorts(Frozen):
+    """Loopback ports of the filtering daemons (127.0.0.1): change them only when another
+    service holds one (or in tests)."""
+
+    rspamd_proxy: Port = Field(default=11332, description="rspamd's milter (proxy worker).")
+    rspamd_normal: Port = 11333
+    rspamd_controller: Port = 11334
+    srs_forward: Port = Field(default=10001, description="postsrsd's forward table.")
+    srs_reverse: Port = 10002
+
+    @model_validator(mode="after")
+    def check_distinct(self) -> FilterPorts:
+        ports = list(self.model_dump().values())
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"two filter ports are the same: {ports}")
+        return self
