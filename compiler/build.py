@@ -1,9 +1,10 @@
 """One build session: where its caches live, and the pipeline assembled from the stages.
 
 The CLI and library users enter here, so both get the fast path: the parse cache (load), the
-per-domain fragments (render) and the output manifests (`render --out`), with the garbage
-collector paused while the model graph is built. A session loads the inventory and the roles
-once; every command then compiles, plans, applies or asks a host's agent through it.
+per-domain fragments and compiled templates (render) and the output manifests (`render --out`),
+with the garbage collector paused while the model graph is built. A session loads the
+inventory and the roles once; every command then compiles, plans, applies or asks a host's
+agent through it.
 
     session = BuildSession.open(Path("inventory"))           # default cache, no warnings
     targets, failures = session.compile()                    # every host
@@ -38,7 +39,6 @@ from typing import TYPE_CHECKING
 
 from compiler.cache.cachedir import CacheError, open_cache_dir, prepare_cache_dir
 from compiler.connectors.transport import Transport
-from compiler.push.agentcall import AgentCall, make_agent_call, unlock_account
 from compiler.push.apply import ReleaseInfo, list_releases, make_release_id, rollback_release
 from compiler.push.connect import open_transport
 from compiler.push.fleet import (
@@ -54,6 +54,7 @@ from compiler.types import Plan, Release
 
 if TYPE_CHECKING:
     from compiler.load.inventory import LoadedInventory
+    from compiler.push.agentcall import AgentCall
     from compiler.render.roles import Roles
     from compiler.render.targets import Target
     from compiler.tools.dnsrecords import DnsPlan
@@ -318,6 +319,7 @@ class BuildSession:
     ) -> list[HostResult]:
         """`work` on the agent of each of `hosts` (`agent_hosts`), in parallel; a host that
         cannot be reached is a result, not an error."""
+        from compiler.push.agentcall import make_agent_call
         from compiler.render.context import AGENT_CONFIG_NAME
         from compiler.render.resolve import resolve_host
         from compiler.render.roles import role_defaults
@@ -342,6 +344,8 @@ class BuildSession:
 
     def unlock(self, hosts: Sequence[str], address: str) -> list[HostResult]:
         """Ask the agents of `hosts` (every one when empty) to lift `address`'s lock."""
+        from compiler.push.agentcall import unlock_account
+
         return self.on_agents(hosts, lambda call: unlock_account(call, address))
 
     def agent_stats(

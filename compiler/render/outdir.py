@@ -109,9 +109,13 @@ def _same_bytes(dest: str, size: int, content: bytes) -> bool:
 
 
 def _unchanged(
-    dest: str, st: os.stat_result | None, file: RenderedFile, rec: _Record | None
+    root: str,
+    parts: tuple[str, ...],
+    st: os.stat_result | None,
+    file: RenderedFile,
+    rec: _Record | None,
 ) -> str | None:
-    """The sha256 of `file` if `dest` (lstat `st`) holds it already, else None."""
+    """The sha256 of `file` if `root/parts` (lstat `st`) holds it already, else None."""
     if (
         st is None
         or not stat.S_ISREG(st.st_mode)
@@ -122,7 +126,7 @@ def _unchanged(
     if rec is not None and rec.stat == _stat_key(st):
         digest = hashlib.sha256(file.content).hexdigest()
         return digest if digest == rec.sha256 else None
-    if _same_bytes(dest, st.st_size, file.content):
+    if _same_bytes(os.path.join(root, *parts), st.st_size, file.content):
         return hashlib.sha256(file.content).hexdigest()
     return None
 
@@ -139,17 +143,20 @@ def write_tree(
     base = (plain_name(name),) if name is not None else ()
     root = os.path.join(os.path.abspath(directory), *base)
     # Every path is checked before anything is written: a bad one leaves the tree untouched.
-    files = [(base + split_below(path), file) for path, file in tree.files.items()]
+    # With each path's parts, its record key: the parts joined by "/" (what split_below took).
+    files = [
+        (base + split_below(path), path.removeprefix("/"), file)
+        for path, file in tree.files.items()
+    ]
     records = _read_manifest(manifest, root)
     kept: dict[str, _Record] = {}  # left as they were
     keep: set[tuple[str, ...]] = set()
     with ConfinedDir(directory) as out:
         out.directory(base, create=True)
-        for parts, file in files:
+        for parts, key, file in files:
             keep.add(parts)
-            key = "/".join(parts[len(base) :])
             st = out.lstat(parts)
-            digest = _unchanged(os.path.join(out.root, *parts), st, file, records.get(key))
+            digest = _unchanged(out.root, parts, st, file, records.get(key))
             if digest is not None and st is not None:
                 kept[key] = _Record(_stat_key(st), digest)
                 continue
