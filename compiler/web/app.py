@@ -84,11 +84,13 @@ def create_app(config: WebConfig) -> Flask:
     app.add_url_rule("/", "index", index)
     app.add_url_rule("/login", "login", login, methods=["GET", "POST"])
     app.add_url_rule("/logout", "logout", logout, methods=["POST"])
+    from compiler.web.autoconfig import autoconfig
     from compiler.web.domainpages import domain_pages
     from compiler.web.userpages import user_pages
 
     app.register_blueprint(user_pages)
     app.register_blueprint(domain_pages)
+    app.register_blueprint(autoconfig)
     return app
 
 
@@ -97,7 +99,13 @@ def password_fingerprint(secret: bytes, password_hash: str) -> str:
 
 
 def _check_request() -> None:
-    """CSRF on every POST (the token is per session, made on first visit); then who is in."""
+    """CSRF on every POST (the token is per session, made on first visit); then who is in.
+    The public autoconfiguration endpoints use no session (a mail client calls them)."""
+    from compiler.web.autoconfig import PUBLIC_ENDPOINTS
+
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        g.actor = None
+        return
     if "csrf" not in session:
         session["csrf"] = secrets.token_urlsafe(32)
     if request.method == "POST":

@@ -16,23 +16,32 @@ from compiler.web.gitstore import GitInventory
 from schemas.domain import Account, Domain
 from schemas.inventory import Inventory
 
-# SRV label → (what the panel's summary calls it, the security of the connection).
+# SRV label → (protocol, implicit TLS): SSL/TLS from the first byte, else STARTTLS.
 SERVICES = {
-    "_imaps._tcp": ("IMAP", "SSL/TLS"),
-    "_imap._tcp": ("IMAP", "STARTTLS"),
-    "_pop3s._tcp": ("POP3", "SSL/TLS"),
-    "_pop3._tcp": ("POP3", "STARTTLS"),
-    "_submissions._tcp": ("SMTP (sending)", "SSL/TLS"),
-    "_submission._tcp": ("SMTP (sending)", "STARTTLS"),
+    "_imaps._tcp": ("imap", True),
+    "_imap._tcp": ("imap", False),
+    "_pop3s._tcp": ("pop3", True),
+    "_pop3._tcp": ("pop3", False),
+    "_submissions._tcp": ("smtp", True),
+    "_submission._tcp": ("smtp", False),
 }
+_NAMES = {"imap": "IMAP", "pop3": "POP3", "smtp": "SMTP (sending)"}
 
 
 @dataclass(frozen=True, slots=True)
 class ClientSetting:
-    protocol: str
+    kind: str  # imap, pop3 or smtp
     server: str
     port: int
-    security: str
+    implicit_tls: bool
+
+    @property
+    def protocol(self) -> str:
+        return _NAMES[self.kind]
+
+    @property
+    def security(self) -> str:
+        return "SSL/TLS" if self.implicit_tls else "STARTTLS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,8 @@ class Snapshot:
         )
 
     def client_settings(self, domain: str) -> list[ClientSetting]:
+        """What a mail client needs, from the services `mailcfg dns` publishes (SRV), per
+        host serving the domain; implicit TLS first within a protocol."""
         plan: DnsPlan = self.session.dns_plan()
         settings = []
         for domain_plan in plan.domains:
@@ -69,8 +80,9 @@ class Snapshot:
                 continue
             for host in domain_plan.hosts:
                 for label, port in host.services:
-                    protocol, security = SERVICES.get(label, (label, ""))
-                    settings.append(ClientSetting(protocol, host.hostname, port, security))
+                    if label in SERVICES:
+                        kind, implicit = SERVICES[label]
+                        settings.append(ClientSetting(kind, host.hostname, port, implicit))
         return settings
 
 
