@@ -162,6 +162,7 @@ class Plan:
     host_changes: tuple[HostChange, ...] = ()
     needs: HostNeeds | None = None
     notes: tuple[str, ...] = ()
+    agent: AgentChange | None = None
 
     @property
     def has_changes(self) -> bool:
@@ -214,6 +215,7 @@ class HostNeeds:
     users: tuple[UserNeed, ...] = ()
     directories: tuple[DirectoryNeed, ...] = ()
     units: tuple[str, ...] = ()
+    agent: bool = False  # a role runs mailcfg's agent: apply installs it (`push.agentdist`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +242,8 @@ class SystemFacts:
     directories: Mapping[str, ObservedDirectory | None] = field(default_factory=dict)
     systemd: bool = False
     units: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    agent_current: str | None = None  # the agent install the live release runs
+    agents_installed: tuple[str, ...] | None = None  # None: not asked (a directory root)
 
 
 class HostChangeKind(StrEnum):
@@ -249,6 +253,20 @@ class HostChangeKind(StrEnum):
     CREATE_DIRECTORY = "create directory"
     CHANGE_DIRECTORY = "change directory"
     ENABLE = "enable"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentChange:
+    """The controller's agent (`id` = `<version>-<wheel digest>`) replaces the host's; its
+    wheels go with the bundle unless the host has that install (`upload`), made for the
+    host's Python and architecture."""
+
+    id: str
+    version: str
+    python: str
+    machine: str
+    upload: bool
 
 
 @dataclass(frozen=True, slots=True)

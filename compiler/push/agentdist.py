@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -134,6 +135,15 @@ def agent_id(root: Path) -> str:
     name, data = build_agent_wheel(root)
     version = name.split("-")[1]
     return f"{version}-{hashlib.sha256(data).hexdigest()[:12]}"
+
+
+@functools.cache
+def controller_agent() -> tuple[str, str]:
+    """(agent id, version) of this controller's agent; built once per process (the sources
+    a process runs from do not change under it)."""
+    name, data = build_agent_wheel(source_root())
+    version = name.split("-")[1]
+    return f"{version}-{hashlib.sha256(data).hexdigest()[:12]}", version
 
 
 def pinned_requirements(requirements: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ Two round trips per apply (upload, run) in the steady state.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -21,9 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from compiler.connectors.transport import Transport
+from compiler.push.agentdist import AgentDistError, make_wheelhouse
 from compiler.push.hostcall import STATE_DIR, HostError, Warn, activation_to_json, call_onhost
 from compiler.push.hostneeds import needs_to_json
 from compiler.push.hostside.wire import (
+    AgentDoc,
     ApplyRequest,
     BundleDoc,
     ChangeReply,
@@ -74,7 +77,15 @@ def make_bundle(
     release_id: str,
     keep_releases: int,
 ) -> bytes:
-    """The tar the host unpacks: `release.json` (a `wire.BundleDoc`) + `tree/<path>`."""
+    """The tar the host unpacks: `release.json` (a `wire.BundleDoc`) + `tree/<path>`, and
+    `agent/<wheel>` for an agent the host lacks."""
+    wheels: dict[str, bytes] = {}
+    agent: AgentDoc | None = None
+    if plan.agent is not None:
+        if plan.agent.upload:
+            wheels = make_wheelhouse(plan.agent.python, plan.agent.machine).read()
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in wheels.items()}
+        agent = {"id": plan.agent.id, "version": plan.agent.version, "wheels": digests}
     doc: BundleDoc = {
         "id": release_id,
         "tree_digest": tree.digest,
@@ -83,12 +94,15 @@ def make_bundle(
         "files": {path: _file_meta(f) for path, f in tree.items()},
         "activations": [activation_to_json(a) for a in activations],
         "needs": None if plan.needs is None else needs_to_json(plan.needs),
+        "agent": agent,
     }
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
         _add_member(tar, "release.json", json.dumps(doc, sort_keys=True).encode())
         for path, f in tree.items():
             _add_member(tar, "tree" + path, f.content)
+        for name, data in wheels.items():
+            _add_member(tar, f"agent/{name}", data)
     return buf.getvalue()
 
 
@@ -131,13 +145,16 @@ def apply_plan(
         return Release(plan.current_release or "", plan.tree_digest, None)
     if tree.digest != plan.tree_digest:
         raise ValueError(f"{plan.host}: the tree is not the one the plan was made from")
-    bundle = make_bundle(
-        plan,
-        tree,
-        activations=plan.activations if activations is None else activations,
-        release_id=release_id,
-        keep_releases=keep_releases,
-    )
+    try:
+        bundle = make_bundle(
+            plan,
+            tree,
+            activations=plan.activations if activations is None else activations,
+            release_id=release_id,
+            keep_releases=keep_releases,
+        )
+    except AgentDistError as exc:
+        raise ApplyError(plan.host, "agent", str(exc)) from None
     bundle_path = f"{STATE_DIR}/incoming/{release_id}.tar.gz"
     transport.put(bundle_path, bundle, 0o600)
     request: ApplyRequest = {"bundle": bundle_path}

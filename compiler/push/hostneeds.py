@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from compiler.push.hostside.wire import NeedsDoc
 from compiler.push.hostside.wire import SystemFacts as SystemFactsDoc
 from compiler.types import (
+    AgentChange,
     HostChange,
     HostChangeKind,
     HostNeeds,
@@ -41,6 +42,7 @@ def needs_to_json(needs: HostNeeds) -> NeedsDoc:
             for d in needs.directories
         ],
         "units": list(needs.units),
+        "agent": needs.agent,
     }
 
 
@@ -62,6 +64,8 @@ def facts_from_json(doc: SystemFactsDoc) -> SystemFacts:
         },
         systemd=doc["systemd"],
         units={name: (u["enabled"], u["active"]) for name, u in doc["units"].items()},
+        agent_current=doc["agent"]["current"] if doc["agent"] else None,
+        agents_installed=tuple(doc["agent"]["installed"]) if doc["agent"] else None,
     )
 
 
@@ -105,12 +109,28 @@ def machine_problems(needs: HostNeeds, facts: SystemFacts) -> list[str]:
     return problems
 
 
-def plan_host_changes(needs: HostNeeds, facts: SystemFacts) -> tuple[HostChange, ...]:
+def plan_host_changes(
+    needs: HostNeeds, facts: SystemFacts, agent: AgentChange | None = None
+) -> tuple[HostChange, ...]:
     """What apply will do to the machine, in the order it does it."""
-    return tuple(_host_changes(needs, facts))
+    return tuple(_host_changes(needs, facts, agent))
 
 
-def _host_changes(needs: HostNeeds, facts: SystemFacts) -> Iterator[HostChange]:
+def plan_agent_change(
+    needs: HostNeeds, facts: SystemFacts, agent: tuple[str, str] | None
+) -> AgentChange | None:
+    """The controller's agent `(id, version)` where a role runs it and the host's differs."""
+    if not needs.agent or agent is None or facts.agents_installed is None:
+        return None
+    if facts.agent_current == agent[0]:
+        return None
+    upload = agent[0] not in facts.agents_installed
+    return AgentChange(agent[0], agent[1], facts.python, facts.machine, upload)
+
+
+def _host_changes(
+    needs: HostNeeds, facts: SystemFacts, agent: AgentChange | None
+) -> Iterator[HostChange]:
     for package in needs.packages:
         if facts.packages.get(package) is None:
             yield HostChange(HostChangeKind.INSTALL, package)
@@ -135,6 +155,10 @@ def _host_changes(needs: HostNeeds, facts: SystemFacts) -> Iterator[HostChange]:
             enabled, active = facts.units.get(unit, ("not-found", "unknown"))
             if enabled not in ("enabled", "static", "alias", "indirect"):
                 yield HostChange(HostChangeKind.ENABLE, unit, f"now {enabled}, {active}")
+    if agent is not None:
+        how = "install and run" if agent.upload else "run (installed)"
+        was = facts.agent_current or "none"
+        yield HostChange(HostChangeKind.AGENT, agent.id, f"{how}; now {was}")
 
 
 def host_notes(needs: HostNeeds, facts: SystemFacts | None) -> tuple[str, ...]:

@@ -8,7 +8,9 @@ the desired tree. Pure: no clock, no I/O; the same inputs give the same plan.
   or removed by hand), so the plan shows that the apply overwrites a manual change.
 Activations are those of the roles with changes, plus any an interrupted apply still owes.
 Host changes (packages to install, users, directories, units: `compiler.push.hostneeds`) are
-those the host's needs lack on the machine observed; a local root gets none.
+those the host's needs lack on the machine observed; a local root gets none. Where a role runs
+the agent and the host's differs from the controller's, the agent is a host change too and its
+role's activation (a restart) is planned.
 The content of sensitive files never enters the plan; their masked views do (the desired one,
 and the one the current release recorded), for `compiler.push.show` to diff.
 """
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from compiler.push.hostneeds import host_notes, plan_host_changes
+from compiler.push.hostneeds import host_notes, plan_agent_change, plan_host_changes
+from compiler.push.hostside.wire import AGENT_ROLE
 from compiler.render.masking import masked_view
 from compiler.types import (
     Activation,
@@ -39,24 +42,27 @@ def make_plan(
     state: HostState,
     activations: tuple[Activation, ...],
     needs: HostNeeds = HostNeeds(),  # noqa: B008 (frozen: one shared empty value is safe)
+    agent: tuple[str, str] | None = None,
 ) -> Plan:
     """The plan for `host`; `activations` holds one per role of the host, the plan keeps
     those of the roles with changes; `needs` is what the host's roles need on the machine
-    (used where `state` has the machine's facts)."""
+    (used where `state` has the machine's facts); `agent` the controller's (id, version)."""
     changes = tuple(_file_changes(tree, state))
-    roles = {c.role for c in changes}
+    system = state.system
+    agent_change = plan_agent_change(needs, system, agent) if system is not None else None
+    roles = {c.role for c in changes} | ({AGENT_ROLE} if agent_change else set())
     activations = tuple(a for a in activations if a.role in roles)
     owed = tuple(a for a in state.pending if a.role not in {b.role for b in activations})
-    system = state.system
     return Plan(
         host=host,
         changes=changes,
         activations=activations + owed,
         tree_digest=tree.digest,
         current_release=state.release_id,
-        host_changes=plan_host_changes(needs, system) if system is not None else (),
+        host_changes=plan_host_changes(needs, system, agent_change) if system is not None else (),
         needs=needs if system is not None else None,
         notes=host_notes(needs, system),
+        agent=agent_change,
     )
 
 

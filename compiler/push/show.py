@@ -23,6 +23,7 @@ import json
 from collections import Counter
 from typing import Any, Literal
 
+from compiler.push.hostside.wire import AGENT_ROLE
 from compiler.render.masking import MaskedLine, MaskedView, parse_view
 from compiler.types import Activation, ChangeKind, FileChange, HostChange, HostChangeKind, Plan
 
@@ -46,6 +47,7 @@ HOST_WORDS: dict[HostChangeKind, tuple[str, str, str]] = {
         "directories to change",
     ),
     HostChangeKind.ENABLE: ("enable unit", "unit to enable", "units to enable"),
+    HostChangeKind.AGENT: ("run agent", "agent change", "agent changes"),
 }
 
 
@@ -133,6 +135,8 @@ def describe_activation(activation: Activation, plan: Plan) -> str:
         changes = (c for c in plan.changes if c.role == activation.role)
         if any(c.path.endswith(".service") for c in changes):
             return f"restart {service} (its systemd unit changed)"
+        if plan.agent is not None and activation.role == AGENT_ROLE:
+            return f"restart {service} (a new agent)"
         return f"{service} rereads its config itself (restarted only if stopped)"
     return f"{service} rereads its files itself"
 
@@ -289,7 +293,8 @@ def _markdown(plan: Plan) -> str:
 
 
 def _owed_roles(plan: Plan) -> set[str]:
-    return {a.role for a in plan.activations} - {c.role for c in plan.changes}
+    agent = {AGENT_ROLE} if plan.agent is not None else set()
+    return {a.role for a in plan.activations} - {c.role for c in plan.changes} - agent
 
 
 class _Binary:

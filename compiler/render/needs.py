@@ -9,6 +9,7 @@ the role loads and rendered per host into one `HostNeeds`.
                group: "{{ paths.vmail_user }}", home: "{{ paths.mail_root }}"}]
       directories: [{path: "{{ paths.mail_root }}", owner: vmail, group: vmail, mode: "0750"}]
       units: [dovecot.service]                          # enabled where systemd runs
+      agent: true                                       # runs mailcfg's agent (installed)
 
 Every string is a Jinja2 template rendered with the host's context, like a file's path; what
 it renders to is checked (a package, user, group or unit name as `hostside/wire.py` allows
@@ -61,6 +62,7 @@ class RoleNeeds:
     users: tuple[Mapping[str, str], ...] = ()
     directories: tuple[Mapping[str, str], ...] = ()
     units: tuple[str, ...] = ()
+    agent: bool = False
 
 
 def parse_needs(where: Path, raw: object) -> RoleNeeds:
@@ -69,10 +71,13 @@ def parse_needs(where: Path, raw: object) -> RoleNeeds:
         return RoleNeeds()
     if not isinstance(raw, dict):
         raise NeedsError(f"{where}: needs: expected a mapping of {', '.join(_KINDS)}")
-    unknown = raw.keys() - set(_KINDS)
+    unknown = raw.keys() - {*_KINDS, "agent"}
     if unknown:
-        raise NeedsError(f"{where}: needs: unknown keys {sorted(unknown)}; allowed {list(_KINDS)}")
-    parsed: dict[str, tuple[Any, ...]] = {}
+        allowed = [*_KINDS, "agent"]
+        raise NeedsError(f"{where}: needs: unknown keys {sorted(unknown)}; allowed {allowed}")
+    if not isinstance(raw.get("agent", False), bool):
+        raise NeedsError(f"{where}: needs.agent: expected true or false")
+    parsed: dict[str, Any] = {"agent": raw.get("agent", False)}
     for kind in _KINDS:
         items = raw.get(kind) or []
         if not isinstance(items, list):
@@ -112,7 +117,9 @@ def render_needs(declared: Iterable[tuple[str, RoleNeeds]], render: Render) -> H
     users: dict[str, UserNeed] = {}
     directories: dict[str, DirectoryNeed] = {}
     units: dict[str, None] = {}
+    agent = False
     for role, needs in declared:
+        agent = agent or needs.agent
         at = f"roles/{role}/role.yml: needs"
         for i, source in enumerate(needs.packages):
             packages[_name(render, source, f"{at}.packages[{i}]", PACKAGE_NAME, "package")] = None
@@ -136,6 +143,7 @@ def render_needs(declared: Iterable[tuple[str, RoleNeeds]], render: Render) -> H
         users=tuple(users.values()),
         directories=tuple(directories.values()),
         units=tuple(units),
+        agent=agent,
     )
 
 

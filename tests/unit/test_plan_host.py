@@ -21,6 +21,8 @@ from compiler.push.observe import observe_host
 from compiler.push.plan import make_plan
 from compiler.push.show import format_plan, summarize_plan
 from compiler.types import (
+    Activation,
+    AgentChange,
     DirectoryNeed,
     FileTree,
     GroupNeed,
@@ -191,3 +193,46 @@ def test_a_failing_provision_names_its_step_and_stages_nothing(tmp_path: Path) -
     assert failed.value.message == "/srv/mail exists and is not a directory"
     assert not (root / "etc/postfix/main.cf").exists()
     assert not any((root / "var/lib/mailcfg/releases").iterdir())
+
+
+AGENT_ROLE = Activation("agent", "mailcfg-agent", "restart", apply=("systemctl restart x",))
+CONTROLLER_AGENT = ("1.2.0-0123456789ab", "1.2.0")
+
+
+def test_a_host_without_the_controllers_agent_plans_it_and_the_agents_restart() -> None:
+    needs = replace(NEEDS, agent=True)
+    facts = replace(READY, python="3.11.2", machine="x86_64", agents_installed=())
+    plan = make_plan(
+        "mx1", FileTree({}), HostState("r1", system=facts), (AGENT_ROLE,), needs, CONTROLLER_AGENT
+    )
+    assert plan.agent == AgentChange("1.2.0-0123456789ab", "1.2.0", "3.11.2", "x86_64", True)
+    assert plan.activations == (AGENT_ROLE,) and plan.has_changes
+    assert "--- run agent 1.2.0-0123456789ab (install and run; now none)" in format_plan(plan)
+    assert summarize_plan(plan) == (
+        "mx1: 0 to create, 0 to update, 0 to delete; 1 agent change; "
+        "then restart mailcfg-agent (a new agent)"
+    )
+
+    # Installed already (a rollback left it): run it, nothing to upload.
+    facts = replace(facts, agent_current="1.1.0-aaaaaaaaaaaa", agents_installed=(plan.agent.id,))
+    plan = make_plan(
+        "mx1", FileTree({}), HostState("r1", system=facts), (), needs, CONTROLLER_AGENT
+    )
+    assert plan.agent is not None and not plan.agent.upload
+    assert "(run (installed); now 1.1.0-aaaaaaaaaaaa)" in format_plan(plan, "diff")
+
+    # The same agent: nothing to do; a host whose roles run no agent is never asked.
+    facts = replace(facts, agent_current=CONTROLLER_AGENT[0])
+    plan = make_plan(
+        "mx1", FileTree({}), HostState("r1", system=facts), (), needs, CONTROLLER_AGENT
+    )
+    assert not plan.has_changes and plan.agent is None
+    plan = make_plan(
+        "mx1", FileTree({}), HostState("r1", system=READY), (), NEEDS, CONTROLLER_AGENT
+    )
+    assert plan.agent is None
+    # A directory root reports no agent facts: nothing is installed below it.
+    plan = make_plan(
+        "mx1", FileTree({}), HostState("r1", system=READY), (), needs, CONTROLLER_AGENT
+    )
+    assert plan.agent is None and not plan.has_changes

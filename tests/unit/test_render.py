@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from compiler.push.hostside.wire import AGENT_HOME
 from compiler.render.render import render_host
 from compiler.render.resolve import HostConfig, resolve_host
 from compiler.render.roles import (
@@ -131,7 +132,8 @@ def test_agent_json_is_the_agent_config() -> None:
 def test_agent_unit_is_hardened() -> None:
     unit = text(make_cfg(), "/etc/systemd/system/mailcfg-agent.service")
     for line in (
-        "ExecStart=/usr/bin/env mailcfg-agent serve --config /etc/mailcfg/agent.json",
+        # The venv apply installed, by absolute path.
+        f"ExecStart={AGENT_HOME}/current/bin/mailcfg-agent serve --config /etc/mailcfg/agent.json",
         "User=mailcfg-agent",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -166,7 +168,8 @@ def test_verify_probes_every_smtp_listener_and_asks_the_agent() -> None:
     # 25 and 587 (2525 is off): a submission-only smtpd setting is read only on its port.
     assert probe.endswith("127.0.0.1 25 127.0.0.1 587 ; fi")
     (ping,) = acts["agent"].verify
-    assert "mailcfg-agent ping --config /etc/mailcfg/agent.json --wait 10" in ping
+    assert '"$agent" ping --config /etc/mailcfg/agent.json --wait 10' in ping
+    assert "agent=/opt/mailcfg/agent/current/bin/mailcfg-agent;" in ping
     assert "[ -S /run/mailcfg/policy.sock ]" in ping
 
 

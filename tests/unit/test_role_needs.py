@@ -146,3 +146,13 @@ def test_two_roles_may_declare_the_same_need_alike(tmp_path: Path) -> None:
     needs = needs_of(roles, host_roles=("postfix", "agent"))
     assert needs.packages == ("python3", "python3-venv")
     assert needs.users == (UserNeed("mailcfg-agent", "postfix"),)
+
+
+def test_agent_is_a_flag_that_any_role_may_set() -> None:
+    where = Path("roles/x/role.yml")
+    assert role_needs.parse_needs(where, {"agent": True}).agent
+    assert not role_needs.parse_needs(where, {"packages": ["a1"]}).agent
+    with pytest.raises(role_needs.NeedsError, match=r"needs\.agent: expected true or false"):
+        role_needs.parse_needs(where, {"agent": "yes"})
+    declared = [("a", role_needs.RoleNeeds()), ("b", role_needs.RoleNeeds(agent=True))]
+    assert role_needs.render_needs(declared, lambda source, where: source).agent

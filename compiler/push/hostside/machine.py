@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 
+from .agentinstall import read_agent_facts
 from .fileops import name_of_gid, name_of_uid
 from .hostroot import Host, StepFailed
 from .wire import (
@@ -87,6 +88,8 @@ def observe_system(host: Host, needs: NeedsDoc) -> SystemFacts:
         "directories": {d["path"]: find_directory(host, d["path"]) for d in needs["directories"]},
         "systemd": systemd,
         "units": {u: unit_state(u) for u in needs["units"]} if systemd else {},
+        # A directory root is no machine: no agent is installed below it.
+        "agent": read_agent_facts(host) if needs["agent"] and host.is_system else None,
     }
 
 

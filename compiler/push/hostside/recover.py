@@ -30,6 +30,7 @@ import time
 from collections.abc import Collection
 from typing import Literal
 
+from .agentinstall import point_agent
 from .fileops import write_atomic
 from .hostlock import HostLock, LockBusy
 from .hostroot import Host, StepFailed
@@ -124,6 +125,9 @@ def restore_committed(host: Host, pending: PendingRecord, current: str | None) -
     else:  # a record of an older version: the staged tree names the paths
         touched = list_tree(os.path.join(host.release_dir(pending["release"]), "tree"))
     errors = restore(host, current, old_manifest, touched)
+    with contextlib.suppress(OSError, StepFailed):
+        # Never fails the recovery: the agent role's next activation compares what runs.
+        point_agent(host, load_release(host, current).get("agent") if current else None)
     if errors:
         raise StepFailed("recover", "could not put back: " + "; ".join(errors))
     made = host.release_dir(pending["release"])

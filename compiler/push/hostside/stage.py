@@ -1,7 +1,8 @@
 """Stage a release from an apply's bundle and build its derived maps, beside the live files.
 
-The bundle is a tar of `release.json` (a `wire.BundleDoc`, checked on arrival) and
-`tree/<path>` members. Staging verifies each file's sha256 and gives it its final mode (and
+The bundle is a tar of `release.json` (a `wire.BundleDoc`, checked on arrival), `tree/<path>`
+members and, when the release brings an agent the host lacks, `agent/<wheel>` members.
+Staging verifies each file's sha256 and gives it its final mode (and
 owner where real: an unknown user fails here, before any live file is touched); building runs
 each changed role's build commands (`postmap` …) in the staged tree and records what they made.
 """
@@ -20,14 +21,15 @@ from .fileops import name_of_gid, name_of_uid, owner_ids, sha256_file, write_new
 from .hostroot import Host, StepFailed
 from .runner import run_commands
 from .store import Manifest
-from .wire import BundleDoc, FileMeta
+from .wire import WHEEL_NAME, BundleDoc, FileMeta
 from .wirecheck import WireError, check_document
 
 
-def unpack_bundle(host: Host, bundle: BinaryIO, stage_dir: str) -> BundleDoc:
-    """Unpack `bundle` into `stage_dir`; its checked `release.json`."""
+def unpack_bundle(host: Host, bundle: BinaryIO, stage_dir: str, wheel_dir: str) -> BundleDoc:
+    """Unpack `bundle`'s tree into `stage_dir` and its wheels into `wheel_dir`; its checked
+    `release.json`."""
     try:
-        doc = _unpack_members(host, bundle, stage_dir)
+        doc = _unpack_members(host, bundle, stage_dir, wheel_dir)
     except tarfile.TarError as exc:
         problem = f"the bundle is not a readable tar: {type(exc).__name__}: {exc}"
         raise StepFailed("stage", problem) from None
@@ -42,7 +44,7 @@ def unpack_bundle(host: Host, bundle: BinaryIO, stage_dir: str) -> BundleDoc:
     return cast(BundleDoc, doc)
 
 
-def _unpack_members(host: Host, bundle: BinaryIO, stage_dir: str) -> object:
+def _unpack_members(host: Host, bundle: BinaryIO, stage_dir: str, wheel_dir: str) -> object:
     doc = None
     with tarfile.open(fileobj=bundle, mode="r") as tar:
         for member in tar.getmembers():
@@ -52,6 +54,10 @@ def _unpack_members(host: Host, bundle: BinaryIO, stage_dir: str) -> object:
             data = handle.read() if handle else b""
             if member.name == "release.json":
                 doc = json.loads(data)
+                continue
+            wheel = member.name[len("agent/") :]
+            if member.name.startswith("agent/") and WHEEL_NAME.fullmatch(wheel):
+                write_new(os.path.join(wheel_dir, wheel), data)
                 continue
             if not member.name.startswith("tree/"):
                 raise StepFailed("stage", f"unexpected bundle member {member.name!r}")

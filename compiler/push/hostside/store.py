@@ -38,6 +38,7 @@ class ReleaseRecord(TypedDict):
     activations: list[ActivationDoc]
     previous: str | None
     installed_at: int
+    agent: str | None  # the agent install `current` points at (records of older versions lack it)
 
 
 class PendingRecord(TypedDict):
@@ -161,6 +162,17 @@ def prune_releases(host: Host, keep: int, protect: set[str]) -> None:
     for rid in os.listdir(base):  # failed attempts that never committed
         if rid not in committed and rid not in protect:
             shutil.rmtree(os.path.join(base, rid), ignore_errors=True)
+
+
+def stored_agents(host: Host) -> set[str]:
+    """The agent installs the stored releases name."""
+    base = host.state_path("releases")
+    found = set()
+    for rid in os.listdir(base) if os.path.isdir(base) else []:
+        doc = read_json(os.path.join(base, rid, "release.json"))
+        if isinstance(doc, dict) and isinstance(doc.get("agent"), str):
+            found.add(doc["agent"])
+    return found
 
 
 def mark_current(

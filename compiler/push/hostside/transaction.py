@@ -1,13 +1,15 @@
 """The release transaction: one change of the host's live files from the current release to
 another, under the host lock, as named steps sharing one `Transaction`.
 
-    apply:     unpack → provision → stage → build → validate → record pending → install →
-               activate → verify → commit
+    apply:     unpack → provision → agent → stage → build → validate → record pending →
+               install → activate → verify → commit
     rollback:                    choose → record pending → install → activate → verify → commit
 
 Provision (`provision`: packages, groups, users, directories, units) comes before the files are
 staged, since staging gives them owners that a package or a user step makes and validation
-runs the packages' tools; what it did is not undone by a failure or a rollback. A failure
+runs the packages' tools; what it did is not undone by a failure or a rollback. The agent
+step installs the release's agent from the bundle's wheels when the host lacks it
+(`agentinstall`); install points `current` at it and every restore back at the old one's. A failure
 before install leaves the live files untouched (a release directory the apply made is
 removed). A failure at install, activate or verify, in an apply or a rollback alike, restores
 the release the host was on (`install.restore`) and re-runs the reloads; the reply names the
@@ -26,6 +28,7 @@ import shutil
 import time
 from typing import BinaryIO
 
+from .agentinstall import install_agent, point_agent, prune_agents
 from .fileops import sync_tree, write_json
 from .hostlock import HostLock
 from .hostroot import Host, StepFailed
@@ -43,9 +46,11 @@ from .store import (
     load_release,
     mark_current,
     read_pending,
+    stored_agents,
     write_pending,
 )
 from .wire import (
+    AGENT_ROLE,
     ActivationDoc,
     ApplyRequest,
     BundleDoc,
@@ -70,6 +75,9 @@ class Transaction:
         self.activations: list[ActivationDoc] = []
         self.made_dir: str | None = None
         self.services_checked = False
+        self.from_agent = load_release(host, self.from_id).get("agent") if self.from_id else None
+        self.to_agent: str | None = None
+        self.wheel_dir = host.state_path("staging", f"agent-{os.getpid()}")
 
     @property
     def stage_dir(self) -> str:
@@ -86,11 +94,13 @@ class Transaction:
         os.chmod(host.state, 0o700)  # release trees hold sensitive copies
         unpacked = os.path.join(staging, f"tree-{os.getpid()}")
         shutil.rmtree(unpacked, ignore_errors=True)
+        shutil.rmtree(self.wheel_dir, ignore_errors=True)
         try:
-            doc = unpack_bundle(host, bundle, unpacked)
+            doc = unpack_bundle(host, bundle, unpacked, self.wheel_dir)
             self.check_current(doc)
         except BaseException:
             shutil.rmtree(unpacked, ignore_errors=True)
+            shutil.rmtree(self.wheel_dir, ignore_errors=True)
             raise
         self.to_id = doc["id"]
         self.made_dir = host.release_dir(self.to_id)
@@ -99,6 +109,7 @@ class Transaction:
         os.replace(unpacked, self.stage_dir)
         self.files = dict(doc["files"])
         self.activations = list(doc["activations"])
+        self.to_agent = doc["agent"]["id"] if doc["agent"] else self.from_agent
         return doc
 
     def provision(self, doc: BundleDoc) -> None:
@@ -106,6 +117,14 @@ class Transaction:
         step); nothing when the bundle names none."""
         if doc["needs"] is not None:
             provision(self.host, doc["needs"], self.warnings)
+
+    def install_agent(self, doc: BundleDoc) -> None:
+        """The release's agent in its own venv, from the bundle's wheels, unless installed."""
+        try:
+            if doc["agent"] is not None:
+                install_agent(self.host, doc["agent"], self.wheel_dir)
+        finally:
+            shutil.rmtree(self.wheel_dir, ignore_errors=True)
 
     def stage(self, doc: BundleDoc) -> None:
         """Verify each unpacked file and give it its metadata (owners the provision made)."""
@@ -153,7 +172,9 @@ class Transaction:
             if not target:
                 raise StepFailed("rollback", f"release {self.from_id} has no previous release")
         self.to_id = target
-        self.files = load_release(self.host, target)["files"]
+        record = load_release(self.host, target)
+        self.files = record["files"]
+        self.to_agent = record.get("agent") or self.from_agent
         old, new = self.from_files, self.files
         roles = {
             meta.get("role")
@@ -161,6 +182,8 @@ class Transaction:
             if (path not in new or path not in old)
             or (new[path]["sha256"], new[path]["mode"]) != (old[path]["sha256"], old[path]["mode"])
         }
+        if self.to_agent != self.from_agent:
+            roles.add(AGENT_ROLE)  # its unit runs through `current`: a restart
         self.activations = [a for a in offered if a["role"] in roles]
 
     # --- the steps every change shares ----------------------------------------------------------
@@ -176,6 +199,7 @@ class Transaction:
     def install(self) -> None:
         """The files in place, the previous originals kept (a failure part-way is restored)."""
         install_tree(self.host, self.to_id, self.files, self.from_files)
+        point_agent(self.host, self.to_agent)
 
     def activate(self) -> None:
         """Reload (or restart) the services of the changed roles."""
@@ -195,10 +219,15 @@ class Transaction:
             write_json(os.path.join(self.host.release_dir(self.to_id), "release.json"), record)
         protect = {self.from_id} if self.from_id else set()
         mark_current(self.host, self.to_id, self.files, keep, protect)
+        prune_agents(self.host, stored_agents(self.host))
 
     def restore(self) -> list[str]:
         """Put back the release the host was on and reload; the problems met."""
         errors = restore(self.host, self.from_id, self.from_files, self.files)
+        try:
+            point_agent(self.host, self.from_agent)
+        except (OSError, StepFailed) as exc:
+            errors.append(f"agent: {exc}")
         try:
             self.activate()
         except StepFailed as again:
@@ -276,6 +305,7 @@ def apply_bundle(tx: Transaction, bundle: BinaryIO) -> ChangeReply | FailureRepl
     try:
         doc = tx.unpack(bundle)
         tx.provision(doc)
+        tx.install_agent(doc)
         tx.stage(doc)
         tx.build(doc)
         tx.validate()
@@ -293,6 +323,7 @@ def apply_bundle(tx: Transaction, bundle: BinaryIO) -> ChangeReply | FailureRepl
         "activations": tx.activations,
         "previous": tx.from_id,
         "installed_at": int(time.time()),
+        "agent": tx.to_agent,
     }
     tx.commit(record, doc["keep_releases"])
     return tx.done()

@@ -103,6 +103,28 @@ class DirectoryNeed(TypedDict):
     mode: int
 
 
+# Where the agent's installs live on a host: one virtualenv per agent id, and `current`, a
+# symlink to the live release's one, which the agent's unit runs through.
+AGENT_HOME = "/opt/mailcfg/agent"
+AGENT_ROLE = "agent"  # the role whose unit runs it: restarted when `current` moves
+AGENT_ID = re.compile(r"[0-9][0-9A-Za-z.+]{0,40}-[0-9a-f]{12}")  # `compiler.push.agentdist`
+WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,200}\.whl")
+
+
+class AgentDoc(TypedDict):
+    """The agent a release runs (`compiler.push.agentdist`): its id, its version, and the
+    wheels the bundle carries under `agent/` (name → sha256; empty when the host has it)."""
+
+    id: str
+    version: str
+    wheels: dict[str, str]
+
+
+class AgentFacts(TypedDict):
+    current: Optional[str]  # the id `current` points at (null: none)
+    installed: list[str]  # the complete installs
+
+
 class NeedsDoc(TypedDict):
     """What a host's roles need besides their files (`compiler.types.HostNeeds`): Debian
     packages (with the debconf answers set before they are installed), system groups and
@@ -114,6 +136,7 @@ class NeedsDoc(TypedDict):
     users: list[UserNeed]
     directories: list[DirectoryNeed]
     units: list[str]
+    agent: bool  # a role runs mailcfg's agent: observe reports its installs
 
 
 class OsRelease(TypedDict):
@@ -152,6 +175,7 @@ class SystemFacts(TypedDict):
     directories: dict[str, Optional[DirectoryFact]]
     systemd: bool  # systemd runs (PID 1): the units were asked about
     units: dict[str, UnitFact]  # empty without systemd
+    agent: Optional[AgentFacts]  # null when no role runs the agent, or on a directory root
 
 
 # --- requests (controller → host) ---------------------------------------------------------------
@@ -177,6 +201,7 @@ class BundleDoc(TypedDict):
     files: dict[str, FileMeta]
     activations: list[ActivationDoc]
     needs: Optional[NeedsDoc]  # ensured before the release is staged; null: none (a local root)
+    agent: Optional[AgentDoc]  # installed before staging, made current at install; null: none
 
 
 class RollbackRequest(TypedDict):
