@@ -48,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mailcfg", description="Declarative Postfix + Dovecot configuration.")
-    parser.add_argument("--version", action="version", version=cliout.version_text())
+    parser.add_argument("--version", action=cliout.VersionAction)
     sub = parser.add_subparsers(
         dest="command", required=True, parser_class=_Parser, metavar="COMMAND", help="one of:"
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import IO, Any
 
 from compiler.connectors.transport import TransportError
@@ -31,10 +30,29 @@ class UsageError(Exception):
 
 def version_text() -> str:
     """`mailcfg <version>` of the installed distribution."""
+    # Imported here: importlib.metadata and the lookup cost every command ~30 ms at start.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return f"{DISTRIBUTION} {version(DISTRIBUTION)}"
     except PackageNotFoundError:  # run from a checkout that was never installed
         return f"{DISTRIBUTION} (not installed: version unknown)"
+
+
+class VersionAction(argparse.Action):
+    """`--version`, as argparse's own action, with the version looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(
+            option_strings, dest, default=argparse.SUPPRESS, nargs=0,
+            help="show program's version number and exit",
+        )  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        formatter = parser._get_formatter()
+        formatter.add_text(version_text())
+        parser._print_message(formatter.format_help(), sys.stdout)
+        parser.exit()
 
 
 def positive_count(text: str) -> int:
