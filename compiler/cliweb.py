@@ -60,6 +60,11 @@ def add_extra_commands(inventory_command: InventoryCommand) -> None:
         action="store_true",
         help="trust one reverse proxy's X-Forwarded-For/-Proto/-Host (client IP for throttling)",
     )
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="apply each commit to the hosts serving its domain (as `mailcfg apply --yes`)",
+    )
     p.add_argument("--threads", type=int, default=8, help="requests served at once")
 
 
@@ -74,6 +79,8 @@ def cmd_web(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         secret_file=args.secret_file,
         server_admins=frozenset(a.lower() for a in args.server_admin),
         behind_proxy=args.behind_proxy,
+        apply=args.apply,
+        cache_dir=args.cache,
     )
     app = create_app(config)
     host, port = args.listen

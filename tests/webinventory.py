@@ -50,6 +50,7 @@ def make_web_inventory(tmp: Path) -> WebInventory:
         )
         text = text.replace('admins: ["@dave"]', 'admins: ["@dave", "bob@example.org"]')
         domain_file.write_text(text)
+    (repo / ".gitignore").write_text(".mailcfg/\n")  # local hosts' roots, as in this project
     web = WebInventory(repo, inventory)
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
     web.git("config", "user.name", "Server Team")

@@ -41,6 +41,8 @@ class WebConfig:
     secret_file: Path
     server_admins: frozenset[str] = frozenset()
     behind_proxy: bool = False  # trust one proxy's X-Forwarded-For/-Proto/-Host
+    apply: bool = False  # apply each commit to the hosts serving its domain
+    cache_dir: Path | None = None  # the build cache of those applies
     throttle: ThrottleRule = field(default_factory=ThrottleRule)
     session_seconds: float = 8 * 3600
 
@@ -73,8 +75,16 @@ def create_app(config: WebConfig) -> Flask:
     )
     if config.behind_proxy:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
+    after = None
+    if config.apply:
+        from compiler.web.deploy import apply_domain
+
+        def after(domain: str) -> str:
+            return apply_domain(store.inventory, domain, config.cache_dir)
+
+    changes = Changes(store, after)
     app.extensions["mailcfg"] = WebState(
-        config, store, Changes(store), Directory(store), LoginThrottle(config.throttle), secret
+        config, store, changes, Directory(store), LoginThrottle(config.throttle), secret
     )
     app.before_request(_check_request)
     app.after_request(_secure_headers)

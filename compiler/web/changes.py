@@ -79,8 +79,12 @@ def normal_address(text: str) -> str:
 class Changes:
     """The changes, each one commit of one domain file by `actor`."""
 
-    def __init__(self, store: GitInventory) -> None:
+    def __init__(
+        self, store: GitInventory, after_commit: Callable[[str], str] | None = None
+    ) -> None:
+        """`after_commit(domain)` runs after each commit, under the commit lock (`--apply`)."""
         self.store = store
+        self.after_commit = after_commit
 
     def change(
         self, actor: Actor, target: str, level: Level, what: Callable[[CommentedMap], str]
@@ -95,7 +99,14 @@ class Changes:
             description = what(doc)
             return Edited(dump_document(doc), f"web: {target}: {description}")
 
-        return self.store.commit_edit(relative, edit, Person(actor.address, actor.address))
+        domain = target.rpartition("@")[2]
+        after = self.after_commit
+        return self.store.commit_edit(
+            relative,
+            edit,
+            Person(actor.address, actor.address),
+            (lambda: after(domain)) if after is not None else None,
+        )
 
     # --- account level --------------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ def _save(domain_name: str, make: Callable[[Actor], Committed]) -> Any:
         context = _context(domain_name)
         return render_template("domain.html", error=str(exc), form=request.form, **context), 400
     flash(f"Saved: {committed.message} (commit {committed.commit[:10]})")
+    if committed.deployed:
+        flash(committed.deployed)
     return redirect(url_for("domain.overview", domain_name=domain_name))
 
 

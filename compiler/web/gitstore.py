@@ -52,6 +52,7 @@ class Committed:
     commit: str
     path: str  # in the repository
     message: str
+    deployed: str = ""  # what the after-commit step said (an apply's recap), if any
 
 
 Edit = Callable[[str], Edited]
@@ -88,9 +89,16 @@ class GitInventory:
 
     # --- changing -------------------------------------------------------------------------------
 
-    def commit_edit(self, relative: str, edit: Edit, author: Person) -> Committed:
+    def commit_edit(
+        self,
+        relative: str,
+        edit: Edit,
+        author: Person,
+        after: Callable[[], str] | None = None,
+    ) -> Committed:
         """Commit `edit` of the inventory file `relative`; raise `CommitRefused` (or what the
-        edit raises) with nothing written."""
+        edit raises) with nothing written. `after` runs once committed, still under the lock
+        (an apply); what it says is kept in the result, and its failure undoes nothing."""
         path = self.repo_path(relative)
         with self._locked():
             for _ in range(RETRIES):
@@ -108,7 +116,8 @@ class GitInventory:
                 commit = self._make_commit(base, path, edited, author)
                 if self._move_head(base, commit):
                     self._write_worktree(relative, path, edited.text)
-                    return Committed(commit, path, edited.message)
+                    deployed = _run_after(after) if after is not None else ""
+                    return Committed(commit, path, edited.message, deployed)
             raise CommitRefused("the branch kept moving while saving; please try again")
 
     def validate(self, relative: str, text: str) -> None:
@@ -228,6 +237,13 @@ class GitInventory:
     @staticmethod
     def _git_in(directory: Path, *args: str) -> str:
         return _run_git(directory, args)
+
+
+def _run_after(after: Callable[[], str]) -> str:
+    try:
+        return after()
+    except Exception as exc:  # the commit stands; the person is told
+        return f"committed, but the step after the commit failed: {exc}"
 
 
 def _run_git(

@@ -67,6 +67,8 @@ def _save(
         return render_template(f"{page}.html", error=str(exc), form=request.form, **context), 400
     after()
     flash(f"Saved: {committed.message} (commit {committed.commit[:10]})")
+    if committed.deployed:
+        flash(committed.deployed)
     return redirect(url_for(f"user.{page}", address=address))
 
 

@@ -1,0 +1,58 @@
+"""`mailcfg web --apply`: a web commit is applied to the hosts serving its domain through the
+apply path (here the example's local-transport hosts, directories below the inventory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compiler.build import BuildSession
+from compiler.web.app import WebConfig, create_app
+from compiler.web.changes import Actor, Changes
+from compiler.web.deploy import apply_domain, hosts_serving
+from compiler.web.gitstore import GitInventory, Person
+from compiler.web.passcheck import verify_password
+from tests.webinventory import make_web_inventory
+
+
+def _users_line(root: Path, address: str) -> str:
+    users = (root / "etc" / "dovecot" / "users").read_text()
+    return next(line for line in users.splitlines() if line.startswith(address + ":"))
+
+
+def test_a_commit_is_applied_to_the_hosts_serving_its_domain(tmp_path: Path) -> None:
+    web = make_web_inventory(tmp_path)
+    cache = tmp_path / "cache"
+    assert hosts_serving(BuildSession.open(web.inventory, cache_dir=cache), "example.org") == [
+        "mx1"
+    ]
+    apply_domain(web.inventory, "example.com", cache)  # both hosts at the committed state
+    store = GitInventory(web.inventory, Person("mailcfg web", "web@localhost"))
+    changes = Changes(store, lambda domain: apply_domain(web.inventory, domain, cache))
+
+    committed = changes.change_password(
+        Actor("bob@example.org"), "bob@example.org", "applied-pw-1", "applied-pw-1"
+    )
+    assert "mx1  changed" in committed.deployed and "mx2" not in committed.deployed
+    line = _users_line(web.inventory / ".mailcfg" / "hosts" / "mx1", "bob@example.org")
+    assert verify_password("applied-pw-1", line.split(":")[1])
+
+    committed = changes.change_account(
+        Actor("alice@example.com"), "bob@example.com", {"quota": "1G"}
+    )
+    assert "mx1  changed" in committed.deployed and "mx2  changed" in committed.deployed
+    assert web.git("status", "--porcelain") == ""
+
+
+def test_the_app_applies_when_asked(tmp_path: Path) -> None:
+    web = make_web_inventory(tmp_path)
+    config = WebConfig(
+        inventory=web.inventory,
+        secret_file=tmp_path / "s" / "secret",
+        apply=True,
+        cache_dir=tmp_path / "c",
+    )
+    changes = create_app(config).extensions["mailcfg"].changes
+    committed = changes.change_sender_list(
+        Actor("orders@example.org"), "orders@example.org", "blacklist", True, ["@spam.test"]
+    )
+    assert "recap:" in committed.deployed and "failed=0" in committed.deployed
