@@ -317,6 +317,7 @@ class Paths(Frozen):
     rspamd_dkim_dir: AbsPath = "/var/lib/rspamd/dkim"
     clamd_socket: SocketPath = "/run/clamav/clamd.ctl"
     postsrsd_secret: AbsPath = "/etc/postsrsd.secret"
+    postsrsd_defaults: AbsPath = "/etc/default/postsrsd"  # read by Debian's unit and init script
 
 
 # External senders may be as wide as trusted networks (`TRUSTED_MIN_PREFIX`, IPv4 /8, IPv6
