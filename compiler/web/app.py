@@ -25,6 +25,7 @@ from werkzeug.wrappers import Response
 from compiler.load.diagnostics import InventoryError
 from compiler.web.changes import AccessDenied, Actor, Changes
 from compiler.web.directory import Directory
+from compiler.web.forms import format_size
 from compiler.web.gitstore import GitInventory, Person
 from compiler.web.passcheck import DUMMY_HASH, verify_password
 from compiler.web.secret import load_or_make_secret
@@ -89,6 +90,7 @@ def create_app(config: WebConfig) -> Flask:
     app.before_request(_check_request)
     app.after_request(_secure_headers)
     app.jinja_env.globals["csrf_token"] = lambda: session.get("csrf", "")
+    app.jinja_env.filters["size"] = format_size
     app.register_error_handler(AccessDenied, _forbidden)
     app.register_error_handler(403, _forbidden)
     app.add_url_rule("/", "index", index)
@@ -113,7 +115,7 @@ def _check_request() -> None:
     The public autoconfiguration endpoints use no session (a mail client calls them)."""
     from compiler.web.autoconfig import PUBLIC_ENDPOINTS
 
-    if request.endpoint in PUBLIC_ENDPOINTS:
+    if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint == "static":
         g.actor = None
         return
     if "csrf" not in session:

@@ -12,7 +12,8 @@ from compiler.web.yamledit import EditError
 
 MAX_LINES = 1000
 MAX_FIELD = 10_000
-_QUOTA = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,3})?\s?[KMGT]?B?", re.IGNORECASE)
+_QUOTA = re.compile(r"[0-9]{1,15}\s?[KMGT]?B?", re.IGNORECASE)
+_UNITS = (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024))
 
 
 def text_field(form: Mapping[str, str], name: str, *, limit: int = MAX_FIELD) -> str:
@@ -50,6 +51,14 @@ def quota_field(form: Mapping[str, str], name: str = "quota") -> int | str:
     if not _QUOTA.fullmatch(value):
         raise EditError(f"{name}: bytes, or a number with K, M, G or T (0: unlimited)")
     return int(value) if value.isdigit() else value.upper().replace(" ", "")
+
+
+def format_size(value: int) -> str:
+    """Bytes as the inventory writes them: `2G`, `512M`, or the number (0: unlimited)."""
+    for unit, factor in _UNITS:
+        if value and value % factor == 0:
+            return f"{value // factor}{unit}"
+    return str(value)
 
 
 def account_fields(form: Mapping[str, str]) -> dict[str, Any]:
