@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from compiler.cache.gcpause import gc_paused
 from compiler.connectors.confine import split_below
-from compiler.render.context import make_base_context
+from compiler.render.context import host_role_names, make_base_context
 from compiler.render.fragments import FragmentCache
 from compiler.render.join import DomainSetCache
 from compiler.render.render import render_host
@@ -64,8 +64,8 @@ def compile_host(
     tree = render_host(cfg, roles, cache.domain_sets)
     check_tree_paths(tree)
     activations = make_activations(cfg, roles, roles.roles)
-    host_roles = [r.value for r in inventory.hosts[host].roles]
-    needs = make_needs(roles, host_roles, make_base_context(cfg))
+    # Every role the host renders (acme and the filtering roles too), as render_host does.
+    needs = make_needs(roles, host_role_names(cfg), make_base_context(cfg))
     return cfg, Target(host, inventory.hosts[host], tree, activations, needs)
 
 

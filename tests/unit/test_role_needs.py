@@ -20,9 +20,11 @@ from compiler.render.roles import (
     make_needs,
     role_defaults,
 )
+from compiler.render.targets import compile_host
 from compiler.types import DirectoryNeed, GroupNeed, HostNeeds, UserNeed
 from schemas.domain import Account, Domain
 from schemas.inventory import HostSpec, Inventory
+from tests.golden import cases as golden_cases
 
 ROLES = load_roles(default_roles_dir())
 HASH = "{BLF-CRYPT}$2y$05$.VsmJkzjS6LUHAjMBEIzeuykaQpyiB5/GmNrZl8XRM4e32YbBdVPS"
@@ -156,3 +158,12 @@ def test_agent_is_a_flag_that_any_role_may_set() -> None:
         role_needs.parse_needs(where, {"agent": "yes"})
     declared = [("a", role_needs.RoleNeeds()), ("b", role_needs.RoleNeeds(agent=True))]
     assert role_needs.render_needs(declared, lambda source, where: source).agent
+
+
+def test_the_needs_of_roles_a_host_gets_from_its_policy_are_planned_too() -> None:
+    """acme (from `tls.acme`) is not in the host's role list, but its certbot is needed."""
+    inv, host = golden_cases.acme()
+    _, target = compile_host(inv, ROLES, host)
+    assert "certbot" in target.needs.packages and "postfix" in target.needs.packages
+    inv, host = golden_cases.minimal()
+    assert "certbot" not in compile_host(inv, ROLES, host)[1].needs.packages
