@@ -7,6 +7,8 @@ Run: .venv/bin/python scripts/web-screenshots.py
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
 import socket
 import subprocess
@@ -33,7 +35,33 @@ PAGES = (  # (file, account, password, path, height)
     ),
     ("lists", "alice@example.com", "alice-demo-pw", "/account/alice@example.com/lists", 760),
     ("domain", "postmaster@example.com", "dave-demo-pw1", "/domain/example.com", 1000),
+    ("stats", "postmaster@example.com", "dave-demo-pw1", "/domain/example.com/stats", 860),
 )
+
+
+def seed_statistics(inventory: Path, cache: Path) -> None:
+    """Ten days of made-up counters on the example's local hosts (applied first, so their
+    agent configs exist): bob's password is "stolen" on day 7 (login failures), then he sends
+    far over his limit."""
+    from compiler.web.deploy import apply_domain
+    from runtime.state.sqlite import SqliteStore
+
+    apply_domain(inventory, "example.com", cache)
+    rng = random.Random(1)
+    for host in ("mx1", "mx2"):
+        store = SqliteStore(inventory / ".mailcfg/hosts" / host / "var/lib/mailcfg/agent/state.db")
+        for day in range(1, 11):
+            for name in ("alice", "bob", "carol"):
+                stolen = name == "bob" and day >= 8
+                counters = {
+                    "sent": (rng.randint(5, 60) + (400 if stolen else 0)) // 2,
+                    "received": rng.randint(10, 50),
+                    "imap_logins": 3,
+                    "login_failures": 30 if name == "bob" and day == 7 else 0,
+                    "rejected": rng.randint(0, 4),
+                }
+                store.add_stats(f"2026-12-{day:02d}", f"{name}@example.com", counters)
+        store.close()
 
 
 def main() -> None:
@@ -48,11 +76,16 @@ def main() -> None:
             ["-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qm", "x"],
         ):
             subprocess.run(["git", "-C", str(repo), *args], check=True)
+        (repo / ".gitignore").write_text(".mailcfg/\n")
+        sys.path.insert(0, str(ROOT))
+        seed_statistics(repo / "inventory", Path(tmp) / "cache")
         server = subprocess.Popen(
             [sys.executable, "-m", "compiler", "web", str(repo / "inventory"),
              "--server-admin", "postmaster@example.com", "--listen", f"127.0.0.1:{PORT}",
-             "--secret-file", str(Path(tmp) / "secret")],
+             "--secret-file", str(Path(tmp) / "secret"), "--cache", str(Path(tmp) / "cache")],
             cwd=ROOT,
+            # `mailcfg stats` runs the local hosts' `mailcfg-agent` found on the PATH.
+            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
         )  # fmt: skip
         options = webdriver.ChromeOptions()
         options.binary_location = "/usr/bin/chromium"

@@ -98,11 +98,13 @@ def create_app(config: WebConfig) -> Flask:
     app.add_url_rule("/logout", "logout", logout, methods=["POST"])
     from compiler.web.autoconfig import autoconfig
     from compiler.web.domainpages import domain_pages
+    from compiler.web.statspages import stats_pages
     from compiler.web.userpages import user_pages
 
     app.register_blueprint(user_pages)
     app.register_blueprint(domain_pages)
     app.register_blueprint(autoconfig)
+    app.register_blueprint(stats_pages)
     return app
 
 
