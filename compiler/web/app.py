@@ -93,6 +93,7 @@ def create_app(config: WebConfig) -> Flask:
     app.jinja_env.filters["size"] = format_size
     app.register_error_handler(AccessDenied, _forbidden)
     app.register_error_handler(403, _forbidden)
+    app.register_error_handler(InventoryError, _inventory_invalid)
     app.add_url_rule("/", "index", index)
     app.add_url_rule("/login", "login", login, methods=["GET", "POST"])
     app.add_url_rule("/logout", "logout", logout, methods=["POST"])
@@ -158,6 +159,12 @@ def _secure_headers(response: Response) -> Response:
 
 def _forbidden(_exc: Exception) -> tuple[str, int]:
     return render_template("message.html", title="Forbidden", text="You may not do this."), 403
+
+
+def _inventory_invalid(_exc: Exception) -> tuple[str, int]:
+    """The working copy does not load (a bad commit pushed by hand): nothing can be shown."""
+    text = "The server's inventory is invalid; an administrator must fix it in git first."
+    return render_template("message.html", title="Unavailable", text=text), 503
 
 
 def login_required(view: F) -> F:

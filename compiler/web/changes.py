@@ -26,6 +26,7 @@ from compiler.web.yamledit import (
     find_account,
     load_document,
     remove_autoresponder,
+    rename_account,
     set_autoresponder,
     set_fields,
     set_password,
@@ -194,6 +195,18 @@ class Changes:
         def what(doc: CommentedMap) -> str:
             add_account(doc, normal_address(target), value, fields)
             return "account added"
+
+        return self.change(actor, target, Level.DOMAIN, what)
+
+    def rename_account(self, actor: Actor, target: str, new_address: str) -> Committed:
+        """Both names must be of the domain the admin administers (checked on the file)."""
+        new = normal_address(new_address)
+        if new.rpartition("@")[2] != normal_address(target).rpartition("@")[2]:
+            raise AccessDenied(f"{new} is not in the domain of {target}")
+
+        def what(doc: CommentedMap) -> str:
+            rename_account(doc, normal_address(target), new)
+            return f"account renamed to {new}"
 
         return self.change(actor, target, Level.DOMAIN, what)
 

@@ -81,6 +81,10 @@ def settings(domain_name: str, address: str) -> Any:
         changes = web_state().changes
         if action == "delete":
             return changes.delete_account(who, address)
+        if action == "rename":
+            return changes.rename_account(
+                who, address, _address(domain_name, form.get("new_name", ""))
+            )
         if action == "password":
             return changes.change_password(
                 who, address, form.get("password", ""), form.get("repeat", "")

@@ -257,6 +257,20 @@ def add_account(
     _append(_items(doc, "accounts"), None, entry)
 
 
+def rename_account(doc: CommentedMap, address: str, new_address: str) -> None:
+    """The account, and its redirect if it has one, get the new name; other entries that
+    name the old address are left for the loader to judge."""
+    if _index(doc, "accounts", new_address.lower()) is not None:
+        raise EditError(f"the account {new_address} exists already")
+    if _index(doc, "redirects", new_address.lower()) is not None:
+        raise EditError(f"{new_address} is already a redirect")
+    new_name = _local_name(doc, new_address)
+    find_account(doc, address)["name"] = new_name
+    i = _index(doc, "redirects", address.lower())
+    if i is not None:
+        doc["redirects"][i]["name"] = new_name
+
+
 def delete_account(doc: CommentedMap, address: str) -> None:
     i = _index(doc, "accounts", address.lower())
     if i is None:

@@ -210,3 +210,10 @@ def test_a_password_changed_elsewhere_ends_other_sessions(app: Flask) -> None:
     assert first.get("/account/carol@example.com").status_code == 200  # this session goes on
     assert second.get("/account/carol@example.com").status_code == 302  # back to the login
     assert _login(second, "carol@example.com", "brand-new-pw").status_code == 302
+
+
+def test_an_invalid_working_copy_shows_503_not_a_traceback(app: Flask, web: WebInventory) -> None:
+    client = _client(app)
+    _login(client, "carol@example.com")
+    (web.inventory / "mailcfg.yml").write_text("schema_version: 1\nhosts: [\n")
+    assert client.get("/account/carol@example.com").status_code == 503

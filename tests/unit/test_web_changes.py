@@ -216,3 +216,22 @@ def test_concurrent_changes_all_land(web: WebInventory, changes: Changes) -> Non
     assert len(web.git("rev-list", f"{head}..HEAD").split()) == 8
     assert web.git("status", "--porcelain") == ""
     subprocess.run(["git", "-C", str(web.repo), "fsck", "--no-progress"], check=True)
+
+
+def test_a_domain_admin_renames_an_account_and_its_redirect(
+    web: WebInventory, changes: Changes
+) -> None:
+    changes.rename_account(ALICE, "carol@example.com", "caroline@example.com")
+    text = web.domain_text("example.com")
+    assert "  - name: caroline\n" in text and "  - name: caroline                 # on an" in text
+    assert web.git("log", "-1", "--format=%s").strip() == (
+        "web: carol@example.com: account renamed to caroline@example.com"
+    )
+    head = _head(web)
+    with pytest.raises(EditError, match="exists already"):
+        changes.rename_account(ALICE, "caroline@example.com", "bob@example.com")
+    with pytest.raises(AccessDenied):
+        changes.rename_account(ALICE, "caroline@example.com", "caroline@example.org")
+    with pytest.raises(AccessDenied):
+        changes.rename_account(CAROL, "bob@example.com", "robert@example.com")
+    assert _head(web) == head
