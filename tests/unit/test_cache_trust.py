@@ -6,37 +6,24 @@ the output is the same as with a good cache."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import pickle
 import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from compiler.cache.cachedir import default_cache_dir, find_cache_root
-from compiler.cache.packstore import MAGIC
 from compiler.cli import main
 from compiler.load.inventory import LoadStats, load_inventory
 from compiler.load.parsecache import DomainCache
+from tests.forged_cache import Payload, forged_file
 
 BASE = Path(__file__).parent / "bad_inventories" / "_base"
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
-
-
-class Payload:
-    """Unpickling it creates `marker`: proof that a file from the checkout was loaded."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (str(self.marker), "w"))
 
 
 @pytest.fixture
@@ -70,12 +57,7 @@ def plant_pickles(checkout: Path, marker: Path, forge: str) -> Path:
         names = [pack.name] + [f"loose-{tag}-{key}.pickle" for key in keys]
         where.mkdir(parents=True, exist_ok=True)
         for name in names:
-            if forge == "plain":
-                data = evil
-            else:
-                mac = hmac.new(b"attacker" * 4, name.encode() + b"\0" + evil, hashlib.sha256)
-                data = MAGIC + mac.digest() + evil
-            (where / name).write_bytes(data)
+            (where / name).write_bytes(forged_file(name, evil, forge))
     shutil.rmtree(probe)
     assert len(list(planted.rglob("*.pickle"))) == len(packs) * (1 + len(keys))
     return planted

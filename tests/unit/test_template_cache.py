@@ -5,8 +5,6 @@ one tagged under another key, as a checkout could hold) is never loaded."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import marshal
 import pickle
 import shutil
@@ -19,6 +17,7 @@ import pytest
 from compiler.cache.packstore import MAGIC
 from compiler.render.roles import compile_snippet, default_roles_dir, load_roles
 from compiler.render.templatecache import environment_fingerprint
+from tests.forged_cache import Payload, forged_file
 
 TEMPLATE = "dovecot/sieve.j2"
 SNIPPET = "{{ paths.dovecot_config_dir }}/autoreply/{{ item.address }}.sieve"
@@ -69,16 +68,6 @@ def test_an_edited_template_is_compiled_again(tmp_path: Path) -> None:
     assert compile_snippet(roles, "{{ 1 + 1 }}", "test").render() == "2"
 
 
-class Payload:
-    """Unpickling it creates `marker`: proof that a planted file was loaded."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (str(self.marker), "w"))
-
-
 @pytest.mark.parametrize("forge", ["plain", "forged-tag", "forged-code"])
 def test_a_planted_store_is_never_loaded(tmp_path: Path, forge: str) -> None:
     """Every file the store would read, planted before the first run: the pack and a loose
@@ -99,11 +88,6 @@ def test_a_planted_store_is_never_loaded(tmp_path: Path, forge: str) -> None:
     planted = tmp_path / "planted"
     planted.mkdir(mode=0o700)
     for name in [pack.name, *(f"loose-{tag}-{key}.pickle" for key in keys)]:
-        if forge == "plain":
-            data = evil
-        else:
-            mac = hmac.new(b"attacker" * 4, name.encode() + b"\0" + evil, hashlib.sha256)
-            data = MAGIC + mac.digest() + evil
-        (planted / name).write_bytes(data)
+        (planted / name).write_bytes(forged_file(name, evil, forge))
     assert render_both(default_roles_dir(), planted) == expected
     assert not marker.exists()
