@@ -84,7 +84,12 @@ def test_apply_installs_records_and_commits(root: Path) -> None:
     assert (root / STATE / "lock").read_text() == ""  # released and cleared
     assert not list((root / STATE / "incoming").iterdir())  # bundle removed
     assert reloads(root) == ["postfix"]
-    assert oct((root / STATE).stat().st_mode & 0o777) == "0o700"
+    # The agent's state is below (traversable), mailcfg's own copies are not for others.
+    assert oct((root / STATE).stat().st_mode & 0o777) == "0o711"
+    for private in ("releases", "originals", "staging", "incoming"):
+        assert oct((root / STATE / private).stat().st_mode & 0o777) == "0o700"
+    assert not [p for p in (root / STATE).iterdir() if p.is_file() and p.stat().st_mode & 0o077
+                and p.name != "current"]  # fmt: skip
     record = json.loads((root / STATE / "releases/r1/release.json").read_text())
     assert record["tree_digest"] == tree.digest
     assert set(record["files"]) == {"/etc/postfix/main.cf", "/etc/dovecot/x"}

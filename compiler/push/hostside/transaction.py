@@ -91,7 +91,13 @@ class Transaction:
         host = self.host
         staging = host.state_path("staging")
         os.makedirs(staging, mode=0o700, exist_ok=True)
-        os.chmod(host.state, 0o700)  # release trees hold sensitive copies
+        # Traversable, not listable: the agent's own state directory (its unit's
+        # StateDirectory=mailcfg/agent) lives below. What mailcfg keeps here is 0600, or in a
+        # 0700 directory (releases and originals hold sensitive copies).
+        os.chmod(host.state, 0o711)
+        for private in ("releases", "originals"):
+            os.makedirs(host.state_path(private), mode=0o700, exist_ok=True)
+            os.chmod(host.state_path(private), 0o700)
         unpacked = os.path.join(staging, f"tree-{os.getpid()}")
         shutil.rmtree(unpacked, ignore_errors=True)
         shutil.rmtree(self.wheel_dir, ignore_errors=True)
