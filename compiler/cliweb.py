@@ -29,6 +29,14 @@ def listen_argument(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def push_argument(text: str) -> tuple[str, str]:
+    """An argparse type: `REMOTE:BRANCH` (a remote name or URL, a branch name)."""
+    remote, sep, branch = text.rpartition(":")
+    if not sep or not remote or not branch or branch.startswith("-") or remote.startswith("-"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not REMOTE:BRANCH")
+    return remote, branch
+
+
 def add_extra_commands(inventory_command: InventoryCommand) -> None:
     """Add `dns`, `doctor` and `web` through the CLI's `inventory_command`."""
     from compiler.web.secret import default_secret_path
@@ -60,10 +68,17 @@ def add_extra_commands(inventory_command: InventoryCommand) -> None:
         action="store_true",
         help="trust one reverse proxy's X-Forwarded-For/-Proto/-Host (client IP for throttling)",
     )
-    p.add_argument(
+    after = p.add_mutually_exclusive_group()
+    after.add_argument(
         "--apply",
         action="store_true",
         help="apply each commit to the hosts serving its domain (as `mailcfg apply --yes`)",
+    )
+    after.add_argument(
+        "--push",
+        type=push_argument,
+        metavar="REMOTE:BRANCH",
+        help="push each commit to this remote branch for review (never forced)",
     )
     p.add_argument("--threads", type=int, default=8, help="requests served at once")
 
@@ -80,6 +95,7 @@ def cmd_web(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         server_admins=frozenset(a.lower() for a in args.server_admin),
         behind_proxy=args.behind_proxy,
         apply=args.apply,
+        push=args.push,
         cache_dir=args.cache,
     )
     app = create_app(config)

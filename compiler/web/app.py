@@ -43,6 +43,7 @@ class WebConfig:
     server_admins: frozenset[str] = frozenset()
     behind_proxy: bool = False  # trust one proxy's X-Forwarded-For/-Proto/-Host
     apply: bool = False  # apply each commit to the hosts serving its domain
+    push: tuple[str, str] | None = None  # or push each commit to (remote, branch) for review
     cache_dir: Path | None = None  # the build cache of those applies
     throttle: ThrottleRule = field(default_factory=ThrottleRule)
     session_seconds: float = 8 * 3600
@@ -76,13 +77,7 @@ def create_app(config: WebConfig) -> Flask:
     )
     if config.behind_proxy:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
-    after = None
-    if config.apply:
-        from compiler.web.deploy import apply_domain
-
-        def after(domain: str) -> str:
-            return apply_domain(store.inventory, domain, config.cache_dir)
-
+    after = _after_commit(config, store)
     changes = Changes(store, after)
     app.extensions["mailcfg"] = WebState(
         config, store, changes, Directory(store), LoginThrottle(config.throttle), secret
@@ -107,6 +102,18 @@ def create_app(config: WebConfig) -> Flask:
     app.register_blueprint(autoconfig)
     app.register_blueprint(stats_pages)
     return app
+
+
+def _after_commit(config: WebConfig, store: GitInventory) -> Callable[[str], str] | None:
+    """What runs after each commit (given the domain): an apply, a push, or nothing."""
+    from compiler.web.deploy import apply_domain, push_head
+
+    if config.apply:
+        return lambda domain: apply_domain(store.inventory, domain, config.cache_dir)
+    if config.push is not None:
+        remote, branch = config.push
+        return lambda _domain: push_head(store.toplevel, remote, branch)
+    return None
 
 
 def password_fingerprint(secret: bytes, password_hash: str) -> str:

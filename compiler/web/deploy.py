@@ -1,11 +1,14 @@
-"""After a web commit, apply it to the hosts that serve the changed domain (`--apply`): the
-same path as `mailcfg apply` (compile, plan, apply each host's shown plan as a release),
-run while the web's commit lock is held so applies follow commits in order. The commit
-stands whatever the apply does (git is the source of truth); the recap says what happened.
+"""After a web commit, one of: apply it to the hosts that serve the changed domain
+(`--apply`: the same path as `mailcfg apply`, compile, plan, apply each host's shown plan as
+a release), or push the branch to a remote branch for review (`--push REMOTE:BRANCH`). Both
+run while the web's commit lock is held, so they follow commits in order. The commit stands
+whatever they do (git is the source of truth); what they say is shown to the person.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 from compiler.build import BuildSession
@@ -34,3 +37,20 @@ def apply_domain(inventory: Path, domain: str, cache_dir: Path | None = None) ->
     not_applied = [r for r in planned if r.host not in to_apply]
     applied = session.apply(targets, to_apply) if to_apply else []
     return format_recap(sorted([*applied, *not_applied], key=lambda r: r.host))
+
+
+def push_head(toplevel: Path, remote: str, branch: str, timeout: float = 120.0) -> str:
+    """Push HEAD to `remote`'s `branch` (never forced: a branch that moved there is refused
+    and said so); git never asks for credentials here (the deploy key's, or none)."""
+    result = subprocess.run(
+        ["git", "-C", str(toplevel), "push", "--porcelain", remote, f"HEAD:refs/heads/{branch}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        check=False,
+    )
+    if result.returncode != 0:
+        detail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+        return f"committed, but not pushed to {remote} {branch}: " + " ".join(detail)
+    return f"pushed to {remote} {branch} for review"

@@ -3,6 +3,7 @@ apply path (here the example's local-transport hosts, directories below the inve
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from compiler.build import BuildSession
@@ -56,3 +57,35 @@ def test_the_app_applies_when_asked(tmp_path: Path) -> None:
         Actor("orders@example.org"), "orders@example.org", "blacklist", True, ["@spam.test"]
     )
     assert "recap:" in committed.deployed and "failed=0" in committed.deployed
+
+
+def test_push_to_a_branch_for_review(tmp_path: Path) -> None:
+    web = make_web_inventory(tmp_path)
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    config = WebConfig(
+        inventory=web.inventory, secret_file=tmp_path / "s" / "secret", push=(str(remote), "web")
+    )
+    changes = create_app(config).extensions["mailcfg"].changes
+    committed = changes.change_sender_list(
+        Actor("carol@example.com"), "carol@example.com", "blacklist", True, ["@spam.test"]
+    )
+    assert committed.deployed == f"pushed to {remote} web for review"
+    pushed = subprocess.run(
+        ["git", "-C", str(remote), "log", "-1", "--format=%H %ae", "web"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert pushed == [committed.commit, "carol@example.com"]
+    # The review branch moved there: the next push is refused, the commit stays.
+    other = tmp_path / "other"
+    subprocess.run(["git", "clone", "-q", "-b", "web", str(remote), str(other)], check=True)
+    subprocess.run(
+        ["git", "-C", str(other), "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q",
+         "--allow-empty", "-m", "reviewer"], check=True,
+    )  # fmt: skip
+    subprocess.run(["git", "-C", str(other), "push", "-q", "origin", "web"], check=True)
+    committed = changes.change_sender_list(
+        Actor("carol@example.com"), "carol@example.com", "blacklist", False, []
+    )
+    assert committed.deployed.startswith(f"committed, but not pushed to {remote} web:")
+    assert web.git("log", "-1", "--format=%H").strip() == committed.commit
