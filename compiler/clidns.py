@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from compiler import cliout
 from schemas.hostvalues import check_nameserver
+
+if TYPE_CHECKING:
+    from compiler.tools.dnsrecords import DnsPlan
 
 InventoryCommand = Callable[..., argparse.ArgumentParser]
 
@@ -33,6 +36,7 @@ def add_dns_commands(inventory_command: InventoryCommand) -> None:
     p.add_argument(
         "--mta-sts-policy", metavar="DOMAIN", help="print only DOMAIN's mta-sts.txt policy file"
     )
+    add_offline_option(p)
     p = inventory_command("doctor", "check the live DNS and port 25 against them", ["--host"])
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.add_argument(
@@ -45,12 +49,38 @@ def add_dns_commands(inventory_command: InventoryCommand) -> None:
     p.add_argument(
         "--timeout", type=float, default=5.0, help="seconds per DNS query or SMTP connection"
     )
+    add_offline_option(p)
+
+
+def add_offline_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not ask the signing hosts for their DKIM keys (one observe call each)",
+    )
+
+
+def dns_plan_of(args: argparse.Namespace) -> DnsPlan:
+    """The records, with the DKIM keys the signing hosts hold unless `--offline`."""
+    session = args.session
+    if args.offline or getattr(args, "mta_sts_policy", None):
+        plan: DnsPlan = session.dns_plan(args.host)
+        return plan
+    from compiler.push.dkimobserve import observed_dns_plan
+    from compiler.render.roles import role_defaults
+
+    return observed_dns_plan(
+        session.load().inventory,
+        role_defaults(session.roles()),
+        session.hosts(args.host),
+        session.open_host,
+    )
 
 
 def cmd_dns(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     from compiler.tools.dnsrecords import format_json, format_zone, mta_sts_policy_of
 
-    plan = args.session.dns_plan(args.host)
+    plan = dns_plan_of(args)
     if args.mta_sts_policy:
         out.write(mta_sts_policy_of(plan, args.mta_sts_policy))
     elif args.format == "json":
@@ -75,7 +105,7 @@ def cmd_doctor(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
     options = DoctorOptions(resolver=args.resolver, timeout=args.timeout, smtp=not args.no_smtp)
     try:
-        checks = run_doctor(args.session.dns_plan(args.host), options)
+        checks = run_doctor(dns_plan_of(args), options)
     except Exception as exc:
         reported = cliout.report_error(exc, err) if args.format == "json" else None
         if reported is None:

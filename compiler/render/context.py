@@ -97,7 +97,7 @@ def host_role_names(cfg: HostConfig) -> list[str]:
     if cfg.policy.tls.acme is not None:
         names.add(ACME_ROLE)
     if Role.POSTFIX in cfg.spec.roles:
-        names |= filter_role_names(cfg.policy)
+        names |= filter_role_names(cfg)
     return sorted(names)
 
 

@@ -30,15 +30,16 @@ def uses_rspamd(policy: ServerPolicy) -> bool:
     return bool(policy.dkim or policy.dmarc or policy.spam_actions or policy.antivirus)
 
 
-def filter_role_names(policy: ServerPolicy) -> set[str]:
-    """The filtering roles a host with `policy` gets (its postfix role decides whether they
-    mean anything; `host_role_names` adds them only beside postfix)."""
+def filter_role_names(cfg: HostConfig) -> set[str]:
+    """The filtering roles the host's policy asks for (`host_role_names` adds them only beside
+    postfix); SRS needs a served domain to rewrite into."""
+    policy = cfg.policy
     names = set()
     if uses_rspamd(policy):
         names.add(RSPAMD_ROLE)
     if policy.antivirus:
         names.add(CLAMAV_ROLE)
-    if policy.srs:
+    if policy.srs and srs_domain(cfg) is not None:
         names.add(SRS_ROLE)
     return names
 

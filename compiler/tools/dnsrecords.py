@@ -355,10 +355,13 @@ def make_dns_plan(
     policies: Mapping[str, ServerPolicy],
     selected: Sequence[str] = (),
     dkim_keys: Sequence[DkimKey] = (),
+    dkim_notes: Sequence[str] | None = None,
 ) -> DnsPlan:
     """The records of the domains the `selected` hosts serve (every host when empty) and of
     those hosts. `policies` holds every host's resolved policy: a domain's MX, SPF and SRV
-    records always name every host that serves it."""
+    records always name every host that serves it. `dkim_notes` say why a domain has no DKIM
+    record when the hosts were asked for their keys (`compiler.push.dkimobserve`); None: they
+    were not asked, and without keys one note says so."""
     every = sorted(inventory.hosts)
     chosen = sorted(set(selected)) if selected else every
     hosts = {name: make_mail_host(inventory, name, policies[name]) for name in every}
@@ -372,7 +375,9 @@ def make_dns_plan(
         networks = _external_networks(policies, (h.name for h in serving), alias_of or domain)
         keys = tuple(k for k in dkim_keys if k.domain == domain)
         domains.append(_domain_plan(domain, alias_of, serving, inventory, networks, keys, notes))
-    if not dkim_keys:
+    if dkim_notes is not None:
+        notes.extend(dkim_notes)
+    elif not dkim_keys:
         notes.append(DKIM_NOTE)
     host_records = _host_records(
         [hosts[n] for n in chosen], _all_domains(inventory), inventory.dns.ttl, notes

@@ -1,0 +1,116 @@
+"""The DKIM public keys the hosts hold, read back for `mailcfg dns` and `mailcfg doctor`.
+
+A host with `policy.dkim` (and the postfix role) makes its key at the first apply (the rspamd
+role's `build`) and keeps the public record beside it (`compiler.render.filtering`). It is read
+with the on-host program's `observe`, one round trip per signing host: the record's path is
+asked for as a file the host does not have yet (no sha), so observe sends its content back as
+it does for a diff. No new wire field: the on-host side is unchanged.
+
+What a host cannot give (unreachable, key not made yet, a record that does not parse) becomes
+a note, and its domains get no DKIM record from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from compiler.connectors.transport import Transport, TransportError
+from compiler.push.hostcall import HostError, call_onhost
+from compiler.push.hostside.wire import ObserveReply, ObserveRequest
+from compiler.render.filtering import DkimSigning, make_dkim_signing
+from compiler.render.resolve import HostConfig, resolve_host
+from compiler.tools.dkimkeys import make_dkim_keys
+from compiler.tools.dnsrecords import DkimKey, DnsPlan, make_dns_plan
+from schemas.inventory import Inventory
+
+OpenHost = Callable[[str], Transport]
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedKeys:
+    keys: tuple[DkimKey, ...]
+    notes: tuple[str, ...]
+
+
+def signing_hosts(configs: Mapping[str, HostConfig]) -> dict[str, DkimSigning]:
+    """The hosts that sign (postfix role and policy.dkim), with their key's files."""
+    found = {}
+    for name, cfg in sorted(configs.items()):
+        signing = make_dkim_signing(cfg)
+        if signing is not None and "postfix" in {str(r) for r in cfg.spec.roles}:
+            found[name] = signing
+    return found
+
+
+def read_dkim_record(transport: Transport, signing: DkimSigning) -> str | None:
+    """The host's public record file, or None when it has none yet."""
+    request: ObserveRequest = {
+        "paths": {signing.record_path: ("", "root", "root")},
+        "sensitive": [],
+        "needs": None,
+    }
+    answer = call_onhost(transport, "observe", request, ObserveReply)
+    content = answer["previous"].get(signing.record_path)
+    if content is None:
+        return None
+    try:
+        return base64.b64decode(content, validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        raise HostError(transport.host, "observe", "the DKIM record is not ASCII") from None
+
+
+def observe_dkim_keys(configs: Mapping[str, HostConfig], open_host: OpenHost) -> ObservedKeys:
+    """Every signing host's key, for the domains it signs for; notes for the others and for
+    the domains nobody signs."""
+    keys: list[DkimKey] = []
+    notes: list[str] = []
+    signing = signing_hosts(configs)
+    for name, sign in signing.items():
+        where = f"{name}: DKIM selector {sign.selector}"
+        try:
+            transport = open_host(name)
+            try:
+                text = read_dkim_record(transport, sign)
+            finally:
+                transport.close()
+        except (TransportError, HostError) as exc:
+            notes.append(f"{where}: key not read ({exc}); no record from this host")
+            continue
+        if text is None:
+            notes.append(f"{where}: no key yet; `mailcfg apply` makes it (rspamd role)")
+            continue
+        try:
+            keys += make_dkim_keys(sign.domains, sign.selector, text)
+        except ValueError as exc:
+            notes.append(f"{where}: {sign.record_path} is unusable ({exc})")
+    signed = {d for s in signing.values() for d in s.domains}
+    unsigned = sorted({d for cfg in configs.values() for d in _served(cfg)} - signed)
+    if unsigned:
+        notes.append(
+            f"DKIM: no host signs for {', '.join(unsigned)}; set policy.dkim (rspamd role)"
+        )
+    return ObservedKeys(tuple(keys), tuple(notes))
+
+
+def _served(cfg: HostConfig) -> Sequence[str]:
+    if "postfix" not in {str(r) for r in cfg.spec.roles}:
+        return ()
+    return (*cfg.domain_names, *cfg.alias_domains)
+
+
+def observed_dns_plan(
+    inventory: Inventory,
+    defaults: Mapping[str, Any],
+    selected: Sequence[str],
+    open_host: OpenHost,
+) -> DnsPlan:
+    """`make_dns_plan` with the keys the signing hosts hold (every host's: a domain's DKIM
+    records name every host that signs for it, whichever hosts are selected)."""
+    configs = {name: resolve_host(inventory, name, defaults) for name in inventory.hosts}
+    observed = observe_dkim_keys(configs, open_host)
+    policies = {name: cfg.policy for name, cfg in configs.items()}
+    return make_dns_plan(inventory, policies, selected, observed.keys, observed.notes)

@@ -1,0 +1,233 @@
+"""The filtering roles' model and readback: which hosts get rspamd, ClamAV and postsrsd, the
+DKIM selector and Redis target they are rendered with, the DKIM record a host gives back
+(untrusted: only k= and p= are taken), and `mailcfg dns` printing the keys a real apply
+made on the example inventory's local hosts (the acceptance of issue 13).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from compiler.cli import main
+from compiler.render.context import host_role_names
+from compiler.render.filtering import dkim_selector, make_redis_server
+from compiler.render.render import render_host
+from compiler.render.resolve import resolve_host
+from compiler.render.roles import default_roles_dir, load_roles, role_defaults
+from compiler.tools.dkimkeys import make_dkim_keys, parse_dkim_record
+from compiler.tools.dnsrecords import DKIM_NOTE
+from schemas.domain import Domain
+from schemas.inventory import HostSpec, Inventory, Role
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "inventory"
+KEY = base64.b64encode(bytes(range(256)) + bytes(38)).decode()  # 392 characters, like RSA 2048
+RSPAMADM_FORM = (
+    'mc2026a-mx1._domainkey IN TXT ( "v=DKIM1; k=rsa; "\n'
+    f'\t"p={KEY[:250]}"\n\t"{KEY[250:]}"\n) ; \n'
+)
+ED25519_FORM = (
+    'mc-x._domainkey IN TXT ( "v=DKIM1; k=ed25519; "\n'
+    '\t"p=xtYfzfzt0ACuIvRP4/8A2h/09a9aNka3mHcJfY7tQKc=" ) ;\n'
+)
+ROLES = load_roles(default_roles_dir())
+
+
+def test_the_record_forms_the_role_writes_parse() -> None:
+    assert parse_dkim_record(RSPAMADM_FORM) == ("rsa", KEY)
+    assert parse_dkim_record(f"v=DKIM1; k=rsa; p={KEY}\n") == ("rsa", KEY)
+    assert parse_dkim_record(ED25519_FORM) == (
+        "ed25519",
+        "xtYfzfzt0ACuIvRP4/8A2h/09a9aNka3mHcJfY7tQKc=",
+    )
+    keys = make_dkim_keys(("example.com", "example.net"), "mc2026a-mx1", RSPAMADM_FORM)
+    assert [(k.record_name, k.record_text) for k in keys] == [
+        ("mc2026a-mx1._domainkey.example.com.", f"v=DKIM1; k=rsa; p={KEY}"),
+        ("mc2026a-mx1._domainkey.example.net.", f"v=DKIM1; k=rsa; p={KEY}"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        f'"v=DKIM1; k=rsa; p={KEY}\\" ; evil"',  # an escaped quote: not a plain string
+        f"v=DKIM1; k=rsa; p={KEY}; p={KEY}",  # a tag twice
+        f"v=DKIM1; k=dsa; p={KEY}",
+        "v=DKIM1; k=rsa; p=",
+        f"v=DKIM1; k=rsa; p={KEY}\n$ORIGIN evil.test.",  # a second zone line
+        f"v=DKIM1; k=rsa; p={KEY[:100]} {KEY[100:]}@x",
+        "v=DKIM2; k=rsa; p=" + KEY,
+        "v=DKIM1; k=rsa; p=" + "A" * 9000,
+        "v=DKIM1; k=rsa; p=" + KEY + "é",
+        "",
+    ],
+)
+def test_a_record_that_is_not_a_plain_key_is_refused(hostile: str) -> None:
+    with pytest.raises(ValueError):
+        parse_dkim_record(hostile)
+
+
+def test_selectors_are_one_label_per_host() -> None:
+    assert dkim_selector("mc2026a", "mx1") == "mc2026a-mx1"
+    assert dkim_selector("mc2026a", "Edge_1.b") == "mc2026a-edge-1-b"
+
+
+@pytest.mark.parametrize(
+    ("dsn", "server", "db", "password"),
+    [
+        ("redis://127.0.0.1:6379/2", "127.0.0.1:6379", "2", None),
+        ("redis://redis.internal/0", "redis.internal:6379", "0", None),
+        ("redis://:s3cret@10.0.0.5:6380/1", "10.0.0.5:6380", "1", "s3cret"),
+        ("unix:///run/redis/redis.sock", "/run/redis/redis.sock", "0", None),
+    ],
+)
+def test_rspamd_uses_the_agents_redis(dsn: str, server: str, db: str, password: str) -> None:
+    found = make_redis_server(dsn)
+    assert found is not None
+    assert (found.server, found.db, found.password) == (server, db, password)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "sqlite:///var/lib/mailcfg/agent/state.db",
+        'redis://:a"b@127.0.0.1:6379/0',  # would end the UCL string
+        "redis://127.0.0.1:6379/x",
+        "rediss://127.0.0.1:6379/0",  # TLS: rspamd's Redis client has no such form here
+        "unix://relative/path",
+    ],
+)
+def test_a_redis_rspamd_cannot_hold_is_none(dsn: str) -> None:
+    assert make_redis_server(dsn) is None
+
+
+def _host(policy: dict[str, object], roles: list[Role], domains: bool = True) -> Inventory:
+    spec = HostSpec(address="192.0.2.1", hostname="mx1.example.com", roles=roles, policy=policy)
+    served = {"example.com": Domain(domain="example.com")} if domains else {}
+    return Inventory(hosts={"mx1": spec}, domains=served)
+
+
+@pytest.mark.parametrize(
+    ("policy", "roles", "expected"),
+    [
+        ({}, [Role.POSTFIX], []),
+        ({"dkim": {}}, [Role.POSTFIX], ["rspamd"]),
+        ({"dmarc": {}}, [Role.POSTFIX], ["rspamd"]),
+        ({"spam_actions": {}}, [Role.POSTFIX], ["rspamd"]),
+        ({"antivirus": True}, [Role.POSTFIX], ["clamav", "rspamd"]),
+        ({"srs": True}, [Role.POSTFIX], ["srs"]),
+        # Without Postfix there is no mail to filter or sign.
+        ({"dkim": {}, "antivirus": True, "srs": True}, [Role.DOVECOT], []),
+    ],
+)
+def test_filter_roles_come_with_postfix_and_the_policy(
+    policy: dict[str, object], roles: list[Role], expected: list[str]
+) -> None:
+    cfg = resolve_host(_host(policy, roles), "mx1", role_defaults(ROLES))
+    names = host_role_names(cfg)
+    assert [n for n in names if n in ("rspamd", "clamav", "srs")] == expected
+    main_cf = render_host(cfg, ROLES).get("/etc/postfix/main.cf")
+    if main_cf is not None:
+        text = main_cf.content.decode()
+        assert ("smtpd_milters = inet:127.0.0.1:11332" in text) == ("rspamd" in expected)
+        assert ("sender_canonical_maps" in text) == ("srs" in expected)
+
+
+def test_srs_without_a_served_domain_has_nothing_to_rewrite_into() -> None:
+    cfg = resolve_host(_host({"srs": True}, [Role.POSTFIX], False), "mx1", role_defaults(ROLES))
+    assert "srs" not in host_role_names(cfg)
+    assert (
+        "sender_canonical_maps"
+        not in render_host(cfg, ROLES)["/etc/postfix/main.cf"].content.decode()
+    )
+
+
+# --- the acceptance: apply the example, then `mailcfg dns` ---------------------------------------
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    """The example inventory, applied to its local hosts (the rspamd role's build makes each
+    host's key with rspamadm, or openssl where rspamd is not installed)."""
+    if not (shutil.which("rspamadm") or shutil.which("openssl")):
+        pytest.skip("neither rspamadm nor openssl is installed")
+    inv = tmp_path / "inventory"
+    shutil.copytree(EXAMPLE, inv, ignore=shutil.ignore_patterns(".mailcfg"))
+    return inv
+
+
+def _dns(inv: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[str, str]:
+    assert main(["dns", str(inv), *extra]) == 0
+    out, err = capsys.readouterr()
+    return out, err
+
+
+def _public_key(key_file: Path) -> str:
+    der = subprocess.run(
+        ["openssl", "pkey", "-in", str(key_file), "-pubout", "-outform", "DER"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return base64.b64encode(der).decode()
+
+
+def test_dns_prints_each_hosts_key_after_the_first_apply(
+    example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = _dns(example, capsys)
+    assert "_domainkey" not in out
+    assert "; note: mx1: DKIM selector mc2026a-mx1: no key yet; `mailcfg apply` makes it" in out
+
+    assert main(["apply", str(example), "--yes"]) == 0
+    capsys.readouterr()
+    records = json.loads(_dns(example, capsys, "--format", "json")[0])
+    dkim = {(r["name"], r["value"]) for r in records if "._domainkey." in r["name"]}
+    keys = {
+        host: _public_key(example / f".mailcfg/hosts/{host}/var/lib/rspamd/dkim/mc2026a-{host}.key")
+        for host in ("mx1", "mx2")
+    }
+    # mx1 serves both domains, mx2 only example.com.
+    assert dkim == {
+        ("mc2026a-mx1._domainkey.example.com.", f"v=DKIM1; k=rsa; p={keys['mx1']}"),
+        ("mc2026a-mx1._domainkey.example.org.", f"v=DKIM1; k=rsa; p={keys['mx1']}"),
+        ("mc2026a-mx2._domainkey.example.com.", f"v=DKIM1; k=rsa; p={keys['mx2']}"),
+    }
+    assert {r["zone"] for r in records if "._domainkey." in r["name"]} == {
+        "example.com",
+        "example.org",
+    }
+    key_file = example / ".mailcfg/hosts/mx1/var/lib/rspamd/dkim/mc2026a-mx1.key"
+    assert key_file.stat().st_mode & 0o777 == 0o640
+    # The private key is in no release and no plan.
+    private = key_file.read_text().splitlines()[1]
+    releases = example / ".mailcfg/hosts/mx1/var/lib/mailcfg"
+    assert not [
+        p for p in releases.rglob("*") if p.is_file() and private.encode() in p.read_bytes()
+    ]
+    assert main(["plan", str(example)]) == 0
+    assert private not in capsys.readouterr().out
+
+    # A second apply keeps the key; --offline asks no host.
+    assert main(["apply", str(example), "--yes"]) == 0
+    assert _public_key(key_file) == keys["mx1"]
+    capsys.readouterr()
+    out, _ = _dns(example, capsys, "--offline")
+    assert "_domainkey" not in out and DKIM_NOTE in out
+
+
+def test_an_unusable_record_on_a_host_gives_a_note_not_a_record(
+    example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["apply", str(example), "--yes", "--host", "mx2"]) == 0
+    record = example / ".mailcfg/hosts/mx2/var/lib/rspamd/dkim/mc2026a-mx2.txt"
+    record.write_text('v=DKIM1; k=rsa; p=AAAA"\n$INCLUDE /etc/passwd\n')
+    capsys.readouterr()
+    out, _ = _dns(example, capsys)
+    assert "_domainkey" not in out
+    assert "; note: mx2: DKIM selector mc2026a-mx2: " in out and "is unusable" in out
+    assert "$INCLUDE" not in out
