@@ -1,0 +1,350 @@
+"""From a bare Debian host to a running mail server with one `mailcfg apply` (issue 12).
+
+The host is a minimal Debian 12 root (`barehost`: minbase, openssh-server and python3 from
+the Debian archive, nothing else) running only its sshd in a network namespace; its apt
+reaches the archive only through the test's proxy on the lab bridge, and its name server is
+the test's, on the bridge too. One `mailcfg apply` of a one-host inventory (roles postfix,
+dovecot, agent; ACME against Debian's `pebble` on the bridge) installs Postfix, Dovecot,
+certbot and the agent's venv, makes the vmail user and the directories, obtains the
+certificate and installs the release. The root has no init (no
+systemd as PID 1), so the test then starts Postfix, Dovecot and the agent itself, each with
+the command line and user its Debian unit or mailcfg's unit declares (`postfix start`;
+`dovecot -F`; the agent as `mailcfg-agent:postfix` with group `adm`, from
+`/opt/mailcfg/agent/current`). The host then receives mail for an account on 25, lets the
+account send on 587 after STARTTLS and AUTH, serves IMAP over TLS on 993 with the certificate
+pebble issued, the agent answers, and the next `mailcfg plan --detailed-exitcode` exits 0.
+A second test upgrades the agent (a controller whose sources say another version: a new
+release with the new install, `current` moved) and rolls back to the old one.
+
+Needs root, the Debian archive over HTTP (through the proxy) and the package index for the
+agent's wheelhouse (made once, then cached); each missing piece fails or skips saying so.
+Takes about 3-5 minutes, most of it apt downloading and installing in the host.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import os
+import shutil
+import smtplib
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from barehost import BareHostLab, apt_proxy, bare_tarball
+from netns import RUNNER_ADDRESS, NetnsHost, listening_ports, wait_until
+from test_acme_pebble import make_pebble_tls
+from test_push import PASSWORD, make_hash
+
+from tests.runtime.dnsserver import Zone, dns_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+
+REPO = Path(__file__).resolve().parents[2]
+PROXY_PORT = 23600
+PEBBLE_PORT = 23610
+PEBBLE_MANAGEMENT_PORT = 23611
+HTTP_01_PORT = 23680
+TLS_ALPN_PORT = 23681
+DNS_PORT = 53  # the host's resolver (resolv.conf names no port); on the lab bridge
+DOMAIN = "bare.example"
+MAIL_NAME = f"mx.{DOMAIN}"
+ACCOUNT = f"alice@{DOMAIN}"
+LIVE = "/etc/letsencrypt/live/mailcfg"
+CA_IN_HOST = "/etc/mcfg-test/pebble-ca.pem"
+AGENT = "/opt/mailcfg/agent/current/bin/mailcfg-agent"
+
+
+@dataclass
+class Bare:
+    lab: BareHostLab
+    host: NetnsHost
+    workdir: Path
+    inventory: Path
+    ca: Path
+
+    @property
+    def root(self) -> Path:
+        return self.lab.rootfs(self.host)
+
+    def mailcfg(self, *args: str, source: Path = REPO) -> subprocess.CompletedProcess[str]:
+        """`mailcfg COMMAND INVENTORY ARGS` run from the checkout `source`."""
+        return subprocess.run(
+            [sys.executable, "-m", "compiler", args[0], str(self.inventory),
+             "--cache", str(self.workdir / "cache"), *args[1:]],
+            capture_output=True, text=True, cwd=self.workdir, timeout=2000, check=False,
+            env={**os.environ, "PYTHONPATH": str(source)},
+        )  # fmt: skip
+
+    def in_host(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.lab.run_in_host(self.host, command, check=False, timeout=timeout)
+
+    def start_services(self) -> None:
+        """Postfix, Dovecot and the agent as their units start them (no init in the root)."""
+        done = self.in_host("postfix start")
+        assert done.returncode == 0, done.stderr + done.stdout
+        master = (self.root / "var/spool/postfix/pid/master.pid").read_text().split()[0]
+        self.lab.track_pid(self.host, int(master))
+        self.lab.start_service(self.host, ["dovecot", "-F"], self.workdir / "dovecot.out")
+        # mailcfg-agent.service: RuntimeDirectory=mailcfg, StateDirectory=mailcfg/agent (0750
+        # for its user), User=mailcfg-agent, Group=postfix, SupplementaryGroups=adm.
+        made = self.in_host(
+            "install -d -o mailcfg-agent -g postfix -m 0750 /run/mailcfg /var/lib/mailcfg/agent"
+        )
+        assert made.returncode == 0, made.stderr
+        self.lab.start_service(
+            self.host,
+            ["setpriv", "--reuid=mailcfg-agent", "--regid=postfix", "--groups=adm",
+             "--inh-caps=-all", AGENT, "serve", "--config", "/etc/mailcfg/agent.json"],
+            self.workdir / "agent.out",
+        )  # fmt: skip
+        sshd = self.host.sshd_pid()
+        assert sshd is not None
+
+        def ready() -> bool:
+            ports = {p for _, p in listening_ports(sshd)}
+            return {25, 587, 993} <= ports and (self.root / "run/mailcfg/policy.sock").exists()
+
+        try:
+            wait_until(ready, "Postfix, Dovecot and the agent in the bare host", timeout=60)
+        except RuntimeError as exc:
+            out = (self.workdir / "agent.out").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"{exc}\n--- agent\n{out}") from exc
+
+
+def write_inventory(directory: Path, host: NetnsHost, lab: BareHostLab) -> None:
+    mailcfg = {
+        "schema_version": 1,
+        "hosts": {
+            "mx": {
+                "address": host.address,
+                "hostname": MAIL_NAME,
+                "transport": "ssh",
+                "ssh": {
+                    "identity_file": str(lab.identity_file),
+                    "known_hosts": str(lab.known_hosts),
+                    "connect_timeout": 5,
+                    "command_timeout": 1800,
+                },
+                "roles": ["postfix", "dovecot", "agent"],
+                "domains": [DOMAIN],
+                "policy": {
+                    "tls": {
+                        "cert": f"{LIVE}/fullchain.pem",
+                        "key": f"{LIVE}/privkey.pem",
+                        "acme": {
+                            "email": f"hostmaster@{DOMAIN}",
+                            "directory": f"https://{RUNNER_ADDRESS}:{PEBBLE_PORT}/dir",
+                            "http_port": HTTP_01_PORT,
+                            "ca_bundle": CA_IN_HOST,
+                        },
+                    },
+                },
+            }
+        },
+        "policy": {"trusted_networks": ["127.0.0.1/32"], "reject_unknown_sender_domain": False},
+    }
+    domain = {
+        "domain": DOMAIN,
+        "accounts": [{"name": "alice", "password": make_hash(PASSWORD), "quota": "100M"}],
+    }
+    (directory / "domains").mkdir(parents=True)
+    (directory / "mailcfg.yml").write_text(json.dumps(mailcfg, indent=1))
+    (directory / "domains" / f"{DOMAIN}.yml").write_text(json.dumps(domain, indent=1))
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
+    if os.geteuid() != 0:
+        pytest.fail("e2e tests need root (network namespaces, chroot, sshd)")
+    workdir = tmp_path_factory.mktemp("bare")
+    tarball = bare_tarball()
+    ca, cert, key = make_pebble_tls(workdir / "pebble")
+    proxy = f"http://{RUNNER_ADDRESS}:{PROXY_PORT}/"
+    with BareHostLab(tarball, proxy, workdir / "lab") as lab:
+        host = lab.add_host()
+        root = lab.rootfs(host)
+        (root / CA_IN_HOST.lstrip("/")).parent.mkdir(parents=True)
+        shutil.copy(ca, root / CA_IN_HOST.lstrip("/"))
+        (root / "etc/resolv.conf").unlink(missing_ok=True)
+        (root / "etc/resolv.conf").write_text(f"nameserver {RUNNER_ADDRESS}\n")
+        inventory = workdir / "inventory"
+        write_inventory(inventory, host, lab)
+        state = Bare(lab, host, workdir, inventory, ca)
+        zone = Zone({MAIL_NAME: [("A", host.address)]})
+        config = workdir / "pebble/config.json"
+        config.write_text(json.dumps({"pebble": {
+            "listenAddress": f"{RUNNER_ADDRESS}:{PEBBLE_PORT}",
+            "managementListenAddress": f"{RUNNER_ADDRESS}:{PEBBLE_MANAGEMENT_PORT}",
+            "certificate": str(cert), "privateKey": str(key),
+            "httpPort": HTTP_01_PORT, "tlsPort": TLS_ALPN_PORT,
+            "ocspResponderURL": "", "externalAccountBindingRequired": False,
+        }}))  # fmt: skip
+        log = (workdir / "pebble/pebble.log").open("wb")
+        with apt_proxy(PROXY_PORT), dns_server(zone, DNS_PORT, RUNNER_ADDRESS):
+            pebble = subprocess.Popen(
+                ["pebble", "-config", str(config), "-dnsserver", f"{RUNNER_ADDRESS}:{DNS_PORT}"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+            )  # fmt: skip
+            try:
+                wait_until(
+                    lambda: f":{PEBBLE_PORT:X} " in Path("/proc/net/tcp").read_text(),
+                    "pebble listening",
+                )
+                yield state
+            finally:
+                lab.stop_services(host)
+                pebble.terminate()
+                pebble.wait(timeout=10)
+                log.close()
+
+
+def tls_context(ca: Path) -> ssl.SSLContext:
+    """Trusts pebble's issuing chain only (fetched from its management API)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = True
+    ctx.load_verify_locations(cafile=str(ca))
+    return ctx
+
+
+def pebble_roots(workdir: Path, ca: Path) -> Path:
+    """Pebble's root and intermediate certificates (its management API), as one CA file."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    pems = []
+    import urllib.request
+
+    for path in ("roots/0", "intermediates/0"):
+        url = f"https://{RUNNER_ADDRESS}:{PEBBLE_MANAGEMENT_PORT}/{path}"
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as answer:
+            pems.append(answer.read().decode())
+    bundle = workdir / "pebble-issuer.pem"
+    bundle.write_text("\n".join(pems))
+    return bundle
+
+
+def maildir_messages(root: Path, address: str) -> list[bytes]:
+    local, domain = address.split("@")
+    base = root / "var/vmail" / domain / local / "Maildir"
+    found = [p for sub in ("new", "cur") if (base / sub).is_dir() for p in (base / sub).iterdir()]
+    return [p.read_bytes() for p in found]
+
+
+def wait_delivered(bare: Bare, subject: str) -> None:
+    def arrived() -> bool:
+        return any(
+            f"Subject: {subject}".encode() in m for m in maildir_messages(bare.root, ACCOUNT)
+        )
+
+    try:
+        wait_until(arrived, f"{subject} delivered to {ACCOUNT}", timeout=60)
+    except RuntimeError as exc:
+        queue = bare.in_host("postqueue -p").stdout
+        raise AssertionError(f"{exc}\n--- queue\n{queue}") from exc
+
+
+def test_one_apply_makes_a_bare_debian_host_a_mail_server(bare: Bare) -> None:
+    for tool in ("postconf", "dovecot", "certbot"):
+        assert bare.in_host(f"command -v {tool}").returncode != 0, f"{tool} before the apply"
+    plan = bare.mailcfg("plan")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    for line in ("install package postfix", "install package dovecot-imapd", "run agent "):
+        assert line in plan.stdout, plan.stdout
+    started = time.monotonic()
+    applied = bare.mailcfg("apply", "--yes")
+    took = time.monotonic() - started
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    print(f"bare host to mail server: one apply took {took:.1f} s")
+
+    bare.start_services()
+    issuer = pebble_roots(bare.workdir, bare.ca)
+    ctx = tls_context(issuer)
+    # IMAP over TLS with pebble's certificate for the mail name (verified, hostname checked).
+    with imaplib.IMAP4_SSL(bare.host.address, 993, ssl_context=_for_name(ctx)) as imap:
+        assert imap.login(ACCOUNT, PASSWORD)[0] == "OK"
+    # Port 25 receives for the account.
+    subject = f"in-{uuid.uuid4().hex[:8]}"
+    with smtplib.SMTP(bare.host.address, 25, timeout=30) as smtp:
+        smtp.ehlo("client.outside.example")
+        smtp.sendmail(
+            "someone@outside.example", [ACCOUNT],
+            f"From: someone@outside.example\r\nTo: {ACCOUNT}\r\nSubject: {subject}\r\n\r\nhi\r\n",
+        )  # fmt: skip
+    wait_delivered(bare, subject)
+    # 587: no AUTH before STARTTLS; after it the account sends (here to itself).
+    subject = f"out-{uuid.uuid4().hex[:8]}"
+    with smtplib.SMTP(bare.host.address, 587, timeout=30) as smtp:
+        smtp.ehlo("laptop")
+        assert not smtp.has_extn("auth")
+        smtp.starttls(context=_for_name(ctx))
+        smtp.ehlo("laptop")
+        smtp.login(ACCOUNT, PASSWORD)
+        smtp.sendmail(
+            ACCOUNT, [ACCOUNT],
+            f"From: {ACCOUNT}\r\nTo: {ACCOUNT}\r\nSubject: {subject}\r\n\r\nsent\r\n",
+        )  # fmt: skip
+    wait_delivered(bare, subject)
+    # The agent answers, from the install mailcfg made.
+    ping = bare.in_host(f"{AGENT} ping --config /etc/mailcfg/agent.json --wait 10")
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+
+    again = bare.mailcfg("plan", "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def _for_name(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """`ctx`, checking the certificate against the mail name (we connect by address)."""
+    wrapped = ctx.wrap_socket
+
+    def wrap(sock: object, *args: object, **kwargs: object) -> ssl.SSLSocket:
+        kwargs["server_hostname"] = MAIL_NAME
+        return wrapped(sock, *args, **kwargs)  # type: ignore[arg-type]
+
+    ctx.wrap_socket = wrap  # type: ignore[method-assign]
+    return ctx
+
+
+def newer_checkout(dest: Path) -> str:
+    """A copy of this checkout's controller whose pyproject says another version; its
+    version."""
+    for part in ("compiler", "runtime", "schemas", "roles"):
+        shutil.copytree(REPO / part, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+    project = (REPO / "pyproject.toml").read_text()
+    line = next(x for x in project.splitlines() if x.startswith("version = "))
+    version = line.split('"')[1] + ".post1"
+    (dest / "pyproject.toml").write_text(project.replace(line, f'version = "{version}"', 1))
+    return version
+
+
+def agent_version(bare: Bare) -> str:
+    code = "import importlib.metadata as m; print(m.version('mailcfg'))"
+    out = bare.in_host(f'/opt/mailcfg/agent/current/bin/python3 -I -c "{code}"')
+    return out.stdout.strip()
+
+
+def test_an_agent_upgrade_is_a_release_and_rolls_back(bare: Bare) -> None:
+    before = os.readlink(bare.root / "opt/mailcfg/agent/current")
+    old_version = agent_version(bare)
+    newer = bare.workdir / "newer"
+    version = newer_checkout(newer)
+    plan = bare.mailcfg("plan", source=newer)
+    assert plan.returncode == 0 and f"run agent {version}-" in plan.stdout, plan.stdout
+    applied = bare.mailcfg("apply", "--yes", source=newer)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    after = os.readlink(bare.root / "opt/mailcfg/agent/current")
+    assert after.startswith(f"{version}-") and after != before
+    assert agent_version(bare) == version
+    assert (bare.root / "opt/mailcfg/agent" / before).is_dir()  # kept for the rollback
+
+    back = bare.mailcfg("rollback", "mx", "--yes", source=newer)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert os.readlink(bare.root / "opt/mailcfg/agent/current") == before
+    assert agent_version(bare) == old_version
