@@ -34,6 +34,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,11 +161,10 @@ def write_inventory(directory: Path, host: NetnsHost, lab: BareHostLab) -> None:
     (directory / "domains" / f"{DOMAIN}.yml").write_text(json.dumps(domain, indent=1))
 
 
-@pytest.fixture(scope="module")
-def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
-    if os.geteuid() != 0:
-        pytest.fail("e2e tests need root (network namespaces, chroot, sshd)")
-    workdir = tmp_path_factory.mktemp("bare")
+@contextmanager
+def running_bare_host(workdir: Path) -> Iterator[Bare]:
+    """A bare host, its inventory, the apt proxy, the name server and pebble, until the block
+    ends (shared with `bench/push/bare.py`)."""
     tarball = bare_tarball()
     ca, cert, key = make_pebble_tls(workdir / "pebble")
     proxy = f"http://{RUNNER_ADDRESS}:{PROXY_PORT}/"
@@ -205,6 +205,14 @@ def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
                 pebble.terminate()
                 pebble.wait(timeout=10)
                 log.close()
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
+    if os.geteuid() != 0:
+        pytest.fail("e2e tests need root (network namespaces, chroot, sshd)")
+    with running_bare_host(tmp_path_factory.mktemp("bare")) as state:
+        yield state
 
 
 def tls_context(ca: Path) -> ssl.SSLContext:
