@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from compiler.connectors.transport import Transport, TransportError
-from compiler.push.agentdist import controller_agent
+from compiler.push.agentdist import AgentDistError, controller_agent
 from compiler.push.apply import ApplyError, apply_plan
 from compiler.push.hostcall import HostError
 from compiler.push.observe import observe_host
@@ -90,7 +90,10 @@ def plan_target(target: Target, open_transport: OpenTransport) -> HostResult:
         state = observe_host(transport, target.tree, target.needs if machine else None)
     finally:
         transport.close()
-    agent = controller_agent() if machine and target.needs.agent else None
+    try:
+        agent = controller_agent() if machine and target.needs.agent else None
+    except AgentDistError as exc:
+        raise HostError(target.name, "agent", str(exc)) from None
     plan = make_plan(target.name, target.tree, state, target.activations, target.needs, agent)
     plan = replace(plan, runs_services=runs_services(target.spec))
     return HostResult(target.name, Outcome.CHANGED if plan.has_changes else Outcome.OK, plan)
