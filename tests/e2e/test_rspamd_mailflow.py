@@ -9,7 +9,7 @@ are given public addresses with XCLIENT (rspamd treats loopback clients as local
 SPF and DMARC for them, as it should for a webmail on the host).
 
 Ports 23400 to 23499: listeners at 23400 + the harness offsets, rspamd 23401 to 23403,
-postsrsd 23404 and 23405, DNS 23406, the sink 23407.
+postsrsd 23404 and 23405, DNS 23406, the sink 23407, Redis 23408.
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ import pytest
 from mailhost import MailHost, boot_mailhost, listening_ports, make_traversable, stop_child
 from smtpsink import Sink, smtp_sink
 
+from compiler.render.context import make_base_context
 from compiler.render.roles import default_roles_dir, load_roles, make_activations
 from compiler.tools.dkimkeys import parse_dkim_record
 from compiler.tools.dnsrecords import quote_txt
 from runtime.policy.spf import evaluate_spf, make_sync_resolver
 from schemas.domain import Account, Domain, Redirect
+from schemas.filtering import SpamActions
 from schemas.inventory import HostSpec, Inventory
 from tests.runtime.dnsserver import Zone, dns_server
 
@@ -55,6 +57,7 @@ FILTER_PORTS = {
 }
 DNS_PORT = 23406
 SINK_PORT = 23407
+REDIS_PORT = 23408
 # pw1 (tests/golden/cases.py H1).
 HASH = (
     "{SHA512-CRYPT}$6$JCaYrawv3gYKm50L$GECGzDAs4VodT9z.Er1Ves5KQCYKwpgz3xvRo8tshsPQl7NxXwPBBgJ1"
@@ -88,11 +91,13 @@ def filter_policy(base: Path) -> dict[str, object]:
         "dkim": {"selector": "mc2026a"},
         "dmarc": {"enforce": True},
         # Out of reach, so a refusal below is DMARC's or ClamAV's, never the score's.
-        "spam_actions": {"add_header": 6, "reject": 100},
+        "spam_actions": {"add_header": 50, "reject": 100},
         "antivirus": True,
         "srs": True,
         "filter_ports": FILTER_PORTS,
         "spam": {"nameservers": [f"127.0.0.1:{DNS_PORT}"], "dns_timeout": 1.0},
+        # The agent's state store (the agent does not run here): rspamd's Bayes goes there.
+        "policy_state": f"redis://127.0.0.1:{REDIS_PORT}/5",
         "paths": {
             "rspamd_config_dir": str(base / "etc/rspamd"),
             "rspamd_dkim_dir": str(base / "lib/rspamd-dkim"),
@@ -123,6 +128,7 @@ class Lab:
     sink: Sink
     zone: Zone
     base: Path
+    procs: list[subprocess.Popen[bytes]]
 
 
 def _wait(condition: object, what: str, logs: list[Path], timeout: float = READY) -> None:
@@ -148,6 +154,17 @@ def run_role_builds(mh: MailHost) -> None:
                 env=dict(os.environ, MAILCFG_ROOT="/"),
                 capture_output=True,
             )
+
+
+def start_redis(base: Path) -> subprocess.Popen[bytes]:
+    out = open(base / "log/redis.out", "ab")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(base)],
+        stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    out.close()
+    return proc
 
 
 def start_clamd(base: Path, socket_path: Path) -> subprocess.Popen[bytes]:
@@ -229,6 +246,7 @@ def lab() -> Iterator[Lab]:
             run_role_builds(mh)
             make_traversable(base / "lib/rspamd-dkim")
             paths = mh.cfg.policy.paths
+            procs.append(start_redis(base))
             procs.append(start_clamd(base, Path(paths.clamd_socket)))
             procs.append(start_postsrsd(base, Path(paths.postsrsd_defaults)))
             procs.append(start_rspamd(base, Path(paths.rspamd_config_dir)))
@@ -239,7 +257,7 @@ def lab() -> Iterator[Lab]:
             )
             logs = [base / "log/rspamd/rspamd.log", base / "log/rspamd.out",
                     base / "log/clamd.log", base / "log/postsrsd.out"]  # fmt: skip
-            wanted = set(FILTER_PORTS.values())
+            wanted = {*FILTER_PORTS.values(), REDIS_PORT}
             _wait(lambda: wanted <= listening_ports("127.0.0.1"), "rspamd and postsrsd", logs)
             _wait(Path(paths.clamd_socket).exists, "clamd's socket", logs)
             record = (Path(paths.rspamd_dkim_dir) / f"{SELECTOR}.txt").read_text()
@@ -247,7 +265,7 @@ def lab() -> Iterator[Lab]:
             zone.records[f"{SELECTOR}._domainkey.example.com."] = [
                 ("TXT", quote_txt(f"v=DKIM1; k={algorithm}; p={key}"))
             ]
-            yield Lab(mh, sink, zone, base)
+            yield Lab(mh, sink, zone, base, procs)
     finally:
         for proc in reversed(procs):
             stop_child(proc)
@@ -384,3 +402,90 @@ def test_redirect_outside_leaves_with_an_srs_sender_and_its_bounce_comes_back(la
     bounced = lab.sink.wait_for(lambda m: bounce_subject.encode() in m.data)
     assert bounced.rcpts == ("bob@origin.test",)
     assert bounced.mail_from == ""
+
+
+def rewrite_actions(lab: Lab, actions: SpamActions) -> None:
+    """The rspamd role's actions.conf for `actions`, installed, and rspamd restarted on it."""
+    cfg = lab.mh.cfg
+    cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"spam_actions": actions})})
+    roles = load_roles(default_roles_dir())
+    text = roles.env.get_template("rspamd/actions.conf.j2").render(make_base_context(cfg))
+    confdir = Path(cfg.policy.paths.rspamd_config_dir)
+    (confdir / "local.d/actions.conf").write_text(text)
+    proc = lab.procs.pop()
+    stop_child(proc)
+    _wait(lambda: FILTER_PORTS["rspamd_proxy"] not in listening_ports("127.0.0.1"), "rspamd", [])
+    lab.procs.append(start_rspamd(lab.base, confdir))
+    _wait(
+        lambda: FILTER_PORTS["rspamd_proxy"] in listening_ports("127.0.0.1"),
+        "rspamd after the restart",
+        [lab.base / "log/rspamd/rspamd.log"],
+    )
+
+
+def spam_score(delivered: bytes) -> float:
+    status = next(
+        line for line in delivered.split(b"\n") if line.lower().startswith(b"x-spam-status:")
+    )
+    return float(status.split(b"score=")[1].split(b" ")[0].split(b";")[0])
+
+
+def test_spam_actions_follow_the_inventory_thresholds(lab: Lab) -> None:
+    """One message's score, then thresholds around it from the inventory's spam_actions (the
+    role's actions.conf, rspamd restarted on it): over add_header it gets X-Spam: Yes, over
+    rewrite_subject a ***SPAM*** subject, over reject it is refused at DATA."""
+
+    def send(subject: str) -> None:
+        with outside(lab, ORIGIN_IP) as client:
+            client.sendmail(
+                "bob@origin.test", ["alice@example.com"],
+                message("bob@origin.test", "alice@example.com", subject),
+            )  # fmt: skip
+
+    def delivered(subject: str) -> bytes:
+        count = len(lab.mh.messages("alice@example.com"))
+        send(subject)
+        got = lab.mh.wait_for_messages("alice@example.com", count + 1)
+        return next(m for m in got if subject.encode() in m)
+
+    probe = delivered(f"probe {uuid.uuid4().hex}")
+    score = spam_score(probe)
+    assert score > 1, probe  # HFILTER and RDNS symbols of a client without DNS names
+    assert b"X-Spam: Yes" not in probe and b"***SPAM***" not in probe
+    try:
+        rewrite_actions(lab, SpamActions(add_header=score / 2, rewrite_subject=score * 2,
+                                         reject=score * 4))  # fmt: skip
+        subject = f"header {uuid.uuid4().hex}"
+        marked = delivered(subject)
+        assert b"X-Spam: Yes" in marked and f"Subject: {subject}".encode() in marked
+
+        rewrite_actions(lab, SpamActions(add_header=score / 4, rewrite_subject=score / 2,
+                                         reject=score * 4))  # fmt: skip
+        subject = f"subject {uuid.uuid4().hex}"
+        marked = delivered(subject)
+        assert f"Subject: ***SPAM*** {subject}".encode() in marked
+
+        rewrite_actions(lab, SpamActions(add_header=score / 4, reject=score / 2))
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            send(f"refused {uuid.uuid4().hex}")
+        assert refused.value.smtp_code == 554
+    finally:
+        rewrite_actions(lab, SpamActions(add_header=50, reject=100))
+
+
+def test_bayes_learns_into_the_inventorys_redis(lab: Lab) -> None:
+    """policy_state is Redis: rspamd's Bayes statistics go to that server and database."""
+    words = " ".join(f"offer{i} pills cheap discount winner{i % 7}" for i in range(40))
+    spam = message("bob@origin.test", "alice@example.com", "cheap pills", words.encode())
+    learn = subprocess.run(
+        ["rspamc", "-h", f"127.0.0.1:{FILTER_PORTS['rspamd_controller']}", "learn_spam"],
+        input=spam, capture_output=True, check=False,
+    )  # fmt: skip
+    assert learn.returncode == 0, learn.stdout + learn.stderr
+    keys = subprocess.run(
+        ["redis-cli", "-p", str(REDIS_PORT), "-n", "5", "--scan", "--pattern", "*"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert b"success = true;" in learn.stdout, learn.stdout
+    # The statfile's key set and its token hashes, in the database the inventory names.
+    assert "BAYES_SPAM_keys" in keys and sum(k.startswith("RS_") for k in keys) > 20, keys
