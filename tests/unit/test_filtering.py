@@ -19,7 +19,7 @@ from compiler.render.context import host_role_names
 from compiler.render.filtering import dkim_selector, make_redis_server
 from compiler.render.render import render_host
 from compiler.render.resolve import resolve_host
-from compiler.render.roles import default_roles_dir, load_roles, role_defaults
+from compiler.render.roles import default_roles_dir, load_roles, make_activations, role_defaults
 from compiler.tools.dkimkeys import make_dkim_keys, parse_dkim_record
 from compiler.tools.dnsrecords import DKIM_NOTE
 from schemas.domain import Domain
@@ -231,3 +231,37 @@ def test_an_unusable_record_on_a_host_gives_a_note_not_a_record(
     assert "_domainkey" not in out
     assert "; note: mx2: DKIM selector mc2026a-mx2: " in out and "is unusable" in out
     assert "$INCLUDE" not in out
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_the_roles_build_makes_the_key_once(
+    algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rspamd role's build, run as the on-host program runs it on a local root: the key
+    and its record appear under the root, 0640 and 0644; a second run keeps them."""
+    if shutil.which("rspamadm") is None:
+        pytest.skip("rspamd is not installed")
+    cfg = resolve_host(
+        _host({"dkim": {"algorithm": algorithm}}, [Role.POSTFIX]), "mx1", role_defaults(ROLES)
+    )
+    (activation,) = make_activations(cfg, ROLES, ["rspamd"])
+    root = tmp_path / "root"
+    root.mkdir()
+
+    def build() -> None:
+        for command in activation.build:
+            subprocess.run(
+                command, shell=True, check=True, cwd=root, env={"MAILCFG_ROOT": str(root),
+                                                                "PATH": "/usr/bin:/bin"},
+            )  # fmt: skip
+
+    build()
+    key = root / "var/lib/rspamd/dkim/mc2026a-mx1.key"
+    record = key.with_suffix(".txt")
+    assert key.stat().st_mode & 0o777 == 0o640 and record.stat().st_mode & 0o777 == 0o644
+    kind, public = parse_dkim_record(record.read_text())
+    assert kind == algorithm
+    before = key.read_bytes()
+    build()
+    assert key.read_bytes() == before and parse_dkim_record(record.read_text()) == (kind, public)
+    assert not list(key.parent.glob("*.new"))
