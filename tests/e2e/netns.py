@@ -8,11 +8,12 @@ generates). The lab's known_hosts file holds every host key, so strict checking 
 
 Hosts share this machine's filesystem: each gets a private directory (`host.root`) for the
 config roots its inventory points at, and sees its own /var/lib/mailcfg (mailcfg's release
-state, not movable by the inventory) through a bind mount in the private mount namespace its
-sshd runs in; `enter`/`run_in_host`/`start_service` join both namespaces with nsenter. Host
-numbers are allocated under a lock and each namespace records its owner PID, so parallel
-sessions never collide, and namespaces left by a crashed session (owner dead) are removed by
-the next one. Everything is stopped by PID, never by name.
+state, not movable by the inventory) and /opt/mailcfg (the agent installs apply makes) through
+bind mounts in the private mount namespace its sshd runs in; `enter`/`run_in_host`/
+`start_service` join both namespaces with nsenter. Host numbers are allocated under a lock and
+each namespace records its owner PID, so parallel sessions never collide, and namespaces left
+by a crashed session (owner dead) are removed by the next one. Everything is stopped by PID,
+never by name.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ MAX_HOSTS = 240
 STATE_DIR = Path("/run/mcfg-netns")  # owner files; /run is tmpfs, so a reboot clears it
 LOCK_FILE = STATE_DIR / "lock"
 READY_TIMEOUT = 10.0
-# mailcfg's on-host state (releases, lock): per host, through a bind mount in its namespace.
+# mailcfg's on-host state (releases, lock) and the agent installs apply makes: per host,
+# through bind mounts in its namespace.
 MAILCFG_STATE = "/var/lib/mailcfg"
+AGENT_HOME = "/opt/mailcfg"
 
 
 def host_address(index: int) -> str:
@@ -204,6 +207,11 @@ class NetnsHost:
         return self.root / "var-lib-mailcfg"
 
     @property
+    def agent_home(self) -> Path:
+        """What this host sees as /opt/mailcfg (the agent's venvs an apply installs)."""
+        return self.root / "opt-mailcfg"
+
+    @property
     def sshd_log(self) -> Path:
         return self.ssh_dir / "sshd.log"
 
@@ -314,11 +322,14 @@ class NetnsLab:
         )
         host.sshd_pid_file.unlink(missing_ok=True)
         host.state_dir.mkdir(parents=True, exist_ok=True)
-        Path(MAILCFG_STATE).mkdir(parents=True, exist_ok=True)  # the mount point
+        host.agent_home.mkdir(parents=True, exist_ok=True)
+        Path(MAILCFG_STATE).mkdir(parents=True, exist_ok=True)  # the mount points
+        Path(AGENT_HOME).mkdir(parents=True, exist_ok=True)
         # `ip netns exec` gives its child a private mount namespace (slave of ours): the bind
         # mount gives this host its own mailcfg state dir, seen by sshd and every session.
         start = (
             f"mount --bind {shlex.quote(str(host.state_dir))} {MAILCFG_STATE} && "
+            f"mount --bind {shlex.quote(str(host.agent_home))} {AGENT_HOME} && "
             f"exec /usr/sbin/sshd -D -f {shlex.quote(str(config))} "
             f"-E {shlex.quote(str(host.sshd_log))}"
         )
