@@ -87,6 +87,8 @@ def cmd_web(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     import waitress
 
     from compiler.web.app import WebConfig, create_app
+    from compiler.web.gitstore import CommitRefused
+    from compiler.web.secret import SecretError
 
     args.session.load()  # an invalid inventory is reported like `validate` does
     config = WebConfig(
@@ -98,10 +100,16 @@ def cmd_web(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         push=args.push,
         cache_dir=args.cache,
     )
-    app = create_app(config)
     host, port = args.listen
+    try:
+        app = create_app(config)
+        server = waitress.create_server(app, host=host, port=port, threads=args.threads)
+    except (CommitRefused, SecretError, OSError) as exc:
+        # Not a git working copy, an unusable secret file, a port in use: one line, no trace.
+        print(f"mailcfg: web: {exc}", file=err)
+        return 1
     print(f"mailcfg web: serving {args.inventory} on http://{host}:{port}/", file=err, flush=True)
-    waitress.serve(app, host=host, port=port, threads=args.threads, ident="mailcfg")
+    server.run()
     return 0
 
 

@@ -4,6 +4,7 @@ pages, the domain admin's pages, and 403 with no commit for another account's UR
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,24 @@ def test_an_invalid_working_copy_shows_503_not_a_traceback(app: Flask, web: WebI
     _login(client, "carol@example.com")
     (web.inventory / "mailcfg.yml").write_text("schema_version: 1\nhosts: [\n")
     assert client.get("/account/carol@example.com").status_code == 503
+
+
+def test_the_command_refuses_what_it_cannot_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from compiler.cli import main
+
+    web = make_web_inventory(tmp_path)
+    inside = web.repo / "secret"
+    assert main(["web", str(web.inventory), "--secret-file", str(inside)]) == 1
+    assert "must be outside the git working copy" in capsys.readouterr().err and not inside.exists()
+    loose = tmp_path / "loose-secret"
+    loose.write_text("x" * 64)
+    loose.chmod(0o644)
+    assert main(["web", str(web.inventory), "--secret-file", str(loose)]) == 1
+    assert "readable by others" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    shutil.copytree(web.inventory, plain)  # the inventory, without git
+    assert main(["web", str(plain), "--secret-file", str(tmp_path / "s2")]) == 1
+    err = capsys.readouterr().err
+    assert "not a git repository" in err and "Traceback" not in err
