@@ -46,6 +46,7 @@ _OPTIONS = (
     "keep_trailing_newline",
     "optimized",
     "autoescape",
+    "finalize",
     "is_async",
 )
 
