@@ -35,7 +35,7 @@ PAGES = (  # (file, account, password, path, height)
     ),
     ("lists", "alice@example.com", "alice-demo-pw", "/account/alice@example.com/lists", 760),
     ("domain", "postmaster@example.com", "dave-demo-pw1", "/domain/example.com", 1000),
-    ("stats", "postmaster@example.com", "dave-demo-pw1", "/domain/example.com/stats", 860),
+    ("stats", "postmaster@example.com", "dave-demo-pw1", "/domain/example.com/stats", 1150),
 )
 
 
@@ -61,6 +61,8 @@ def seed_statistics(inventory: Path, cache: Path) -> None:
                     "rejected": rng.randint(0, 4),
                 }
                 store.add_stats(f"2026-12-{day:02d}", f"{name}@example.com", counters)
+        if host == "mx1":
+            store.lock("bob@example.com", "per_day exceeded: 301 of 300", 0.0)
         store.close()
 
 

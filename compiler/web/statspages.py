@@ -1,7 +1,8 @@
 """A domain admin's statistics page: the agents' per-account daily counters (as `mailcfg
 stats` gathers them from the hosts serving the domain) in the panel's table of every counter
 per account and day, and per account a chart over time of sent mail against its daily limit,
-login failures and rejects, so that a stolen password stands out at a glance.
+login failures and rejects, so that a stolen password stands out at a glance; and the
+accounts the agents hold locked now, with why (as `mailcfg-agent locks` says).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Any
 from flask import Blueprint, abort, render_template
 from markupsafe import Markup
 
+from compiler.build import BuildSession
 from compiler.load.layers import resolve_policy
+from compiler.push.agentcall import AgentCall
+from compiler.push.fleet import HostResult, Outcome
 from compiler.render.roles import role_defaults
 from compiler.tools.stats import StatsRow
 from compiler.web.app import actor, login_required, web_state
@@ -52,6 +56,27 @@ def per_account_day(rows: Sequence[StatsRow], domain: str) -> dict[str, dict[str
         for name in STAT_COUNTERS:
             day[name] += row.counters.get(name, 0)
     return table
+
+
+def gather_locks(
+    session: BuildSession, hosts: Sequence[str], domain: str
+) -> tuple[list[tuple[str, str, str]], list[HostResult]]:
+    """(account, host, why) of each of the domain's accounts an agent holds locked."""
+    found: list[tuple[str, str, str]] = []
+
+    def work(call: AgentCall) -> HostResult:
+        result = call.transport.run(call.command("locks"))
+        if not result.ok:
+            last = (result.stderr or result.stdout).strip().splitlines()[-1:]
+            return HostResult(call.host, Outcome.FAILED, message=f"locks: {' '.join(last)}")
+        for line in result.stdout.splitlines():
+            account, _, why = line.partition("\t")
+            if account.lower().rpartition("@")[2] == domain:
+                found.append((account.lower(), call.host, why))
+        return HostResult(call.host, Outcome.OK)
+
+    results = session.on_agents(hosts, work) if hosts else []
+    return sorted(found), results
 
 
 def chart_svg(account: str, days: Mapping[str, Day], limit: int | None) -> str:
@@ -106,6 +131,7 @@ def domain_stats(domain_name: str) -> Any:
         if Role.AGENT in snapshot.inventory.hosts[h].roles
     ]
     rows, results = snapshot.session.agent_stats(hosts, None, None) if hosts else ([], [])
+    locks, lock_results = gather_locks(snapshot.session, hosts, domain_name)
     table = per_account_day(rows, domain_name)
     limits = daily_limits(domain, hosts)
     charts = [
@@ -121,6 +147,7 @@ def domain_stats(domain_name: str) -> Any:
         limits=limits,
         charts=charts,
         counters=STAT_COUNTERS,
-        failures=[r for r in results if r.outcome.value != "ok"],
+        locks=locks,
+        failures=[r for r in [*results, *lock_results] if r.outcome is not Outcome.OK],
         series=CHART_SERIES,
     )

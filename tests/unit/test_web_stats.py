@@ -35,6 +35,9 @@ def test_the_domain_statistics_page(tmp_path: Path) -> None:
         store.add_stats("2026-12-02", "bob@example.com", {"sent": 2, "login_failures": 9})
         store.add_stats("2026-12-02", "carol@example.com", {"received": 5})
         store.add_stats("2026-12-02", "orders@example.org", {"sent": 1})
+        if host == "mx2":
+            store.lock("bob@example.com", "per_day 300 exceeded (301)", 0.0)
+            store.lock("orders@example.org", "per_hour exceeded", 0.0)
         store.close()
     app = create_app(
         WebConfig(inventory=web.inventory, secret_file=tmp_path / "s" / "secret", cache_dir=cache)
@@ -59,6 +62,8 @@ def test_the_domain_statistics_page(tmp_path: Path) -> None:
     assert not alert and counters[:3] == ["0", "6", "70"]  # pop3, imap, sent summed over hosts
     assert seen[("2026-12-02", "bob@example.com")][0]  # login failures mark the row
     assert page.count("<svg xmlns") == 2  # a chart for bob and one for carol
+    locks = re.findall(r'<tr class="alert"><td>([^<]+)</td><td>(\w+)</td><td>([^<]+)</td>', page)
+    assert locks == [("bob@example.com", "mx2", "per_day 300 exceeded (301)")]
     assert "limit 300 a day" in page and "limit 500 a day" in page  # bob's own; mx2's for carol
     _login(client, "carol@example.com")
     assert client.get("/domain/example.com/stats").status_code == 403
