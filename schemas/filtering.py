@@ -59,6 +59,30 @@ class Dkim(Frozen):
     algorithm: DkimAlgorithm = Field(
         default=DkimAlgorithm.RSA, description="rsa (2048 bits, the default) or ed25519."
     )
+    next_selector: SelectorPrefix | None = Field(
+        default=None,
+        description="Rotation, step 1: the host also makes the key <next_selector>-<host> and "
+        "`mailcfg dns` prints its record, but signs with `selector` until this becomes "
+        "`selector` (step 2, once `mailcfg doctor` finds the record in the DNS).",
+    )
+    retired_selectors: list[SelectorPrefix] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Rotation, step 3: selectors no longer signed with whose records "
+        "`mailcfg dns` still prints (mail signed before the switch is still verified); "
+        "remove them after a few days.",
+    )
+
+    @model_validator(mode="after")
+    def check_selectors(self) -> Dkim:
+        named = [self.selector, *([self.next_selector] if self.next_selector else [])]
+        named += self.retired_selectors
+        if len(set(named)) != len(named):
+            raise ValueError(
+                f"a selector is named twice among selector, next_selector and "
+                f"retired_selectors: {named}"
+            )
+        return self
 
 
 class InboundDmarc(Frozen):

@@ -46,47 +46,62 @@ def signing_hosts(configs: Mapping[str, HostConfig]) -> dict[str, DkimSigning]:
     return found
 
 
-def read_dkim_record(transport: Transport, signing: DkimSigning) -> str | None:
-    """The host's public record file, or None when it has none yet."""
+def read_dkim_records(transport: Transport, signing: DkimSigning) -> dict[str, str]:
+    """The host's public record files by path, of those it has (one observe call)."""
+    paths = [k.record_path for k in signing.published]
     request: ObserveRequest = {
-        "paths": {signing.record_path: ("", "root", "root")},
+        "paths": {path: ("", "root", "root") for path in paths},
         "sensitive": [],
         "needs": None,
     }
     answer = call_onhost(transport, "observe", request, ObserveReply)
-    content = answer["previous"].get(signing.record_path)
-    if content is None:
-        return None
-    try:
-        return base64.b64decode(content, validate=True).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError):
-        raise HostError(transport.host, "observe", "the DKIM record is not ASCII") from None
+    found = {}
+    for path in paths:
+        content = answer["previous"].get(path)
+        if content is None:
+            continue
+        try:
+            found[path] = base64.b64decode(content, validate=True).decode("ascii")
+        except (binascii.Error, UnicodeDecodeError):
+            raise HostError(transport.host, "observe", f"{path} is not ASCII") from None
+    return found
 
 
 def observe_dkim_keys(configs: Mapping[str, HostConfig], open_host: OpenHost) -> ObservedKeys:
-    """Every signing host's key, for the domains it signs for; notes for the others and for
-    the domains nobody signs."""
+    """Every signing host's keys (signing, next and retired), for the domains it signs for;
+    notes for what a host cannot give and for the domains nobody signs."""
     keys: list[DkimKey] = []
     notes: list[str] = []
     signing = signing_hosts(configs)
     for name, sign in signing.items():
-        where = f"{name}: DKIM selector {sign.selector}"
         try:
             transport = open_host(name)
             try:
-                text = read_dkim_record(transport, sign)
+                records = read_dkim_records(transport, sign)
             finally:
                 transport.close()
         except (TransportError, HostError) as exc:
-            notes.append(f"{where}: key not read ({exc}); no record from this host")
+            notes.append(f"{name}: DKIM keys not read ({exc}); no records from this host")
             continue
-        if text is None:
-            notes.append(f"{where}: no key yet; `mailcfg apply` makes it (rspamd role)")
-            continue
-        try:
-            keys += make_dkim_keys(sign.domains, sign.selector, text)
-        except ValueError as exc:
-            notes.append(f"{where}: {sign.record_path} is unusable ({exc})")
+        for files in sign.published:
+            where = f"{name}: DKIM selector {files.selector}"
+            text = records.get(files.record_path)
+            if text is None:
+                notes.append(
+                    f"{where}: retired, no key on the host: no record"
+                    if files in sign.retired
+                    else f"{where}: no key yet; `mailcfg apply` makes it (rspamd role)"
+                )
+                continue
+            try:
+                keys += make_dkim_keys(sign.domains, files.selector, text)
+            except ValueError as exc:
+                notes.append(f"{where}: {files.record_path} is unusable ({exc})")
+        if sign.upcoming is not None:
+            notes.append(
+                f"{name}: DKIM signs with {sign.selector}; publish {sign.upcoming.selector} "
+                "and, once `mailcfg doctor` finds it, make it the selector"
+            )
     signed = {d for s in signing.values() for d in s.domains}
     unsigned = sorted({d for cfg in configs.values() for d in _served(cfg)} - signed)
     if unsigned:

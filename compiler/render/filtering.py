@@ -51,26 +51,64 @@ def dkim_selector(prefix: str, host: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class DkimSigning:
-    """The host's signing key: its selector, algorithm and files (the private key, and the
-    public record `rspamadm dkim_keygen` prints, which observe reads back), and the domains
-    it signs for (served and alias domains)."""
+class DkimKeyFiles:
+    """One key of the host: its selector, the private key and the public record beside it
+    (what `rspamadm dkim_keygen` prints, which observe reads back)."""
 
     selector: str
-    algorithm: str
     key_path: str
     record_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSigning:
+    """The host's DKIM keys: the one it signs with, the one it makes ahead of a rotation
+    (`next_selector`), those whose records are still published (`retired_selectors`), the
+    algorithm of new keys, and the domains it signs for (served and alias domains)."""
+
+    signing: DkimKeyFiles
+    algorithm: str
     domains: tuple[str, ...]
+    upcoming: DkimKeyFiles | None = None
+    retired: tuple[DkimKeyFiles, ...] = ()
+
+    @property
+    def selector(self) -> str:
+        return self.signing.selector
+
+    @property
+    def key_path(self) -> str:
+        return self.signing.key_path
+
+    @property
+    def to_make(self) -> tuple[DkimKeyFiles, ...]:
+        """The keys `build` makes when missing (never a retired one)."""
+        return (self.signing, *([self.upcoming] if self.upcoming else []))
+
+    @property
+    def published(self) -> tuple[DkimKeyFiles, ...]:
+        """The keys whose records `mailcfg dns` prints."""
+        return (*self.to_make, *self.retired)
 
 
 def make_dkim_signing(cfg: HostConfig) -> DkimSigning | None:
     dkim = cfg.policy.dkim
     if dkim is None:
         return None
-    selector = dkim_selector(dkim.selector, cfg.name)
-    base = posixpath.join(cfg.policy.paths.rspamd_dkim_dir, selector)
+
+    def files(prefix: str) -> DkimKeyFiles:
+        selector = dkim_selector(prefix, cfg.name)
+        base = posixpath.join(cfg.policy.paths.rspamd_dkim_dir, selector)
+        return DkimKeyFiles(selector, f"{base}.key", f"{base}.txt")
+
     domains = tuple(sorted({*cfg.domain_names, *cfg.alias_domains}))
-    return DkimSigning(selector, dkim.algorithm.value, f"{base}.key", f"{base}.txt", domains)
+    return DkimSigning(
+        signing=files(dkim.selector),
+        algorithm=dkim.algorithm.value,
+        domains=domains,
+        upcoming=files(dkim.next_selector) if dkim.next_selector else None,
+        retired=tuple(files(p) for p in dkim.retired_selectors),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from compiler.render.roles import default_roles_dir, load_roles, make_activation
 from compiler.tools.dkimkeys import make_dkim_keys, parse_dkim_record
 from compiler.tools.dnsrecords import DKIM_NOTE
 from schemas.domain import Domain
+from schemas.filtering import Dkim
 from schemas.inventory import HostSpec, Inventory, Role
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "inventory"
@@ -265,3 +266,58 @@ def test_the_roles_build_makes_the_key_once(
     build()
     assert key.read_bytes() == before and parse_dkim_record(record.read_text()) == (kind, public)
     assert not list(key.parent.glob("*.new"))
+
+
+def _set_dkim(inv: Path, lines: str) -> None:
+    text = (inv / "mailcfg.yml").read_text()
+    start = text.index("\n  dkim:\n") + 1
+    end = text.index("\n  dmarc:\n", start) + 1
+    (inv / "mailcfg.yml").write_text(text[:start] + "  dkim:\n" + lines + text[end:])
+
+
+def _dkim_records(inv: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    records = json.loads(_dns(inv, capsys, "--format", "json")[0])
+    return {
+        r["name"]: r["value"] for r in records if r["name"].endswith("._domainkey.example.com.")
+    }
+
+
+def test_a_rotation_publishes_the_next_key_first_and_keeps_the_old_one_published(
+    example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signing_conf = example / ".mailcfg/hosts/mx2/etc/rspamd/local.d/dkim_signing.conf"
+    assert main(["apply", str(example), "--yes", "--host", "mx2"]) == 0
+    capsys.readouterr()
+    old = _dkim_records(example, capsys)["mc2026a-mx2._domainkey.example.com."]
+
+    # Step 1: the next key is made and printed; mail is still signed with the old one.
+    _set_dkim(example, "    selector: mc2026a\n    next_selector: mc2026b\n")
+    assert main(["apply", str(example), "--yes", "--host", "mx2"]) == 0
+    capsys.readouterr()
+    out, _ = _dns(example, capsys)
+    assert "mx2: DKIM signs with mc2026a-mx2; publish mc2026b-mx2" in out
+    step1 = _dkim_records(example, capsys)
+    assert step1["mc2026a-mx2._domainkey.example.com."] == old
+    upcoming = step1["mc2026b-mx2._domainkey.example.com."]
+    assert upcoming != old
+    assert 'selector = "mc2026a-mx2";' in signing_conf.read_text()
+
+    # Step 2: sign with it; the old record is still printed while it is retired.
+    _set_dkim(example, "    selector: mc2026b\n    retired_selectors: [mc2026a]\n")
+    assert main(["apply", str(example), "--yes", "--host", "mx2"]) == 0
+    capsys.readouterr()
+    step2 = _dkim_records(example, capsys)
+    assert step2["mc2026b-mx2._domainkey.example.com."] == upcoming
+    assert step2["mc2026a-mx2._domainkey.example.com."] == old
+    assert 'selector = "mc2026b-mx2";' in signing_conf.read_text()
+
+    # Step 3: retired for good (mx1 was never applied here: it has no key to print).
+    _set_dkim(example, "    selector: mc2026b\n")
+    assert set(_dkim_records(example, capsys)) == {"mc2026b-mx2._domainkey.example.com."}
+
+
+def test_a_selector_named_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="named twice"):
+        Dkim(selector="mc2026a", next_selector="mc2026a")
+    with pytest.raises(ValueError, match="named twice"):
+        Dkim(selector="mc2026b", retired_selectors=["mc2026b"])
