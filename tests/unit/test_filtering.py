@@ -21,10 +21,11 @@ from compiler.render.render import render_host
 from compiler.render.resolve import resolve_host
 from compiler.render.roles import default_roles_dir, load_roles, make_activations, role_defaults
 from compiler.tools.dkimkeys import make_dkim_keys, parse_dkim_record
-from compiler.tools.dnsrecords import DKIM_NOTE
+from compiler.tools.dnsrecords import DKIM_NOTE, quote_txt
 from schemas.domain import Domain
 from schemas.filtering import Dkim
 from schemas.inventory import HostSpec, Inventory, Role
+from tests.runtime.dnsserver import Zone, dns_server
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "inventory"
 KEY = base64.b64encode(bytes(range(256)) + bytes(38)).decode()  # 392 characters, like RSA 2048
@@ -321,3 +322,47 @@ def test_a_selector_named_twice_is_refused() -> None:
         Dkim(selector="mc2026a", next_selector="mc2026a")
     with pytest.raises(ValueError, match="named twice"):
         Dkim(selector="mc2026b", retired_selectors=["mc2026b"])
+
+
+DOCTOR_DNS_PORT = 23450  # issue 13's range (23400-23499)
+
+
+def _zone_of(records: list[dict[str, object]]) -> dict[str, list[tuple[str, str]]]:
+    zone: dict[str, list[tuple[str, str]]] = {}
+    for r in records:
+        value = str(r["value"])
+        if r["type"] == "TXT":
+            value = quote_txt(value)
+        zone.setdefault(str(r["name"]), []).append((str(r["type"]), value))
+    return zone
+
+
+def test_doctor_checks_the_hosts_keys_against_the_dns(
+    example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After an apply, doctor compares each DKIM record in the DNS with the key the host
+    holds: the records `mailcfg dns` printed are ok; another key under a selector fails."""
+    assert main(["apply", str(example), "--yes"]) == 0
+    capsys.readouterr()
+    records = json.loads(_dns(example, capsys, "--format", "json")[0])
+    zone = Zone(_zone_of(records))
+
+    def dkim_checks() -> dict[tuple[str, str], str]:
+        with dns_server(zone, DOCTOR_DNS_PORT):
+            main(["doctor", str(example), "--format", "json", "--no-smtp",
+                  "--resolver", f"127.0.0.1:{DOCTOR_DNS_PORT}", "--timeout", "2"])  # fmt: skip
+        checks = json.loads(capsys.readouterr().out)["checks"]
+        return {
+            (c["subject"], c["check"]): c["status"] for c in checks if c["check"].startswith("DKIM")
+        }
+
+    assert dkim_checks() == {
+        ("example.com", "DKIM mc2026a-mx1"): "ok",
+        ("example.com", "DKIM mc2026a-mx2"): "ok",
+        ("example.org", "DKIM mc2026a-mx1"): "ok",
+    }
+    name = "mc2026a-mx2._domainkey.example.com."
+    zone.records[name] = [("TXT", quote_txt(f"v=DKIM1; k=rsa; p={KEY}"))]
+    assert dkim_checks()[("example.com", "DKIM mc2026a-mx2")] == "fail"
+    del zone.records[name]
+    assert dkim_checks()[("example.com", "DKIM mc2026a-mx2")] == "fail"
