@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from netns import RUNNER_ADDRESS, NetnsHost, NetnsLab, listening_ports, run_cmd, wait_until
+from netns import RUNNER_ADDRESS, NetnsHost, NetnsLab, run_cmd
 
 CACHE = Path("/var/cache/mailcfg-tests")
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
@@ -50,24 +50,29 @@ def ensure_mmdebstrap() -> None:
         subprocess.run(install, env=env, check=True)
 
 
-def bare_tarball() -> Path:
-    """Debian 12 minbase + openssh-server + python3 as a tarball (made anew after a week)."""
-    tarball = CACHE / f"debian-{SUITE}-bare-sshd.tar"
+def debian_tarball(name: str, *options: str) -> Path:
+    """Debian 12 minbase (with `options` for mmdebstrap) as the tarball `name`, made anew
+    when missing or older than a week."""
+    tarball = CACHE / f"debian-{SUITE}-{name}.tar"
     if tarball.exists() and time.time() - tarball.stat().st_mtime < TARBALL_MAX_AGE:
         return tarball
     ensure_mmdebstrap()
     CACHE.mkdir(parents=True, exist_ok=True)
-    partial = CACHE / f"debian-{SUITE}-bare-sshd.{os.getpid()}.partial.tar"
+    partial = CACHE / f"debian-{SUITE}-{name}.{os.getpid()}.partial.tar"
     try:
         subprocess.run(
-            ["mmdebstrap", "--variant=minbase", "--quiet", "--include=openssh-server,python3",
-             SUITE, str(partial), MIRROR],
+            ["mmdebstrap", "--variant=minbase", "--quiet", *options, SUITE, str(partial), MIRROR],
             check=True, timeout=900,
         )  # fmt: skip
         os.replace(partial, tarball)
     finally:
         partial.unlink(missing_ok=True)
     return tarball
+
+
+def bare_tarball() -> Path:
+    """What a cloud image has: minbase, openssh-server and python3."""
+    return debian_tarball("bare-sshd", "--include=openssh-server,python3")
 
 
 class BareHostLab(NetnsLab):
@@ -134,20 +139,7 @@ class BareHostLab(NetnsLab):
             f"mount --bind {shlex.quote(str(ssh_dir))} {r}{inside} && "
             f"exec chroot {r} /usr/sbin/sshd -D -f {inside}/sshd_config -E {inside}/sshd.log"
         )
-        host.sshd = subprocess.Popen(
-            ["ip", "netns", "exec", host.name, "sh", "-c", start],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        sshd = host.sshd
-
-        def ready() -> bool:
-            if sshd.poll() is not None:
-                log = host.sshd_log.read_text() if host.sshd_log.exists() else ""
-                raise RuntimeError(f"sshd of {host.name} exited ({sshd.returncode}): {log}")
-            return (host.address, host.ssh_port) in listening_ports(sshd.pid)
-
-        wait_until(ready, f"sshd of {host.name} on {host.address}:{host.ssh_port}")
+        self.launch_sshd(host, start)
 
     def enter(self, host: NetnsHost) -> list[str]:
         """argv prefix that runs a program in the host: its network and mount namespaces and

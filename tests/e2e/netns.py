@@ -333,6 +333,11 @@ class NetnsLab:
             f"exec /usr/sbin/sshd -D -f {shlex.quote(str(config))} "
             f"-E {shlex.quote(str(host.sshd_log))}"
         )
+        self.launch_sshd(host, start)
+
+    def launch_sshd(self, host: NetnsHost, start: str) -> None:
+        """Run the shell command `start` (which ends by exec'ing sshd) in the host's namespace
+        and wait until sshd listens."""
         host.sshd = subprocess.Popen(
             ["ip", "netns", "exec", host.name, "sh", "-c", start],
             stdin=subprocess.DEVNULL,

@@ -18,7 +18,6 @@ apply find nothing to change.
 from __future__ import annotations
 
 import imaplib
-import json
 import os
 import smtplib
 import ssl
@@ -30,42 +29,18 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from netns import RUNNER_ADDRESS, NetnsLab, wait_until
+from netns import NetnsLab, wait_until
+from pebble import PebblePorts, running_pebble
 from test_push import Fleet, FleetHost
 
 from tests.runtime.dnsserver import Zone, dns_server
 
 pytestmark = pytest.mark.e2e
 
-PEBBLE_PORT = 23200
-PEBBLE_MANAGEMENT_PORT = 23201
-HTTP_01_PORT = 23280
-TLS_ALPN_PORT = 23281
+PORTS = PebblePorts(acme=23200, management=23201, http_01=23280, tls_alpn=23281)
 DNS_PORT = 23253
 CERTBOT_DIRS = ("/etc/letsencrypt", "/var/lib/letsencrypt", "/var/log/letsencrypt")
 LIVE = "etc/letsencrypt/live/mailcfg"
-
-
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def make_pebble_tls(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and, signed by it, pebble's HTTPS certificate for the runner's bridge address."""
-    directory.mkdir(parents=True, exist_ok=True)
-    names = ("ca.key", "ca.pem", "pebble.key", "pebble.csr", "pebble.pem")
-    ca_key, ca, key, csr, cert = (directory / n for n in names)
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
-            "-out", str(ca), "-days", "2", "-subj", "/CN=mailcfg test ACME CA")  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-            "-subj", "/CN=pebble")  # fmt: skip
-    ext = directory / "san.ext"
-    ext.write_text(f"subjectAltName = IP:{RUNNER_ADDRESS}\n")
-    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-            "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))  # fmt: skip
-    for path in directory.iterdir():
-        path.chmod(0o644)
-    return ca, cert, key
 
 
 @dataclass
@@ -104,53 +79,35 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
     if os.geteuid() != 0:
         pytest.fail("e2e tests need root (network namespaces, sshd, Postfix, Dovecot)")
     workdir = tmp_path_factory.mktemp("acme")
-    ca, cert, key = make_pebble_tls(workdir / "pebble")
     with NetnsLab() as lab:
         fleet = Fleet(lab, workdir, names=("a",))
         host = fleet.hosts["a"]
         letsencrypt = bind_certbot_dirs(lab, host)
-        state = Acme(fleet, host, letsencrypt, ca)
-        zone = Zone({name: [("A", host.net.address)] for name in state.names})
-        config = workdir / "pebble/config.json"
-        config.write_text(json.dumps({"pebble": {
-            "listenAddress": f"{RUNNER_ADDRESS}:{PEBBLE_PORT}",
-            "managementListenAddress": f"{RUNNER_ADDRESS}:{PEBBLE_MANAGEMENT_PORT}",
-            "certificate": str(cert), "privateKey": str(key),
-            "httpPort": HTTP_01_PORT, "tlsPort": TLS_ALPN_PORT,
-            "ocspResponderURL": "", "externalAccountBindingRequired": False,
-        }}))  # fmt: skip
-        log = (workdir / "pebble/pebble.log").open("wb")
-        with dns_server(zone, DNS_PORT):
-            pebble = subprocess.Popen(
-                ["pebble", "-config", str(config), "-dnsserver", f"127.0.0.1:{DNS_PORT}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
-            )  # fmt: skip
-            try:
-                wait_until(
-                    lambda: f":{PEBBLE_PORT:X} " in Path("/proc/net/tcp").read_text(),
-                    "pebble listening",
-                )
-                fleet.host_policy["a"] = {
-                    "tls": {
-                        "cert": f"/{LIVE}/fullchain.pem",
-                        "key": f"/{LIVE}/privkey.pem",
-                        "acme": {
-                            "email": f"hostmaster@{host.domain}",
-                            "directory": f"https://{RUNNER_ADDRESS}:{PEBBLE_PORT}/dir",
-                            "names": [state.names[1]],
-                            "http_port": HTTP_01_PORT,
-                            "ca_bundle": str(ca),
-                        },
-                    }
+        names = [f"mx.{host.domain}", f"imap.{host.domain}"]
+        zone = Zone({name: [("A", host.net.address)] for name in names})
+        with (
+            dns_server(zone, DNS_PORT) as dns,
+            running_pebble(workdir / "pebble", PORTS, dns) as ca,
+        ):
+            state = Acme(fleet, host, letsencrypt, ca)
+            fleet.host_policy["a"] = {
+                "tls": {
+                    "cert": f"/{LIVE}/fullchain.pem",
+                    "key": f"/{LIVE}/privkey.pem",
+                    "acme": {
+                        "email": f"hostmaster@{host.domain}",
+                        "directory": PORTS.directory,
+                        "names": [state.names[1]],
+                        "http_port": PORTS.http_01,
+                        "ca_bundle": str(ca),
+                    },
                 }
-                fleet.write_inventory()
+            }
+            fleet.write_inventory()
+            try:
                 yield state
             finally:
                 fleet.stop_services(host)
-                pebble.terminate()
-                pebble.wait(timeout=10)
-                log.close()
 
 
 def served_certificate(host: FleetHost) -> x509.Certificate:

@@ -32,6 +32,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ from pathlib import Path
 import pytest
 from barehost import BareHostLab, apt_proxy, bare_tarball
 from netns import RUNNER_ADDRESS, NetnsHost, listening_ports, wait_until
-from test_acme_pebble import make_pebble_tls
+from pebble import PebblePorts, running_pebble
 from test_push import PASSWORD, make_hash
 
 from tests.runtime.dnsserver import Zone, dns_server
@@ -50,10 +51,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY_PORT = 23600
-PEBBLE_PORT = 23610
-PEBBLE_MANAGEMENT_PORT = 23611
-HTTP_01_PORT = 23680
-TLS_ALPN_PORT = 23681
+PORTS = PebblePorts(acme=23610, management=23611, http_01=23680, tls_alpn=23681)
 DNS_PORT = 53  # the host's resolver (resolv.conf names no port); on the lab bridge
 DOMAIN = "bare.example"
 MAIL_NAME = f"mx.{DOMAIN}"
@@ -142,8 +140,8 @@ def write_inventory(directory: Path, host: NetnsHost, lab: BareHostLab) -> None:
                         "key": f"{LIVE}/privkey.pem",
                         "acme": {
                             "email": f"hostmaster@{DOMAIN}",
-                            "directory": f"https://{RUNNER_ADDRESS}:{PEBBLE_PORT}/dir",
-                            "http_port": HTTP_01_PORT,
+                            "directory": PORTS.directory,
+                            "http_port": PORTS.http_01,
                             "ca_bundle": CA_IN_HOST,
                         },
                     },
@@ -165,46 +163,26 @@ def write_inventory(directory: Path, host: NetnsHost, lab: BareHostLab) -> None:
 def running_bare_host(workdir: Path) -> Iterator[Bare]:
     """A bare host, its inventory, the apt proxy, the name server and pebble, until the block
     ends (shared with `bench/push/bare.py`)."""
-    tarball = bare_tarball()
-    ca, cert, key = make_pebble_tls(workdir / "pebble")
     proxy = f"http://{RUNNER_ADDRESS}:{PROXY_PORT}/"
-    with BareHostLab(tarball, proxy, workdir / "lab") as lab:
+    with BareHostLab(bare_tarball(), proxy, workdir / "lab") as lab:
         host = lab.add_host()
         root = lab.rootfs(host)
-        (root / CA_IN_HOST.lstrip("/")).parent.mkdir(parents=True)
-        shutil.copy(ca, root / CA_IN_HOST.lstrip("/"))
         (root / "etc/resolv.conf").unlink(missing_ok=True)
         (root / "etc/resolv.conf").write_text(f"nameserver {RUNNER_ADDRESS}\n")
-        inventory = workdir / "inventory"
-        write_inventory(inventory, host, lab)
-        state = Bare(lab, host, workdir, inventory, ca)
         zone = Zone({MAIL_NAME: [("A", host.address)]})
-        config = workdir / "pebble/config.json"
-        config.write_text(json.dumps({"pebble": {
-            "listenAddress": f"{RUNNER_ADDRESS}:{PEBBLE_PORT}",
-            "managementListenAddress": f"{RUNNER_ADDRESS}:{PEBBLE_MANAGEMENT_PORT}",
-            "certificate": str(cert), "privateKey": str(key),
-            "httpPort": HTTP_01_PORT, "tlsPort": TLS_ALPN_PORT,
-            "ocspResponderURL": "", "externalAccountBindingRequired": False,
-        }}))  # fmt: skip
-        log = (workdir / "pebble/pebble.log").open("wb")
-        with apt_proxy(PROXY_PORT), dns_server(zone, DNS_PORT, RUNNER_ADDRESS):
-            pebble = subprocess.Popen(
-                ["pebble", "-config", str(config), "-dnsserver", f"{RUNNER_ADDRESS}:{DNS_PORT}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
-            )  # fmt: skip
+        with (
+            apt_proxy(PROXY_PORT),
+            dns_server(zone, DNS_PORT, RUNNER_ADDRESS) as dns,
+            running_pebble(workdir / "pebble", PORTS, dns) as ca,
+        ):
+            (root / CA_IN_HOST.lstrip("/")).parent.mkdir(parents=True)
+            shutil.copy(ca, root / CA_IN_HOST.lstrip("/"))
+            inventory = workdir / "inventory"
+            write_inventory(inventory, host, lab)
             try:
-                wait_until(
-                    lambda: f":{PEBBLE_PORT:X} " in Path("/proc/net/tcp").read_text(),
-                    "pebble listening",
-                )
-                yield state
+                yield Bare(lab, host, workdir, inventory, ca)
             finally:
                 lab.stop_services(host)
-                pebble.terminate()
-                pebble.wait(timeout=10)
-                log.close()
 
 
 @pytest.fixture(scope="module")
@@ -228,10 +206,8 @@ def pebble_roots(workdir: Path, ca: Path) -> Path:
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.check_hostname = False
     pems = []
-    import urllib.request
-
     for path in ("roots/0", "intermediates/0"):
-        url = f"https://{RUNNER_ADDRESS}:{PEBBLE_MANAGEMENT_PORT}/{path}"
+        url = f"https://{RUNNER_ADDRESS}:{PORTS.management}/{path}"
         with urllib.request.urlopen(url, context=ctx, timeout=10) as answer:
             pems.append(answer.read().decode())
     bundle = workdir / "pebble-issuer.pem"

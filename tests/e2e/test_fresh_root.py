@@ -25,19 +25,16 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from barehost import debian_tarball
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path("/var/cache/mailcfg-tests")
-SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
-TARBALL_MAX_AGE = 7 * 24 * 3600.0
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 COMMAND_TIMEOUT = 1200.0
 USER = "alice"
@@ -67,34 +64,10 @@ MAIN_JOB = read_readme_command("**Run the main job**")
 TEST_COMMAND = read_readme_command("**Run the tests**")
 
 
-def ensure_mmdebstrap() -> None:
-    if shutil.which("mmdebstrap"):
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "mmdebstrap"]
-    if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
-        subprocess.run(install, env=env, check=True)
-
-
 @pytest.fixture(scope="module")
 def minbase_tarball() -> Path:
     """Debian 12 minbase as a tarball, made anew when missing or older than a week."""
-    tarball = CACHE / f"debian-{SUITE}-minbase.tar"
-    if tarball.exists() and time.time() - tarball.stat().st_mtime < TARBALL_MAX_AGE:
-        return tarball
-    ensure_mmdebstrap()
-    CACHE.mkdir(parents=True, exist_ok=True)
-    partial = CACHE / f"debian-{SUITE}-minbase.{os.getpid()}.partial.tar"
-    try:
-        subprocess.run(
-            ["mmdebstrap", "--variant=minbase", "--quiet", SUITE, str(partial), MIRROR],
-            check=True, timeout=600,
-        )  # fmt: skip
-        os.replace(partial, tarball)
-    finally:
-        partial.unlink(missing_ok=True)
-    return tarball
+    return debian_tarball("minbase")
 
 
 @dataclass(frozen=True)
