@@ -94,12 +94,12 @@ class IngestResult:
     rows: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
 
 
-def _log_texts(path: Path) -> Iterator[tuple[str, int]]:
+def _log_texts(path: Path, read_bytes: int = READ_BYTES) -> Iterator[tuple[str, int]]:
     """(text of whole lines, bytes they took) of a log file, plain or `.gz`, read through one
     reused buffer: a fresh 1 MiB object per read would be page-faulted in each time, which
     costs more than decoding it. A last line without newline comes last with one added."""
     opener = gzip.open if path.suffix == ".gz" else open
-    buf = bytearray(READ_BYTES)
+    buf = bytearray(read_bytes)
     view = memoryview(buf)
     have = 0
     with opener(path, "rb") as fh:
@@ -123,17 +123,22 @@ def _log_texts(path: Path) -> Iterator[tuple[str, int]]:
 
 
 def ingest_files(
-    paths: Iterable[Path], store: StateStore, policy: AccountPolicy, year: int | None = None
+    paths: Iterable[Path],
+    store: StateStore,
+    policy: AccountPolicy,
+    year: int | None = None,
+    read_bytes: int = READ_BYTES,
 ) -> IngestResult:
     """Count existing logs (plain or `.gz`, oldest first) into `store`. Sending limits are not
-    charged: this is history. `year` is the year of the first classic-format line."""
+    charged: this is history. `year` is the year of the first classic-format line;
+    `read_bytes` the size of a read (tests make it small to cross many chunk boundaries)."""
     result = IngestResult()
     parser = LineParser(DayResolver(year=year))
     tally = Tally(policy)
     last: tuple[Path, int] | None = None
     for path in paths:
         size = 0
-        for text, n in _log_texts(path):
+        for text, n in _log_texts(path, read_bytes):
             size += n
             result.lines += tally.add_text(text, parser)
             tally.take_charges()  # history: not charged

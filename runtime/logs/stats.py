@@ -97,10 +97,36 @@ class Charge:
     time: float
 
 
+# The counters the log gives, in the order of a row's slots (`Tally.by_day`).
+LOG_COUNTERS = (
+    "sent",
+    "bounced",
+    "deferred",
+    "received",
+    "rejected",
+    "imap_logins",
+    "pop3_logins",
+    "login_failures",
+    "lost_connections",
+)
+SLOT = {name: i for i, name in enumerate(LOG_COUNTERS)}
+RECEIVED, REJECTED, LOGIN_FAILURES, LOST = (
+    SLOT["received"],
+    SLOT["rejected"],
+    SLOT["login_failures"],
+    SLOT["lost_connections"],
+)
+LOGIN_SLOT = {"imap": SLOT["imap_logins"], "pop3": SLOT["pop3_logins"]}
+Rows = dict[str, list[int]]  # account → its counters of one day, in LOG_COUNTERS order
+
+
 @dataclass
 class Tally:
+    """Counters since the last `take_rows`, as day → account → one list of ints: the state
+    grows with accounts and days, never with lines, and a count is one list slot increment."""
+
     policy: AccountPolicy
-    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    by_day: dict[str, Rows] = field(default_factory=dict)
     senders: dict[str, str] = field(default_factory=dict)  # qid → local sender
     picked_up: dict[str, float] = field(default_factory=dict)  # qid → time of pickup
     sessions: dict[str, str] = field(default_factory=dict)  # smtpd tag → account
@@ -108,6 +134,17 @@ class Tally:
     # Raw address as logged → its lower-cased form if local, else "": one dict hit per line
     # instead of lower() + domain split + set lookup.
     addresses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[tuple[str, str, str], int]:
+        """The counters as {(day, account, name): n} (no zeros): for tests and debugging."""
+        return {
+            (day, account, LOG_COUNTERS[i]): n
+            for day, rows in self.by_day.items()
+            for account, row in rows.items()
+            for i, n in enumerate(row)
+            if n
+        }
 
     def local_address(self, raw: str) -> str:
         """`raw` lower-cased if it is a local address, else ""."""
@@ -122,21 +159,25 @@ class Tally:
         self.addresses[raw] = address
         return address
 
+    def day_rows(self, day: str) -> Rows:
+        rows = self.by_day.get(day)
+        if rows is None:
+            rows = self.by_day[day] = {}
+        return rows
+
     def add_events(self, events: Iterable[Event]) -> None:
-        counts = self.counts
         senders = self.senders
         is_local = self.policy.is_local
+        inc = self._inc
         for ev in events:
             kind = ev[0]
             if kind == DELIVERY:
                 _, day, qid, rcpt, status = ev
                 sender = senders.get(qid)
                 if sender is not None:
-                    key = (day, sender, status)
-                    counts[key] = counts.get(key, 0) + 1
+                    inc(day, sender, SLOT[status])
                 if status == "sent" and is_local(rcpt):
-                    key = (day, rcpt, "received")
-                    counts[key] = counts.get(key, 0) + 1
+                    inc(day, rcpt, RECEIVED)
             elif kind == QUEUED:
                 _, day, qid, sender, nrcpt = ev
                 if is_local(sender):
@@ -155,8 +196,7 @@ class Tally:
             elif kind == LOGIN:
                 _, day, service, account = ev
                 if is_local(account):
-                    key = (day, account, "imap_logins" if service == "imap" else "pop3_logins")
-                    counts[key] = counts.get(key, 0) + 1
+                    inc(day, account, LOGIN_SLOT.get(service, SLOT["pop3_logins"]))
             elif kind == SMTP_END:
                 self.sessions.pop(ev[2], None)
             elif kind == SMTP_AUTH:
@@ -167,16 +207,16 @@ class Tally:
             elif kind == SMTP_LOST:
                 account = self.sessions.pop(ev[2], None)
                 if account is not None:
-                    self._inc(ev[1], account, "lost_connections")
+                    inc(ev[1], account, LOST)
             elif kind == SESSION_LOST:
                 if is_local(ev[3]):
-                    self._inc(ev[1], ev[3], "lost_connections")
+                    inc(ev[1], ev[3], LOST)
             elif kind == REJECT:
                 if is_local(ev[2]):
-                    self._inc(ev[1], ev[2], "rejected")
+                    inc(ev[1], ev[2], REJECTED)
             elif kind == LOGIN_FAILED:
                 if self.policy.is_account(ev[3]):
-                    self._inc(ev[1], ev[3], "login_failures")
+                    inc(ev[1], ev[3], LOGIN_FAILURES)
             elif kind == PICKED_UP:
                 if len(self.picked_up) >= MAX_TRACKED:
                     del self.picked_up[next(iter(self.picked_up))]
@@ -186,8 +226,8 @@ class Tally:
         """Count the events of `text` (whole lines) and return its number of lines: the same
         counts as `add_events(parser.parse_text(text))` (a test holds them equal), fused into
         one loop that builds no event for the frequent lines because this is the agent's hot
-        path."""
-        counts = self.counts
+        path: per match one dispatch on the group that closed last, one or two dict hits
+        and a list slot increment."""
         senders = self.senders
         sessions = self.sessions
         picked_up = self.picked_up
@@ -196,27 +236,38 @@ class Tally:
         finditer = LOG_RE.finditer
         rfind = text.rfind
         is_account = self.policy.is_account
+        width = len(LOG_COUNTERS)
+        slot = SLOT
         lines = 0
         for start, end, segment_day, segment_lines in split_days(text, parser.days):
             lines += segment_lines
+            segment_rows = {} if segment_day is None else self.day_rows(segment_day)
             for m in finditer(text, start, end):
-                day = segment_day or parser.line_day(text, m.start())
-                if day is None:
-                    continue
+                if segment_day is None:
+                    line_day = parser.line_day(text, m.start())
+                    if line_day is None:
+                        continue
+                    day, rows = line_day, self.day_rows(line_day)
+                else:
+                    day, rows = segment_day, segment_rows
                 last = m.lastindex
                 if last == G_STATUS:
                     qid, rcpt, status = m.group(1, 2, 3)
                     sender = senders.get(qid)
                     if sender is not None:
-                        key = (day, sender, status)
-                        counts[key] = counts.get(key, 0) + 1
+                        row = rows.get(sender)
+                        if row is None:
+                            row = rows[sender] = [0] * width
+                        row[slot[status]] += 1
                     if status == "sent":
                         account = addresses.get(rcpt)
                         if account is None:
                             account = local_address(rcpt)
                         if account:
-                            key = (day, account, "received")
-                            counts[key] = counts.get(key, 0) + 1
+                            row = rows.get(account)
+                            if row is None:
+                                row = rows[account] = [0] * width
+                            row[RECEIVED] += 1
                 elif last == G_CONN:
                     if sessions:
                         pos = m.start()  # the tag is the word before (see `postfix_tag`)
@@ -242,6 +293,16 @@ class Tally:
                     senders.pop(qid, None)
                     if picked_up:
                         picked_up.pop(qid, None)
+                elif last == G_LOGIN:
+                    raw = m.group(G_LOGIN)
+                    account = addresses.get(raw)
+                    if account is None:
+                        account = local_address(raw)
+                    if account:
+                        row = rows.get(account)
+                        if row is None:
+                            row = rows[account] = [0] * width
+                        row[LOGIN_SLOT[m.group(G_SVC)]] += 1
                 elif last == G_SASL:
                     tag = postfix_tag(text, m.start())
                     if tag.endswith("smtpd]") or "/smtpd[" in tag:
@@ -253,22 +314,12 @@ class Tally:
                             if len(sessions) >= MAX_TRACKED:
                                 del sessions[next(iter(sessions))]
                             sessions[tag] = account
-                elif last == G_LOGIN:
-                    raw = m.group(G_LOGIN)
-                    account = addresses.get(raw)
-                    if account is None:
-                        account = local_address(raw)
-                    if account:
-                        name = "imap_logins" if m.group(G_SVC) == "imap" else "pop3_logins"
-                        key = (day, account, name)
-                        counts[key] = counts.get(key, 0) + 1
                 elif last == G_LOST:
                     if sessions:
                         pos = m.start()
                         account = sessions.pop(text[rfind(" ", 0, pos) + 1 : pos], None)
                         if account is not None:
-                            key = (day, account, "lost_connections")
-                            counts[key] = counts.get(key, 0) + 1
+                            self._inc(day, account, LOST)
                 elif last in (G_LOGIN_FAILED, G_FAILED):
                     raw = m.group(last)
                     if last == G_FAILED:
@@ -277,8 +328,7 @@ class Tally:
                     if account is None:
                         account = local_address(raw)
                     if account and is_account(account):
-                        key = (day, account, "login_failures")
-                        counts[key] = counts.get(key, 0) + 1
+                        self._inc(day, account, LOGIN_FAILURES)
                 elif last == G_REJECT:
                     raw = reject_sender(m.group(G_REJECT))
                     if raw is not None:
@@ -286,25 +336,29 @@ class Tally:
                         if account is None:
                             account = local_address(raw)
                         if account:
-                            key = (day, account, "rejected")
-                            counts[key] = counts.get(key, 0) + 1
+                            self._inc(day, account, REJECTED)
                 else:
                     event = match_event(m, text, day, parser.days)
                     if event is not None:
                         self.add_events((event,))
         return lines
 
-    def _inc(self, day: str, account: str, name: str) -> None:
-        key = (day, account, name)
-        self.counts[key] = self.counts.get(key, 0) + 1
+    def _inc(self, day: str, account: str, slot: int) -> None:
+        rows = self.day_rows(day)
+        row = rows.get(account)
+        if row is None:
+            row = rows[account] = [0] * len(LOG_COUNTERS)
+        row[slot] += 1
 
     def take_rows(self) -> dict[tuple[str, str], dict[str, int]]:
-        """The counters accumulated since the last call, grouped by (day, account); resets."""
-        rows: dict[tuple[str, str], dict[str, int]] = {}
-        for (day, account, name), n in self.counts.items():
-            rows.setdefault((day, account), {})[name] = n
-        self.counts = {}
-        return rows
+        """The counters accumulated since the last call, grouped by (day, account) (counters
+        that stayed 0 left out); resets."""
+        by_day, self.by_day = self.by_day, {}
+        return {
+            (day, account): {LOG_COUNTERS[i]: n for i, n in enumerate(row) if n}
+            for day, rows in by_day.items()
+            for account, row in rows.items()
+        }
 
     def take_charges(self) -> list[Charge]:
         charges, self.charges = self.charges, []
