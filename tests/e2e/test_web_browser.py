@@ -90,7 +90,7 @@ def _browser() -> WebDriver:
         options.add_argument(arg)
     service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
     driver = webdriver.Chrome(options=options, service=service)
-    driver.set_page_load_timeout(30)
+    driver.set_page_load_timeout(60)
     return driver
 
 
@@ -114,8 +114,8 @@ def _submit(driver: WebDriver, button_id: str) -> None:
     """Click a submit button and wait until the answer's page has replaced this one."""
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, button_id).click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
-    WebDriverWait(driver, 30).until(
+    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 60).until(
         lambda d: d.execute_script("return document.readyState") == "complete"
     )
 
