@@ -131,7 +131,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         store.close()
     print(
         f"ingested {result.lines} lines ({result.unknown} not log lines) into "
-        f"{len(result.rows)} account-days",
+        f"{result.account_days} account-days",
         file=sys.stderr,
     )
     return 0

@@ -19,7 +19,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -91,7 +91,7 @@ def apply_charges(
 class IngestResult:
     lines: int = 0
     unknown: int = 0
-    rows: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    account_days: int = 0  # (day, account) rows stored
 
 
 def _log_texts(path: Path, read_bytes: int = READ_BYTES) -> Iterator[tuple[str, int]]:
@@ -151,7 +151,7 @@ def ingest_files(
         store.record_log(f"ingest:{path.resolve()}", file_identity(path), size, rows)
     else:
         store_rows(store, rows)
-    result.rows = rows
+    result.account_days = len(rows)
     result.unknown = parser.unknown
     return result
 

@@ -350,15 +350,16 @@ class SqliteStore:
     ) -> None:
         """Add a chunk's counters and set the log position after it in ONE transaction: a
         crash leaves both or neither, so a restart never counts a chunk twice."""
-        params = [
+        # A generator, not a list: a backfill's rows (thousands of account-days) are bound
+        # one by one instead of being copied into a second structure first.
+        params = (
             (day, account, counter, n)
             for (day, account), counters in rows.items()
             for counter, n in counters.items()
             if n
-        ]
+        )
         with self._transaction() as db:
-            if params:
-                db.executemany(_ADD_STATS, params)
+            db.executemany(_ADD_STATS, params)
             db.execute(_SET_POSITION, (name, identity, offset))
 
 
