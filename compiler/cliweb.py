@@ -99,6 +99,7 @@ def cmd_web(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         apply=args.apply,
         push=args.push,
         cache_dir=args.cache,
+        roles_dir=args.roles,
     )
     host, port = args.listen
     try:

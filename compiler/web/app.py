@@ -44,7 +44,8 @@ class WebConfig:
     behind_proxy: bool = False  # trust one proxy's X-Forwarded-For/-Proto/-Host
     apply: bool = False  # apply each commit to the hosts serving its domain
     push: tuple[str, str] | None = None  # or push each commit to (remote, branch) for review
-    cache_dir: Path | None = None  # the build cache of those applies
+    cache_dir: Path | None = None  # the build cache (None: the inventory's default one)
+    roles_dir: Path | None = None  # the roles (None: the built-in ones)
     throttle: ThrottleRule = field(default_factory=ThrottleRule)
     session_seconds: float = 8 * 3600
 
@@ -80,7 +81,12 @@ def create_app(config: WebConfig) -> Flask:
     after = _after_commit(config, store)
     changes = Changes(store, after)
     app.extensions["mailcfg"] = WebState(
-        config, store, changes, Directory(store), LoginThrottle(config.throttle), secret
+        config,
+        store,
+        changes,
+        Directory(store, config.roles_dir, config.cache_dir),
+        LoginThrottle(config.throttle),
+        secret,
     )
     app.before_request(_check_request)
     app.after_request(_secure_headers)
@@ -109,7 +115,9 @@ def _after_commit(config: WebConfig, store: GitInventory) -> Callable[[str], str
     from compiler.web.deploy import apply_domain, push_head
 
     if config.apply:
-        return lambda domain: apply_domain(store.inventory, domain, config.cache_dir)
+        return lambda domain: apply_domain(
+            store.inventory, domain, config.cache_dir, config.roles_dir
+        )
     if config.push is not None:
         remote, branch = config.push
         return lambda _domain: push_head(store.toplevel, remote, branch)

@@ -25,9 +25,11 @@ def hosts_serving(session: BuildSession, domain: str) -> list[str]:
     )
 
 
-def apply_domain(inventory: Path, domain: str, cache_dir: Path | None = None) -> str:
+def apply_domain(
+    inventory: Path, domain: str, cache_dir: Path | None = None, roles_dir: Path | None = None
+) -> str:
     """Apply the inventory as committed to the hosts serving `domain`; the recap's text."""
-    session = BuildSession.open(inventory, cache_dir=cache_dir)
+    session = BuildSession.open(inventory, roles_dir=roles_dir, cache_dir=cache_dir)
     hosts = hosts_serving(session, domain)
     if not hosts:
         return "recap: no host serves this domain\n"

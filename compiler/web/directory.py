@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from compiler.build import BuildSession
 from compiler.load.inventory import DOMAINS_DIR
@@ -89,8 +90,12 @@ class Snapshot:
 class Directory:
     """The current `Snapshot`, loaded again when the working copy changed."""
 
-    def __init__(self, store: GitInventory) -> None:
+    def __init__(
+        self, store: GitInventory, roles_dir: Path | None = None, cache_dir: Path | None = None
+    ) -> None:
         self.store = store
+        self.roles_dir = roles_dir
+        self.cache_dir = cache_dir
         self._lock = threading.Lock()
         self._key: tuple[object, ...] | None = None
         self._snapshot: Snapshot | None = None
@@ -100,7 +105,12 @@ class Directory:
         key = self._signature()
         with self._lock:
             if self._snapshot is None or key != self._key:
-                session = BuildSession.open(self.store.inventory, warn=lambda _line: None)
+                session = BuildSession.open(
+                    self.store.inventory,
+                    roles_dir=self.roles_dir,
+                    cache_dir=self.cache_dir,
+                    warn=lambda _line: None,
+                )
                 self._snapshot = Snapshot(session.load().inventory, session)
                 self._key = key
             return self._snapshot
