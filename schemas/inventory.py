@@ -16,6 +16,7 @@ from schemas.dns import DnsSettings, PublicAddresses
 from schemas.domain import Domain
 from schemas.hostvalues import ControllerPath, HostAddress, HostRoot, KnownHostsPath, UserName
 from schemas.policy import ServerPolicy
+from schemas.web import WebSettings
 
 
 class Role(StrEnum):
@@ -84,6 +85,7 @@ class InventoryFile(Frozen):
         default_factory=dict, description=ALIAS_DOMAINS_DESCRIPTION
     )
     dns: DnsSettings = DnsSettings()
+    web: WebSettings = WebSettings()
 
 
 class Inventory(Frozen):
@@ -98,3 +100,4 @@ class Inventory(Frozen):
     # Alias domain → the domain of `domains` it delivers as (checked by the loader).
     alias_domains: dict[str, str] = Field(default_factory=dict)
     dns: DnsSettings = DnsSettings()
+    web: WebSettings = WebSettings()

@@ -174,6 +174,7 @@ def _load(path: Path, cache_dir: Path | None, stats: LoadStats | None) -> Loaded
             domains=dict(sorted(domains.items())),
             alias_domains=dict(sorted(inv_file.alias_domains.items())),
             dns=inv_file.dns,
+            web=inv_file.web,
         )
 
     diagnostics = sorted(

@@ -111,8 +111,9 @@ def create_app(config: WebConfig) -> Flask:
 
 
 def _after_commit(config: WebConfig, store: GitInventory) -> Callable[[str], str] | None:
-    """What runs after each commit (given the domain): an apply, a push, or nothing."""
-    from compiler.web.deploy import apply_domain, push_head
+    """What runs after each commit (given the domain): an apply or a push as the command line
+    says, else as `web.after_commit` of the committed inventory says."""
+    from compiler.web.deploy import after_commit_by_inventory, apply_domain, push_head
 
     if config.apply:
         return lambda domain: apply_domain(
@@ -121,7 +122,9 @@ def _after_commit(config: WebConfig, store: GitInventory) -> Callable[[str], str
     if config.push is not None:
         remote, branch = config.push
         return lambda _domain: push_head(store.toplevel, remote, branch)
-    return None
+    return lambda domain: after_commit_by_inventory(
+        store.inventory, store.toplevel, domain, config.cache_dir, config.roles_dir
+    )
 
 
 def password_fingerprint(secret: bytes, password_hash: str) -> str:

@@ -1,6 +1,7 @@
 """After a web commit, one of: apply it to the hosts that serve the changed domain
 (`--apply`: the same path as `mailcfg apply`, compile, plan, apply each host's shown plan as
-a release), or push the branch to a remote branch for review (`--push REMOTE:BRANCH`). Both
+a release), or push the branch to a remote branch for review (`--push REMOTE:BRANCH`); without
+either option, what `web.after_commit` of `mailcfg.yml` says (`schemas.web`). Both
 run while the web's commit lock is held, so they follow commits in order. The commit stands
 whatever they do (git is the source of truth); what they say is shown to the person.
 """
@@ -39,6 +40,23 @@ def apply_domain(
     not_applied = [r for r in planned if r.host not in to_apply]
     applied = session.apply(targets, to_apply) if to_apply else []
     return format_recap(sorted([*applied, *not_applied], key=lambda r: r.host))
+
+
+def after_commit_by_inventory(
+    inventory: Path,
+    toplevel: Path,
+    domain: str,
+    cache_dir: Path | None = None,
+    roles_dir: Path | None = None,
+) -> str:
+    """What `web.after_commit` of the committed `mailcfg.yml` says to do, done."""
+    session = BuildSession.open(inventory, roles_dir=roles_dir, cache_dir=cache_dir)
+    web = session.load().inventory.web
+    if web.after_commit == "apply":
+        return apply_domain(inventory, domain, cache_dir, roles_dir)
+    if web.after_commit == "push" and web.push_branch is not None:
+        return push_head(toplevel, web.push_remote, web.push_branch)
+    return ""
 
 
 def push_head(toplevel: Path, remote: str, branch: str, timeout: float = 120.0) -> str:

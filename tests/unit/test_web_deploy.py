@@ -6,12 +6,16 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from compiler.build import BuildSession
 from compiler.web.app import WebConfig, create_app
 from compiler.web.changes import Actor, Changes
 from compiler.web.deploy import apply_domain, hosts_serving
 from compiler.web.gitstore import GitInventory, Person
 from compiler.web.passcheck import verify_password
+from schemas.web import WebSettings
 from tests.webinventory import make_web_inventory
 
 
@@ -89,3 +93,55 @@ def test_push_to_a_branch_for_review(tmp_path: Path) -> None:
     )
     assert committed.deployed.startswith(f"committed, but not pushed to {remote} web:")
     assert web.git("log", "-1", "--format=%H").strip() == committed.commit
+
+
+def test_the_inventory_says_what_follows_a_commit(tmp_path: Path) -> None:
+    web = make_web_inventory(tmp_path)
+    remote = tmp_path / "review.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    web.git("remote", "add", "review", str(remote))
+    main_file = web.inventory / "mailcfg.yml"
+    main_file.write_text(
+        main_file.read_text()
+        + "\nweb:\n  after_commit: push\n  push_remote: review\n  push_branch: web/changes\n"
+    )
+    web.git("commit", "-qam", "server team: web changes go to review")
+    config = WebConfig(inventory=web.inventory, secret_file=tmp_path / "s" / "secret")
+    changes = create_app(config).extensions["mailcfg"].changes
+    committed = changes.change_sender_list(
+        Actor("carol@example.com"), "carol@example.com", "blacklist", True, ["@spam.test"]
+    )
+    assert committed.deployed == "pushed to review web/changes for review"
+    tip = subprocess.run(
+        ["git", "-C", str(remote), "rev-parse", "web/changes"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert tip == committed.commit
+
+
+@pytest.mark.parametrize(
+    ("web", "message"),
+    [
+        (
+            {
+                "after_commit": "push",
+                "push_remote": "https://evil.example/x.git",
+                "push_branch": "w",
+            },
+            "remote's name",
+        ),
+        (
+            {"after_commit": "push", "push_remote": "--upload-pack=x", "push_branch": "w"},
+            "remote's name",
+        ),
+        ({"after_commit": "push", "push_branch": "../../x"}, "branch name"),
+        ({"after_commit": "push", "push_branch": "-f"}, "branch name"),
+        ({"after_commit": "push"}, "needs push_branch"),
+        ({"after_commit": "deploy"}, "after_commit"),
+    ],
+)
+def test_web_settings_refuse_urls_options_and_bad_branches(
+    web: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        WebSettings.model_validate(web)
