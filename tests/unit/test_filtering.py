@@ -366,3 +366,24 @@ def test_doctor_checks_the_hosts_keys_against_the_dns(
     assert dkim_checks()[("example.com", "DKIM mc2026a-mx2")] == "fail"
     del zone.records[name]
     assert dkim_checks()[("example.com", "DKIM mc2026a-mx2")] == "fail"
+
+
+def test_an_unreachable_host_gives_a_note_and_the_others_records_still_print(
+    example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["apply", str(example), "--yes", "--host", "mx1"]) == 0
+    text = (example / "mailcfg.yml").read_text()
+    local = "    transport: local\n    root: .mailcfg/hosts/mx2\n    ssh:\n      user: deploy\n"
+    assert local in text
+    (example / "mailcfg.yml").write_text(
+        text.replace("    address: 192.0.2.25\n", "    address: 127.0.0.1\n")
+        .replace(
+            local, "    transport: ssh\n    ssh:\n      connect_timeout: 2\n      user: deploy\n"
+        )
+        .replace("      port: 2222\n", "      port: 23452\n")  # nothing listens there
+    )
+    capsys.readouterr()
+    out, _ = _dns(example, capsys)
+    assert "; note: mx2: DKIM keys not read (" in out and "no records from this host" in out
+    assert "mc2026a-mx1._domainkey.example.com." in out
+    assert "mc2026a-mx2._domainkey" not in out
