@@ -240,13 +240,25 @@ class LineParser:
         out: list[Event] = []
         append = out.append
         for start, end, seg_day, _ in split_days(text, self.days):
+            if seg_day is None:
+                out += self.events_between(text, start, end)
+                continue
             for m in LOG_RE.finditer(text, start, end):
-                day = seg_day or self.line_day(text, m.start())
-                if day is None:
-                    continue
-                event = match_event(m, text, day, self.days)
+                event = match_event(m, text, seg_day, self.days)
                 if event is not None:
                     append(event)
+        return out
+
+    def events_between(self, text: str, start: int, end: int) -> list[Event]:
+        """Events of the whole lines in `text[start:end]`, each line dated by itself."""
+        out: list[Event] = []
+        for m in LOG_RE.finditer(text, start, end):
+            day = self.line_day(text, m.start())
+            if day is None:
+                continue
+            event = match_event(m, text, day, self.days)
+            if event is not None:
+                out.append(event)
         return out
 
     def parse_line(self, line: str) -> Event | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,124 +224,124 @@ class Tally:
 
     def add_text(self, text: str, parser: LineParser) -> int:
         """Count the events of `text` (whole lines) and return its number of lines: the same
-        counts as `add_events(parser.parse_text(text))` (a test holds them equal), fused into
-        one loop that builds no event for the frequent lines because this is the agent's hot
-        path: per match one dispatch on the group that closed last, one or two dict hits
-        and a list slot increment."""
+        counts as `add_events(parser.parse_text(text))` (a test holds them equal). A run of
+        lines of one day (nearly every chunk) goes through `_count_day`; lines of mixed days
+        (a chunk across midnight, lines without a timestamp) are dated one by one as events."""
+        lines = 0
+        for start, end, day, segment_lines in split_days(text, parser.days):
+            lines += segment_lines
+            if day is None:
+                self.add_events(parser.events_between(text, start, end))
+            else:
+                self._count_day(text, start, end, day, parser)
+        return lines
+
+    def _count_day(self, text: str, start: int, end: int, day: str, parser: LineParser) -> None:
+        """Count `text[start:end]`, lines of `day`: the agent's hot path, fused into one loop
+        that builds no event for the frequent lines. Per match: one dispatch on the group that
+        closed last, one or two dict hits and a list slot increment."""
         senders = self.senders
         sessions = self.sessions
         picked_up = self.picked_up
         addresses = self.addresses
         local_address = self.local_address
-        finditer = LOG_RE.finditer
         rfind = text.rfind
         is_account = self.policy.is_account
         width = len(LOG_COUNTERS)
         slot = SLOT
-        lines = 0
-        for start, end, segment_day, segment_lines in split_days(text, parser.days):
-            lines += segment_lines
-            segment_rows = {} if segment_day is None else self.day_rows(segment_day)
-            for m in finditer(text, start, end):
-                if segment_day is None:
-                    line_day = parser.line_day(text, m.start())
-                    if line_day is None:
-                        continue
-                    day, rows = line_day, self.day_rows(line_day)
-                else:
-                    day, rows = segment_day, segment_rows
-                last = m.lastindex
-                if last == G_STATUS:
-                    qid, rcpt, status = m.group(1, 2, 3)
-                    sender = senders.get(qid)
-                    if sender is not None:
-                        row = rows.get(sender)
-                        if row is None:
-                            row = rows[sender] = [0] * width
-                        row[slot[status]] += 1
-                    if status == "sent":
-                        account = addresses.get(rcpt)
-                        if account is None:
-                            account = local_address(rcpt)
-                        if account:
-                            row = rows.get(account)
-                            if row is None:
-                                row = rows[account] = [0] * width
-                            row[RECEIVED] += 1
-                elif last == G_CONN:
-                    if sessions:
-                        pos = m.start()  # the tag is the word before (see `postfix_tag`)
-                        sessions.pop(text[rfind(" ", 0, pos) + 1 : pos], None)
-                elif last == G_NRCPT:
-                    qid, sender = m.group(1, 4)
-                    account = addresses.get(sender)
+        rows = self.day_rows(day)
+        for m in LOG_RE.finditer(text, start, end):
+            last = m.lastindex
+            if last == G_STATUS:
+                qid, rcpt, status = m.group(1, 2, 3)
+                sender = senders.get(qid)
+                if sender is not None:
+                    row = rows.get(sender)
+                    if row is None:
+                        row = rows[sender] = [0] * width
+                    row[slot[status]] += 1
+                if status == "sent":
+                    account = addresses.get(rcpt)
                     if account is None:
-                        account = local_address(sender)
-                    if not account:
-                        senders.pop(qid, None)
-                        if picked_up:
-                            picked_up.pop(qid, None)
-                    elif picked_up:
-                        # Maybe a sendmail submission to charge: the event path holds the rules.
-                        self.add_events((_queued(m, day),))
-                    else:
-                        if qid not in senders and len(senders) >= MAX_TRACKED:
-                            del senders[next(iter(senders))]
-                        senders[qid] = account
-                elif last == G_REMOVED:
-                    qid = m.group(1)
-                    senders.pop(qid, None)
-                    if picked_up:
-                        picked_up.pop(qid, None)
-                elif last == G_LOGIN:
-                    raw = m.group(G_LOGIN)
-                    account = addresses.get(raw)
-                    if account is None:
-                        account = local_address(raw)
+                        account = local_address(rcpt)
                     if account:
                         row = rows.get(account)
                         if row is None:
                             row = rows[account] = [0] * width
-                        row[LOGIN_SLOT[m.group(G_SVC)]] += 1
-                elif last == G_SASL:
-                    tag = postfix_tag(text, m.start())
-                    if tag.endswith("smtpd]") or "/smtpd[" in tag:
-                        raw = m.group(G_SASL)
-                        account = addresses.get(raw)
-                        if account is None:
-                            account = local_address(raw.strip())
-                        if account:
-                            if len(sessions) >= MAX_TRACKED:
-                                del sessions[next(iter(sessions))]
-                            sessions[tag] = account
-                elif last == G_LOST:
-                    if sessions:
-                        pos = m.start()
-                        account = sessions.pop(text[rfind(" ", 0, pos) + 1 : pos], None)
-                        if account is not None:
-                            self._inc(day, account, LOST)
-                elif last in (G_LOGIN_FAILED, G_FAILED):
-                    raw = m.group(last)
-                    if last == G_FAILED:
-                        raw = raw.strip()  # Postfix's sasl_username= may carry spaces
+                        row[RECEIVED] += 1
+            elif last == G_CONN:
+                if sessions:
+                    pos = m.start()  # the tag is the word before (see `postfix_tag`)
+                    sessions.pop(text[rfind(" ", 0, pos) + 1 : pos], None)
+            elif last == G_NRCPT:
+                qid, sender = m.group(1, 4)
+                account = addresses.get(sender)
+                if account is None:
+                    account = local_address(sender)
+                if not account:
+                    senders.pop(qid, None)
+                    if picked_up:
+                        picked_up.pop(qid, None)
+                elif picked_up:
+                    # Maybe a sendmail submission to charge: the event path holds the rules.
+                    self.add_events((_queued(m, day),))
+                else:
+                    if qid not in senders and len(senders) >= MAX_TRACKED:
+                        del senders[next(iter(senders))]
+                    senders[qid] = account
+            elif last == G_REMOVED:
+                qid = m.group(1)
+                senders.pop(qid, None)
+                if picked_up:
+                    picked_up.pop(qid, None)
+            elif last == G_LOGIN:
+                raw = m.group(G_LOGIN)
+                account = addresses.get(raw)
+                if account is None:
+                    account = local_address(raw)
+                if account:
+                    row = rows.get(account)
+                    if row is None:
+                        row = rows[account] = [0] * width
+                    row[LOGIN_SLOT[m.group(G_SVC)]] += 1
+            elif last == G_SASL:
+                tag = postfix_tag(text, m.start())
+                if tag.endswith("smtpd]") or "/smtpd[" in tag:
+                    raw = m.group(G_SASL)
+                    account = addresses.get(raw)
+                    if account is None:
+                        account = local_address(raw.strip())
+                    if account:
+                        if len(sessions) >= MAX_TRACKED:
+                            del sessions[next(iter(sessions))]
+                        sessions[tag] = account
+            elif last == G_LOST:
+                if sessions:
+                    pos = m.start()
+                    account = sessions.pop(text[rfind(" ", 0, pos) + 1 : pos], None)
+                    if account is not None:
+                        self._inc(day, account, LOST)
+            elif last in (G_LOGIN_FAILED, G_FAILED):
+                raw = m.group(last)
+                if last == G_FAILED:
+                    raw = raw.strip()  # Postfix's sasl_username= may carry spaces
+                account = addresses.get(raw)
+                if account is None:
+                    account = local_address(raw)
+                if account and is_account(account):
+                    self._inc(day, account, LOGIN_FAILURES)
+            elif last == G_REJECT:
+                raw = reject_sender(m.group(G_REJECT))
+                if raw is not None:
                     account = addresses.get(raw)
                     if account is None:
                         account = local_address(raw)
-                    if account and is_account(account):
-                        self._inc(day, account, LOGIN_FAILURES)
-                elif last == G_REJECT:
-                    raw = reject_sender(m.group(G_REJECT))
-                    if raw is not None:
-                        account = addresses.get(raw)
-                        if account is None:
-                            account = local_address(raw)
-                        if account:
-                            self._inc(day, account, REJECTED)
-                else:
-                    event = match_event(m, text, day, parser.days)
-                    if event is not None:
-                        self.add_events((event,))
-        return lines
+                    if account:
+                        self._inc(day, account, REJECTED)
+            else:
+                event = match_event(m, text, day, parser.days)
+                if event is not None:
+                    self.add_events((event,))
 
     def _inc(self, day: str, account: str, slot: int) -> None:
         rows = self.day_rows(day)
@@ -350,15 +350,10 @@ class Tally:
             row = rows[account] = [0] * len(LOG_COUNTERS)
         row[slot] += 1
 
-    def take_rows(self) -> dict[tuple[str, str], dict[str, int]]:
-        """The counters accumulated since the last call, grouped by (day, account) (counters
-        that stayed 0 left out); resets."""
+    def take_rows(self) -> CounterRows:
+        """The counters accumulated since the last call, grouped by (day, account); resets."""
         by_day, self.by_day = self.by_day, {}
-        return {
-            (day, account): {LOG_COUNTERS[i]: n for i, n in enumerate(row) if n}
-            for day, rows in by_day.items()
-            for account, row in rows.items()
-        }
+        return CounterRows(by_day)
 
     def take_charges(self) -> list[Charge]:
         charges, self.charges = self.charges, []
@@ -379,6 +374,31 @@ class Tally:
             str(k): float(v) for k, v in data["picked_up"].items() if isinstance(v, (int, float))
         }
         self.sessions = {str(k): str(v) for k, v in data["sessions"].items()}
+
+
+class CounterRows(Mapping[tuple[str, str], Mapping[str, int]]):
+    """`Tally.take_rows`: (day, account) → {counter: n} (no zeros), made from the day's lists
+    as each row is read: a backfill of thousands of account-days hands them to the store
+    without a second copy of them all."""
+
+    def __init__(self, by_day: dict[str, Rows]) -> None:
+        self._by_day = by_day
+
+    def __getitem__(self, key: tuple[str, str]) -> dict[str, int]:
+        day, account = key
+        return _named(self._by_day[day][account])
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for day, rows in self._by_day.items():
+            for account in rows:
+                yield day, account
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self._by_day.values())
+
+
+def _named(row: list[int]) -> dict[str, int]:
+    return {LOG_COUNTERS[i]: n for i, n in enumerate(row) if n}
 
 
 def _queued(m: re.Match[str], day: str) -> Event:
