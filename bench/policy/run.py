@@ -17,10 +17,15 @@ A server that fails to start or to answer is reported as failed; the others stil
 
 The result is a Markdown table on stdout (progress lines go to stderr). `server CPU` is the
 user+system CPU time of the server's process tree per decision (not Redis'): on a shared
-machine it is steadier than the throughput; `--repeat N` shows the median of N runs. Ports:
-22500-22599 on 127.0.0.1.
+machine it is steadier than the throughput; `CPU vs agent` divides it by the SQLite agent's at
+the same connection count; `RSS` is the server tree's memory at the end of the run (the sum
+of its processes' proportional set sizes: a pre-forking server's shared pages count once).
+`--repeat N` runs every server N times, interleaved (A, B, C, A, B, C…) so they meet the same
+machine load, and shows the median run; `--baseline SRC` adds the SQLite agent of another
+source tree (say `git archive` of an older commit) to the same rounds. Ports: 22500-22599 on
+127.0.0.1.
 
-    python bench/policy/run.py [--conns 1,8,32] [--repeat 3]
+    python bench/policy/run.py [--conns 1,8,32] [--repeat 3] [--baseline SRC]
         [--servers agent-sqlite,agent-redis,postfwd,policyd]
 """
 
@@ -182,10 +187,17 @@ class LoadResult:
     answers: dict[str, int]
     cpu_us: float | None = None  # server CPU per decision
     client_cpu_us: float = 0.0  # load generator CPU per decision
+    rss_kib: int = 0  # memory of the server's process tree at the end (sum of PSS)
 
 
 def run_load(
-    addr: str, msgs: list[str], nconns: int, procs: int, state: str, cpu: Callable[[], float]
+    addr: str,
+    msgs: list[str],
+    nconns: int,
+    procs: int,
+    state: str,
+    cpu: Callable[[], float],
+    rss: Callable[[], int] = lambda: 0,
 ) -> LoadResult:
     per_conn = [msgs[i::nconns] for i in range(nconns)]
     reqs = [
@@ -204,6 +216,7 @@ def run_load(
     cpu0 = cpu()
     results = [q.get(timeout=900) for _ in ps]
     cpu1 = cpu()
+    rss_kib = rss()
     for p in ps:
         p.join()
     errors = [r[1] for r in results if r[0] == "error"]
@@ -225,6 +238,7 @@ def run_load(
         answers=dict(answers),
         cpu_us=(cpu1 - cpu0) / len(lat) * 1e6 if cpu0 >= 0 else None,
         client_cpu_us=sum(r[4] for r in results) / len(lat) * 1e6,
+        rss_kib=rss_kib,
     )
 
 
@@ -237,6 +251,36 @@ def check_exact(msgs: list[str], accepts: Counter[str], limit: int) -> int:
 # -- process handling -------------------------------------------------------------------------
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its live descendants."""
+    parents: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                raw = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(d)] = int(raw[raw.rindex(")") + 2 :].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += [c for c, pp in parents.items() if pp == p]
+    return out
+
+
+def tree_rss(pid: int) -> int:
+    """Memory (KiB) of `pid` and its live descendants at the end of a run: the sum of their
+    proportional set sizes, so that pages a pre-forking server's children share count once."""
+    total = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def tree_cpu(pid: int) -> float:
@@ -368,11 +412,12 @@ def start_server(argv: list[str], addr: str, logfile: Path, cwd: Path | None = N
     return run
 
 
-def start_agent(tmp: Path, limit: int, state: str) -> Running:
+def start_agent(tmp: Path, limit: int, state: str, src: Path = ROOT) -> Running:
+    """The agent of the source tree `src` (this checkout unless a baseline is asked for)."""
     cfg = agent_config(tmp, state, limit)
     addr = f"unix:{tmp}/agent.sock"
     argv = [sys.executable, "-m", "runtime", "serve", "--config", str(cfg), "--listen", addr]
-    return start_server(argv, addr, tmp / "agent.log", cwd=ROOT)
+    return start_server(argv, addr, tmp / "agent.log", cwd=src)
 
 
 def start_agent_sqlite(tmp: Path, limit: int) -> Running:
@@ -512,6 +557,7 @@ class Row:
     wrong: int = 0  # senders with wrong counts, worst run
     error: str = ""
     rates: list[float] = field(default_factory=list)  # decisions/s of every run
+    cpus: list[float] = field(default_factory=list)  # server CPU µs/decision of every run
 
 
 @contextlib.contextmanager
@@ -523,39 +569,55 @@ def temp_dir(parent: Path | None = None) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench_server(
-    srv: Server, msgs: list[str], conns: list[int], args: argparse.Namespace, shared: Path
-) -> list[Row]:
-    """A fresh server (own temp dir under `shared`) per connection count and repeat."""
+def run_once(
+    srv: Server, msgs: list[str], n: int, args: argparse.Namespace, shared: Path
+) -> LoadResult:
+    """One run of a fresh server (own temp dir under `shared`) at `n` connections."""
+    with temp_dir(shared) as tmp:
+        run: Running | None = None
+        try:
+            run = srv.start(tmp, args.limit)
+            cpu = functools.partial(tree_cpu, run.pid)
+            rss = functools.partial(tree_rss, run.pid)
+            return run_load(run.addr, msgs, n, args.procs, srv.state, cpu, rss)
+        finally:
+            if run is not None:
+                for stop in run.stops:
+                    stop()
+
+
+def bench_servers(
+    servers: list[Server], work: dict[str, list[str]], conns: list[int], args: argparse.Namespace,
+    shared: Path,
+) -> list[Row]:  # fmt: skip
+    """Every server at each connection count, `args.repeat` times, interleaved (server A, B,
+    C, then A, B, C again) so that they share the machine's load alike."""
     rows = []
     for n in conns:
-        row = Row(srv.name, n)
-        results: list[LoadResult] = []
+        todo = {srv.name: Row(srv.name, n) for srv in servers}
+        results: dict[str, list[LoadResult]] = {srv.name: [] for srv in servers}
         for _ in range(args.repeat):
-            with temp_dir(shared) as tmp:
-                run: Running | None = None
+            for srv in servers:
+                row = todo[srv.name]
+                if row.error:
+                    continue
+                msgs = work[srv.name]
                 try:
-                    run = srv.start(tmp, args.limit)
-                    cpu = functools.partial(tree_cpu, run.pid)
-                    res = run_load(run.addr, msgs, n, args.procs, srv.state, cpu)
-                    results.append(res)
-                    row.wrong = max(row.wrong, check_exact(msgs, res.accepts, args.limit))
+                    res = run_once(srv, msgs, n, args, shared)
                 except Exception as exc:
                     row.error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-                finally:
-                    if run is not None:
-                        for stop in run.stops:
-                            stop()
-            if row.error:
-                break
-        if results and not row.error:
-            results.sort(key=lambda r: r.per_s)
-            row.result = results[len(results) // 2]
-            row.rates = [r.per_s for r in results]
-        rows.append(row)
-        log(format_line(row))
-        if row.error and row.result is None and "not found" in row.error:
-            break  # the same for every connection count
+                    continue
+                results[srv.name].append(res)
+                row.wrong = max(row.wrong, check_exact(msgs, res.accepts, args.limit))
+        for srv in servers:
+            row, got = todo[srv.name], results[srv.name]
+            if got and not row.error:
+                got.sort(key=lambda r: r.per_s)
+                row.result = got[len(got) // 2]
+                row.rates = [r.per_s for r in got]
+                row.cpus = sorted(r.cpu_us for r in got if r.cpu_us is not None)
+            rows.append(row)
+            log(format_line(row))
     return rows
 
 
@@ -573,27 +635,38 @@ def format_line(row: Row) -> str:
 
 
 def format_table(rows: list[Row], sizes: dict[str, int]) -> str:
+    """The Markdown table; `CPU vs agent` is a server's CPU per decision over the SQLite
+    agent's at the same connection count (the median run by decisions/s of each)."""
     out = [
         "| server | conns | decisions | decisions/s | p50 ms | p99 ms | server CPU µs/decision "
-        "| exact counts |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "(runs) | CPU vs agent | RSS (PSS) | exact counts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    ref = {
+        r.conns: r.result.cpu_us
+        for r in rows
+        if r.server == SERVERS["agent-sqlite"].name and r.result is not None
+    }
     for row in rows:
         if row.result is None:
             out.append(
                 f"| {row.server} | {row.conns} | {sizes[row.server]} | failed: {row.error} "
-                "| | | | |"
+                "| | | | | | |"
             )
             continue
         r = row.result
         cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else "?"
+        if len(row.cpus) > 1:
+            cpu += " (" + " / ".join(f"{c:.0f}" for c in row.cpus) + ")"
+        base = ref.get(row.conns)
+        ratio = f"{r.cpu_us / base:.1f}x" if base and r.cpu_us is not None else ""
         exact = "yes" if row.wrong == 0 else f"**no** ({row.wrong} senders wrong)"
         rate = f"{r.per_s:,.0f}"
         if len(row.rates) > 1:
             rate += f" ({min(row.rates):,.0f} to {max(row.rates):,.0f})"
         out.append(
             f"| {row.server} | {row.conns} | {r.decisions} | {rate} | {r.p50_ms:.2f} "
-            f"| {r.p99_ms:.2f} | {cpu} | {exact} |"
+            f"| {r.p99_ms:.2f} | {cpu} | {ratio} | {r.rss_kib / 1024:.0f} MiB | {exact} |"
         )
     return "\n".join(out)
 
@@ -615,6 +688,12 @@ def main() -> int:
         "decisions/s (and the range)",
     )
     ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="another agent source tree (say `git archive` of an older commit): its SQLite "
+        "agent runs in the same rounds",
+    )
+    ap.add_argument(
         "--peer-senders",
         type=int,
         default=2_000,
@@ -632,15 +711,23 @@ def main() -> int:
         f"workload: {len(full)} decisions ({args.senders}+{HOT} senders), peers {len(small)} "
         f"({args.peer_senders}+{HOT}); limit {args.limit}/day; {os.cpu_count()} CPUs"
     )
-    rows: list[Row] = []
-    sizes: dict[str, int] = {}
+    servers = [SERVERS[key] for key in args.servers.split(",")]
+    if args.baseline:
+        src = args.baseline.resolve()
+        servers.insert(
+            1,
+            Server(
+                "mailcfg agent (baseline), SQLite",
+                lambda tmp, limit: start_agent(tmp, limit, f"sqlite:///{tmp}/state.db", src),
+            ),
+        )
+    work = {srv.name: full if srv.full else small for srv in servers}
+    sizes = {name: len(msgs) for name, msgs in work.items()}
+    log(f"load average {os.getloadavg()[0]:.1f}")
     with temp_dir() as shared:
         shared.chmod(0o711)  # postfwd runs as nobody in a directory below
-        for key in args.servers.split(","):
-            srv = SERVERS[key]
-            msgs = full if srv.full else small
-            sizes[srv.name] = len(msgs)
-            rows += bench_server(srv, msgs, conns, args, shared)
+        rows = bench_servers(servers, work, conns, args, shared)
+    log(f"load average {os.getloadavg()[0]:.1f}")
     print(format_table(rows, sizes))
     ours = [r for r in rows if r.server.startswith("mailcfg")]
     return 0 if all(r.result is not None and r.wrong == 0 for r in ours) else 1
