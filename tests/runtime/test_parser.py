@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from runtime.logs.ingest import ingest_files
 from runtime.logs.parser import UNKNOWN, DayResolver, LineParser, event_fields
-from runtime.logs.stats import AccountPolicy, Tally
+from runtime.logs.stats import LOG_COUNTERS, AccountPolicy, Tally
 from runtime.state.sqlite import SqliteStore
 
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
@@ -178,3 +178,29 @@ def test_hostile_fields_never_crash(template: str, field: str) -> None:
     parser = LineParser(DayResolver(2024))
     parser.parse_line(line)
     Tally(AccountPolicy(frozenset({"example.com"}))).add_text(line + "\n", parser)
+
+
+def test_tally_state_grows_with_accounts_and_days_not_lines() -> None:
+    """Three times the lines of the same host and days: the counters stay one row per
+    account-day and the tracking state (queue ids, sessions) stays the mail in flight."""
+    gen = _bench_generator()
+    for lines in (30_000, 90_000):
+        shape = gen.Shape(lines=lines, accounts=150, domains=5, days=2, seed=5)
+        parts: list[str] = []
+        gen.generate(shape, parts.append)
+        host = gen.Host(shape)
+        tally = Tally(AccountPolicy(frozenset(host.domains), frozenset(host.accounts)))
+        parser = LineParser(DayResolver(2024))
+        text = "".join(parts)
+        pos = 0
+        while pos < len(text):  # 64 KiB chunks of whole lines, as the follower reads
+            end = text.find("\n", pos + (1 << 16)) + 1 or len(text)
+            tally.add_text(text[pos:end], parser)
+            pos = end
+        rows = sum(len(r) for r in tally.by_day.values())
+        assert rows <= shape.accounts * shape.days
+        assert all(
+            len(row) == len(LOG_COUNTERS) for r in tally.by_day.values() for row in r.values()
+        )
+        tracked = len(tally.senders) + len(tally.sessions) + len(tally.picked_up)
+        assert tracked < 100  # messages and sessions still open at the end of the log
