@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from compiler.cli import main
@@ -111,12 +111,16 @@ def _login(driver: WebDriver, address: str, password: str = PASSWORD) -> None:
 
 
 def _submit(driver: WebDriver, button_id: str) -> None:
-    """Click a submit button and wait until the answer's page has replaced this one."""
-    page = driver.find_element(By.TAG_NAME, "html")
+    """Click a submit button and wait until the answer's page has replaced this one: the old
+    document carries a mark the new one lacks. (Waiting for an element of the old page to go
+    stale is racy: mid-navigation chromedriver may answer "Node with given id does not belong
+    to the document", an unknown error, instead of a stale element.)"""
+    driver.execute_script("window.mailcfgOldPage = true")
     driver.find_element(By.ID, button_id).click()
-    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(page))
-    WebDriverWait(driver, 60).until(
-        lambda d: d.execute_script("return document.readyState") == "complete"
+    WebDriverWait(driver, 60, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return window.mailcfgOldPage === undefined && document.readyState === 'complete'"
+        )
     )
 
 
