@@ -70,11 +70,12 @@ def parse_request(block: bytes) -> dict[str, str]:
     (always ASCII) still work and nothing is silently replaced."""
     text = block.decode("utf-8", "surrogateescape")
     if "\r" not in text:
-        # Fast path (every request from Postfix): one C-level split per line. A line without
-        # `=` makes dict() raise; an empty name shows up as the key "". Both fall through to
-        # the checking loop below, which names the bad line.
+        # Fast path (every request from Postfix): one C-level split per line, collected in a
+        # list (cheaper than feeding dict() from a generator). A line without `=` makes
+        # dict() raise; an empty name shows up as the key "". Both fall through to the
+        # checking loop below, which names the bad line.
         try:
-            attrs = dict(line.split("=", 1) for line in text[:-1].split("\n"))
+            attrs = dict([line.split("=", 1) for line in text[:-1].split("\n")])
         except ValueError:
             pass
         else:

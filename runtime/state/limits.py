@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from runtime.state.base import StateStore, Window
 from schemas.policy import CountBy, Limits, OnExceed
@@ -144,8 +144,10 @@ def check_batch(requests: Sequence[LimitRequest]) -> None:
             checked = r.windows
 
 
-@dataclass(frozen=True, slots=True)
-class LimitRequest:
+class LimitRequest(NamedTuple):
+    """One check-and-count; a named tuple rather than a frozen dataclass because the policy
+    service builds one per decision, and a tuple is made in a third of the time."""
+
     account: str
     amount: int
     windows: Sequence[Window]
@@ -163,11 +165,10 @@ class LimitRequest:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class LimitResult:
+class LimitResult(NamedTuple):
     """`allowed`: counted. Otherwise `locked` (account was already locked: nothing checked or
     counted) or `exceeded` names the first full window; `newly_locked` is True for the one
-    request that locked the account."""
+    request that locked the account. A named tuple, as `LimitRequest` is: one per decision."""
 
     allowed: bool
     locked: bool
