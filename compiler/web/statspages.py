@@ -11,7 +11,7 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flask import Blueprint, abort, render_template
+from flask import Blueprint, render_template
 from markupsafe import Markup
 
 from compiler.build import BuildSession
@@ -20,8 +20,10 @@ from compiler.push.agentcall import AgentCall
 from compiler.push.fleet import HostResult, Outcome
 from compiler.render.roles import role_defaults
 from compiler.tools.stats import StatsRow
-from compiler.web.app import actor, login_required, web_state
+from compiler.web.app import login_required
 from compiler.web.deploy import hosts_serving
+from compiler.web.directory import Snapshot
+from compiler.web.domainpages import administered_domain
 from schemas.domain import Domain
 from schemas.inventory import Role
 from schemas.stats import STAT_COUNTERS
@@ -31,11 +33,10 @@ Day = dict[str, int]
 CHART_SERIES = (("sent", "#2b6cb0"), ("login_failures", "#dd6b20"), ("rejected", "#718096"))
 
 
-def daily_limits(domain: Domain, hosts: Sequence[str]) -> dict[str, int | None]:
+def daily_limits(snapshot: Snapshot, domain: Domain, hosts: Sequence[str]) -> dict[str, int | None]:
     """Each account's sending limit per day: its own, else the lowest of the hosts'."""
-    session = web_state().directory.snapshot().session
-    inventory = session.load().inventory
-    defaults = role_defaults(session.roles())
+    inventory = snapshot.inventory
+    defaults = role_defaults(snapshot.session.roles())
     host_limits = [resolve_policy(inventory, h, defaults).limits.per_day for h in hosts]
     server = min((v for v in host_limits if v is not None), default=None)
     limits: dict[str, int | None] = {}
@@ -118,13 +119,9 @@ def chart_svg(account: str, days: Mapping[str, Day], limit: int | None) -> str:
 @stats_pages.route("/<domain_name>/stats")
 @login_required
 def domain_stats(domain_name: str) -> Any:
-    person = actor()
-    snapshot = web_state().directory.snapshot()
+    view = administered_domain(domain_name)
+    snapshot, domain, admin_of = view.snapshot, view.domain, view.admin_of
     domain_name = domain_name.lower()
-    admin_of = snapshot.admin_domains(person.address, person.server_admin)
-    if domain_name not in admin_of:
-        abort(403)
-    domain = snapshot.inventory.domains[domain_name]
     hosts = [
         h
         for h in hosts_serving(snapshot.session, domain_name)
@@ -133,7 +130,7 @@ def domain_stats(domain_name: str) -> Any:
     rows, results = snapshot.session.agent_stats(hosts, None, None) if hosts else ([], [])
     locks, lock_results = gather_locks(snapshot.session, hosts, domain_name)
     table = per_account_day(rows, domain_name)
-    limits = daily_limits(domain, hosts)
+    limits = daily_limits(snapshot, domain, hosts)
     charts = [
         # Markup: every text chart_svg puts in the SVG is escaped there.
         (account, Markup(chart_svg(account, days, limits.get(account))))
