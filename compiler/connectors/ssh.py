@@ -114,6 +114,10 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]  #
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
+class _SessionRefused(TransportError):
+    """The connection would not open a channel: nothing ran on the host."""
+
+
 class SshTransport:
     """One host reached over SSH, as described by its inventory `HostSpec`."""
 
@@ -245,6 +249,16 @@ class SshTransport:
         """Run `command` under `sh -c` (and sudo), feed `stdin`, return (exit, stdout, stderr)."""
         limit = self.spec.ssh.command_timeout if timeout is None else timeout
         line = f"{self._prefix}sh -c {shlex.quote(command)}"
+        reused = self._conn is not None
+        self._transport()
+        try:
+            return self._exec_line(line, stdin, limit, step, command)
+        except _SessionRefused:
+            if not reused:
+                raise
+        # A connection dropped while idle (server restart, NAT timeout) can still look active
+        # until paramiko's reader thread sees the EOF. No command ran, so one retry on a fresh
+        # connection is safe.
         self._transport()
         return self._exec_line(line, stdin, limit, step, command)
 
@@ -258,7 +272,7 @@ class SshTransport:
             chan = transport.open_session(timeout=self.spec.ssh.connect_timeout)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             self.close()
-            raise TransportError(self.host, f"cannot open a session: {exc}", step) from exc
+            raise _SessionRefused(self.host, f"cannot open a session: {exc}", step) from exc
         try:
             return self._drive(chan, line, stdin, limit, step, command or line)
         except (paramiko.SSHException, EOFError, OSError) as exc:
