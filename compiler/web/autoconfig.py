@@ -17,7 +17,8 @@ from xml.sax.saxutils import escape
 
 from flask import Blueprint, Response, abort, request
 
-from compiler.web.app import actor, login_required, web_state
+from compiler.web.access import visible_account
+from compiler.web.app import login_required, web_state
 from compiler.web.directory import ClientSetting
 
 autoconfig = Blueprint("autoconfig", __name__)
@@ -161,15 +162,9 @@ def autodiscover() -> Response:
 @autoconfig.route("/account/<address>/mobileconfig", endpoint="mobileconfig")
 @login_required
 def mobileconfig_download(address: str) -> Response:
-    person = actor()
-    snapshot = web_state().directory.snapshot()
-    address = address.lower()
-    admin_of = snapshot.admin_domains(person.address, person.server_admin)
-    if address != person.address and address.rpartition("@")[2] not in admin_of:
-        abort(403)
-    if snapshot.account(address) is None:
-        abort(404)
-    body = mobileconfig(address, snapshot.client_settings(address.rpartition("@")[2]))
+    view = visible_account(address)
+    address = view.address
+    body = mobileconfig(address, view.snapshot.client_settings(address.rpartition("@")[2]))
     return Response(
         body,
         mimetype="application/x-apple-aspen-config",

@@ -5,43 +5,20 @@ and redirects. A page is shown only to the domain's admins; every change is aske
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from compiler.tools.passwd import PasswordError
+from compiler.web.access import administered_domain
 from compiler.web.app import actor, login_required, web_state
 from compiler.web.changes import Actor
-from compiler.web.directory import Snapshot
 from compiler.web.forms import account_fields, lines_field
 from compiler.web.gitstore import CommitRefused, Committed
 from compiler.web.yamledit import EditError
-from schemas.domain import Domain
 
 domain_pages = Blueprint("domain", __name__, url_prefix="/domain")
-
-
-@dataclass(frozen=True, slots=True)
-class AdminView:
-    """A domain the person administers, as a page shows it (403 for anyone else)."""
-
-    person: Actor
-    snapshot: Snapshot
-    domain: Domain
-    admin_of: Sequence[str]
-
-
-def administered_domain(domain_name: str) -> AdminView:
-    """The page side of the access rule (`changes` checks again where it commits)."""
-    person = actor()
-    snapshot = web_state().directory.snapshot()
-    domain_name = domain_name.lower()
-    admin_of = snapshot.admin_domains(person.address, person.server_admin)
-    if domain_name not in admin_of:
-        abort(403)
-    return AdminView(person, snapshot, snapshot.inventory.domains[domain_name], admin_of)
 
 
 def _context(domain_name: str) -> dict[str, Any]:

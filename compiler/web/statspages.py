@@ -20,10 +20,10 @@ from compiler.push.agentcall import AgentCall
 from compiler.push.fleet import HostResult, Outcome
 from compiler.render.roles import role_defaults
 from compiler.tools.stats import StatsRow
+from compiler.web.access import administered_domain
 from compiler.web.app import login_required
 from compiler.web.deploy import hosts_serving
 from compiler.web.directory import Snapshot
-from compiler.web.domainpages import administered_domain
 from schemas.domain import Domain
 from schemas.inventory import Role
 from schemas.stats import STAT_COUNTERS

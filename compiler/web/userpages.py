@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from compiler.tools.passwd import PasswordError
+from compiler.web.access import visible_account
 from compiler.web.app import actor, login_required, renew_fingerprint, web_state
 from compiler.web.changes import Actor
 from compiler.web.forms import checkbox, date_field, lines_field, text_field
@@ -30,16 +31,9 @@ SPAM_WARNING = (
 def _context(address: str) -> dict[str, Any]:
     """The account's data for a page; 403 unless the person may see it (their own account,
     or one of a domain they administer)."""
-    person = actor()
-    snapshot = web_state().directory.snapshot()
-    address = address.lower()
-    admin_of = snapshot.admin_domains(person.address, person.server_admin)
-    if address != person.address and address.rpartition("@")[2] not in admin_of:
-        abort(403)
-    found = snapshot.account(address)
-    if found is None:
-        abort(404)
-    domain, account = found
+    view = visible_account(address)
+    address, domain, account = view.address, view.domain, view.account
+    person, admin_of = view.person, view.admin_of
     targets = next(
         (r.to for r in domain.redirects if domain.address_of(r.name).lower() == address), []
     )
