@@ -10,11 +10,12 @@ run as root: selectors are DNS labels, scores bounded numbers, ports integers.
 from __future__ import annotations
 
 import re
+from datetime import date
 from enum import StrEnum
 from itertools import pairwise
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
 from schemas.common import Frozen, Port, json_string, show_value
 
@@ -45,42 +46,117 @@ class DkimAlgorithm(StrEnum):
     ED25519 = "ed25519"  # RFC 8463: short keys, not verified by every receiver yet
 
 
+RETIRED_KEEP_DAYS_MAX = 90
+_ISO_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def check_iso_date(value: object) -> object:
+    """A day written YYYY-MM-DD (a date object passes): never a number, which pydantic would
+    read as a Unix time."""
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE_RE.fullmatch(value):
+        raise ValueError(
+            f"{show_value(str(value))} is not a date written YYYY-MM-DD, like 2026-12-07"
+        )
+    return value
+
+
+IsoDate = Annotated[
+    date,
+    BeforeValidator(check_iso_date),
+    WithJsonSchema({"type": "string", "format": "date"}),
+]
+
+
+class DkimRotation(Frozen):
+    """A rotation under way: the host makes the key `<selector>-<host>` at the next apply and
+    `mailcfg dns` prints its record; rspamd signs with it, besides the current key, as soon as
+    the DNS serves that record (it checks before each signature). Once `mailcfg doctor` says
+    it is published, make it `dkim.selector` and retire the old one."""
+
+    selector: SelectorPrefix = Field(description="The next key's selector (its first part).")
+
+
+class RetiredSelector(Frozen):
+    """A key no longer signed with whose record stays published for `retired_keep_days` after
+    `retired` (mail signed before the switch is still verified by receivers)."""
+
+    selector: SelectorPrefix
+    retired: IsoDate | None = Field(
+        default=None,
+        description="The day the host stopped signing with it (the apply that made the next "
+        "key `selector`); `mailcfg doctor` says when its record may go.",
+    )
+
+
+def _retired_entry(value: object) -> object:
+    """A bare selector (the older form) is a retired key without a date."""
+    return {"selector": value} if isinstance(value, str) else value
+
+
+RetiredEntry = Annotated[RetiredSelector, BeforeValidator(_retired_entry)]
+
+
 class Dkim(Frozen):
     """Sign the mail the host sends, for every domain it serves (alias domains too), aligned
     with the header From. Each host has its own key, generated on the host at the first apply
     (never in git or a plan), under the selector `<selector>-<host>`; `mailcfg dns` prints
-    its record once the host has it."""
+    its record once the host has it. rspamd signs with a key only while the DNS serves its
+    public key and it matches the host's."""
 
     selector: SelectorPrefix = Field(
         default="mc2026a",
         description="The selector's first part; the host signs as <selector>-<host name>. "
-        "A new value makes a new key (publish its record before the next apply signs with it).",
+        "A new value makes a new key (rotate with `rotate` instead).",
     )
     algorithm: DkimAlgorithm = Field(
         default=DkimAlgorithm.RSA, description="rsa (2048 bits, the default) or ed25519."
     )
-    next_selector: SelectorPrefix | None = Field(
+    rotate: DkimRotation | None = Field(
         default=None,
-        description="Rotation, step 1: the host also makes the key <next_selector>-<host> and "
-        "`mailcfg dns` prints its record, but signs with `selector` until this becomes "
-        "`selector` (step 2, once `mailcfg doctor` finds the record in the DNS).",
+        description="Rotation, step 1: make and publish the next key; the host signs with it "
+        "too once the DNS serves it. Step 2 (once `mailcfg doctor` finds it): make it "
+        "`selector` and move the old one to `retired_selectors` with today's date.",
     )
-    retired_selectors: list[SelectorPrefix] = Field(
+    retired_selectors: list[RetiredEntry] = Field(
         default_factory=list,
         max_length=8,
-        description="Rotation, step 3: selectors no longer signed with whose records "
-        "`mailcfg dns` still prints (mail signed before the switch is still verified); "
-        "remove them after a few days.",
+        description="Rotation, step 3: keys no longer signed with whose records `mailcfg dns` "
+        "still prints, each with the day it was retired ({selector: mc2026a, retired: "
+        "2026-12-07}); `mailcfg doctor` says when the record may go.",
     )
+    retired_keep_days: int = Field(
+        default=7,
+        ge=1,
+        le=RETIRED_KEEP_DAYS_MAX,
+        description="How long a retired key's record stays published after its `retired` day.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def accept_next_selector(cls, data: object) -> object:
+        """`next_selector: X`, the older spelling, is `rotate: {selector: X}`."""
+        if isinstance(data, dict) and "next_selector" in data:
+            data = dict(data)
+            older = data.pop("next_selector")
+            if older is not None:
+                if "rotate" in data:
+                    raise ValueError("give rotate or next_selector (its older name), not both")
+                data["rotate"] = {"selector": older}
+        return data
+
+    @property
+    def next_selector(self) -> str | None:
+        return self.rotate.selector if self.rotate else None
 
     @model_validator(mode="after")
     def check_selectors(self) -> Dkim:
         named = [self.selector, *([self.next_selector] if self.next_selector else [])]
-        named += self.retired_selectors
+        named += [r.selector for r in self.retired_selectors]
         if len(set(named)) != len(named):
             raise ValueError(
-                f"a selector is named twice among selector, next_selector and "
-                f"retired_selectors: {named}"
+                f"a selector is named twice among selector, rotate and retired_selectors: {named}"
             )
         return self
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 from compiler.connectors.transport import Transport, TransportError
@@ -24,7 +25,7 @@ from compiler.push.hostside.wire import ObserveReply, ObserveRequest
 from compiler.render.filtering import DkimSigning, make_dkim_signing
 from compiler.render.resolve import HostConfig, resolve_host
 from compiler.tools.dkimkeys import make_dkim_keys
-from compiler.tools.dnsrecords import DkimKey, DnsPlan, make_dns_plan
+from compiler.tools.dnsrecords import DkimKey, DkimState, DnsPlan, make_dns_plan
 from schemas.inventory import Inventory
 
 OpenHost = Callable[[str], Transport]
@@ -67,6 +68,57 @@ def read_dkim_records(transport: Transport, signing: DkimSigning) -> dict[str, s
     return found
 
 
+def host_dkim_keys(
+    name: str, sign: DkimSigning, records: Mapping[str, str]
+) -> tuple[list[DkimKey], list[str]]:
+    """The keys of one host from its record files by path (`read_dkim_records`), each with its
+    place in a rotation, and notes for what is missing or unusable."""
+    keys: list[DkimKey] = []
+    notes: list[str] = []
+    for files in sign.published:
+        where = f"{name}: DKIM selector {files.selector}"
+        text = records.get(files.record_path)
+        state: DkimState = (
+            "retired" if files in sign.retired else "next" if files == sign.upcoming else "signing"
+        )
+        if text is None:
+            notes.append(
+                f"{where}: retired, no key on the host: no record"
+                if state == "retired"
+                else f"{where}: no key yet; `mailcfg apply` makes it (rspamd role)"
+            )
+            continue
+        try:
+            made = make_dkim_keys(sign.domains, files.selector, text)
+            keys += [
+                replace(
+                    k,
+                    state=state,
+                    retired=files.retired,
+                    keep_days=sign.keep_days,
+                    prefix=files.prefix,
+                    current=sign.signing.prefix,
+                )
+                for k in made
+            ]
+        except ValueError as exc:
+            notes.append(f"{where}: {files.record_path} is unusable ({exc})")
+            continue
+        if state == "retired" and files.retired is not None:
+            until = files.retired + timedelta(days=sign.keep_days)
+            notes.append(
+                f"{where}: retired on {files.retired}: keep its record until {until}, then "
+                f"remove it and drop {files.prefix} from retired_selectors"
+            )
+    if sign.upcoming is not None:
+        notes.append(
+            f"{name}: DKIM rotation to {sign.upcoming.selector}: publish its record; the host "
+            f"signs with it besides {sign.selector} once the DNS serves it, and `mailcfg "
+            "doctor` says when to make it the selector"
+        )
+    return keys, notes
+
+
 def observe_dkim_keys(configs: Mapping[str, HostConfig], open_host: OpenHost) -> ObservedKeys:
     """Every signing host's keys (signing, next and retired), for the domains it signs for;
     notes for what a host cannot give and for the domains nobody signs."""
@@ -83,25 +135,9 @@ def observe_dkim_keys(configs: Mapping[str, HostConfig], open_host: OpenHost) ->
         except (TransportError, HostError) as exc:
             notes.append(f"{name}: DKIM keys not read ({exc}); no records from this host")
             continue
-        for files in sign.published:
-            where = f"{name}: DKIM selector {files.selector}"
-            text = records.get(files.record_path)
-            if text is None:
-                notes.append(
-                    f"{where}: retired, no key on the host: no record"
-                    if files in sign.retired
-                    else f"{where}: no key yet; `mailcfg apply` makes it (rspamd role)"
-                )
-                continue
-            try:
-                keys += make_dkim_keys(sign.domains, files.selector, text)
-            except ValueError as exc:
-                notes.append(f"{where}: {files.record_path} is unusable ({exc})")
-        if sign.upcoming is not None:
-            notes.append(
-                f"{name}: DKIM signs with {sign.selector}; publish {sign.upcoming.selector} "
-                "and, once `mailcfg doctor` finds it, make it the selector"
-            )
+        found, said = host_dkim_keys(name, sign, records)
+        keys += found
+        notes += said
     signed = {d for s in signing.values() for d in s.domains}
     unsigned = sorted({d for cfg in configs.values() for d in _served(cfg)} - signed)
     if unsigned:

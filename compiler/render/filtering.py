@@ -11,6 +11,7 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
+from datetime import date
 from urllib.parse import urlsplit
 
 from compiler.render.resolve import HostConfig
@@ -58,19 +59,23 @@ class DkimKeyFiles:
     selector: str
     key_path: str
     record_path: str
+    retired: date | None = None  # a retired key: the day it stopped signing (None: unknown)
+    prefix: str = ""  # the inventory's selector (the first part of `selector`)
 
 
 @dataclass(frozen=True, slots=True)
 class DkimSigning:
-    """The host's DKIM keys: the one it signs with, the one it makes ahead of a rotation
-    (`next_selector`), those whose records are still published (`retired_selectors`), the
-    algorithm of new keys, and the domains it signs for (served and alias domains)."""
+    """The host's DKIM keys: the current one, the next one while a rotation is under way
+    (`rotate`), those whose records are still published (`retired_selectors`, kept
+    `keep_days` after their day), the algorithm of new keys, and the domains it signs for
+    (served and alias domains)."""
 
     signing: DkimKeyFiles
     algorithm: str
     domains: tuple[str, ...]
     upcoming: DkimKeyFiles | None = None
     retired: tuple[DkimKeyFiles, ...] = ()
+    keep_days: int = 7
 
     @property
     def selector(self) -> str:
@@ -82,7 +87,8 @@ class DkimSigning:
 
     @property
     def to_make(self) -> tuple[DkimKeyFiles, ...]:
-        """The keys `build` makes when missing (never a retired one)."""
+        """The keys `build` makes when missing (never a retired one), which are also the keys
+        rspamd signs with, each only while the DNS serves its public key (`check_pubkey`)."""
         return (self.signing, *([self.upcoming] if self.upcoming else []))
 
     @property
@@ -96,18 +102,19 @@ def make_dkim_signing(cfg: HostConfig) -> DkimSigning | None:
     if dkim is None:
         return None
 
-    def files(prefix: str) -> DkimKeyFiles:
+    def files(prefix: str, retired: date | None = None) -> DkimKeyFiles:
         selector = dkim_selector(prefix, cfg.name)
         base = posixpath.join(cfg.policy.paths.rspamd_dkim_dir, selector)
-        return DkimKeyFiles(selector, f"{base}.key", f"{base}.txt")
+        return DkimKeyFiles(selector, f"{base}.key", f"{base}.txt", retired, prefix)
 
     domains = tuple(sorted({*cfg.domain_names, *cfg.alias_domains}))
     return DkimSigning(
         signing=files(dkim.selector),
         algorithm=dkim.algorithm.value,
         domains=domains,
-        upcoming=files(dkim.next_selector) if dkim.next_selector else None,
-        retired=tuple(files(p) for p in dkim.retired_selectors),
+        upcoming=files(dkim.rotate.selector) if dkim.rotate else None,
+        retired=tuple(files(r.selector, r.retired) for r in dkim.retired_selectors),
+        keep_days=dkim.retired_keep_days,
     )
 
 

@@ -21,6 +21,7 @@ import ipaddress
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Literal
 
 import dns.reversename
@@ -74,14 +75,24 @@ class DnsRecord:
         }
 
 
+DkimState = Literal["signing", "next", "retired"]
+
+
 @dataclass(frozen=True, slots=True)
 class DkimKey:
-    """A signing key's public half, as the host reports it (`p=`: base64 of the key)."""
+    """A signing key's public half, as the host reports it (`p=`: base64 of the key), and its
+    place in a rotation: the current key (`signing`), the next one (`next`: signs too once
+    published), or a `retired` one (since `retired`, its record kept `keep_days` after)."""
 
     domain: str
     selector: str
     public_key: str
     algorithm: Literal["rsa", "ed25519"] = "rsa"
+    state: DkimState = "signing"
+    retired: date | None = None
+    keep_days: int = 7
+    prefix: str = ""  # the inventory's selector, without the host's part
+    current: str = ""  # the inventory's current selector (what a `next` key replaces)
 
     @property
     def record_name(self) -> str:

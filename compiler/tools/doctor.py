@@ -4,8 +4,9 @@ each failure with the fix to apply.
 
 Per domain: MX names every host that serves it; SPF is one record ending in `-all` or `~all`
 that passes for every address of every sending host (evaluated by pyspf, through the agent's
-own `runtime.policy.spf`); DKIM keys as the hosts hold them (when known); DMARC present and
-parseable (RFC 7489 6.4); the MTA-STS id current; TLS-RPT present. Per host: A/AAAA of its
+own `runtime.policy.spf`); DKIM keys as the hosts hold them (when known), each by its place
+in a rotation (`tools.dkimrotation`); DMARC present and parseable (RFC 7489 6.4); the MTA-STS
+id current; TLS-RPT present. Per host: A/AAAA of its
 mail name, the PTR of each address names the HELO name and is forward-confirmed, no address
 listed on the DNS blacklists of its policy, and port 25 offers STARTTLS with a certificate
 valid for the mail name.
@@ -23,6 +24,7 @@ import smtplib
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -31,6 +33,7 @@ import dns.name
 import dns.resolver
 import dns.reversename
 
+from compiler.tools.dkimrotation import dkim_verdict
 from compiler.tools.dnsrecords import (
     DKIM_NOTE,
     DnsPlan,
@@ -71,7 +74,8 @@ class Check:
 class DoctorOptions:
     """`resolver`: the DNS server asked (`IP[:PORT]`; None: the system's). `smtp_address`
     and `smtp_port` send the port-25 check elsewhere than each host's public addresses and
-    smtp listener (a tunnel, NAT, tests); `ca_file` adds trust anchors for it."""
+    smtp listener (a tunnel, NAT, tests); `ca_file` adds trust anchors for it; `today` fixes
+    the day (tests)."""
 
     resolver: str | None = None
     timeout: float = 5.0
@@ -79,6 +83,7 @@ class DoctorOptions:
     smtp_address: str | None = None
     smtp_port: int | None = None
     ca_file: str | None = None
+    today: date | None = None  # the day DKIM retirements are counted from (None: today, UTC)
 
 
 class DnsTrouble(Exception):
@@ -254,18 +259,17 @@ def _dkim_key(text: str) -> str:
     return ""
 
 
-def check_dkim(dns_: _Dns, domain: DomainPlan) -> Found:
+def check_dkim(dns_: _Dns, domain: DomainPlan, today: date) -> Found:
+    """Each key of each signing host, by its place in a rotation (`tools.dkimrotation`)."""
     if not domain.dkim:
         return _Say(domain.domain, "DKIM")(WARN, DKIM_NOTE.removeprefix("DKIM: "))
     found: Found = []
     for key in domain.dkim:
         say = _Say(domain.domain, f"DKIM {key.selector}")
         fix = _expected(domain, key.record_name.rstrip("."))
-        texts = dns_.texts(key.record_name)
-        if key.public_key in [_dkim_key(t) for t in texts]:
-            found += say(OK, "the host's key is published")
-        else:
-            found += say(FAIL, "the published key is not the host's" if texts else "no record", fix)
+        published = [_dkim_key(t) for t in dns_.texts(key.record_name)]
+        status, message, fix = dkim_verdict(key, published, fix, today)
+        found += say(Status(status), message, fix)
     return found
 
 
@@ -421,12 +425,13 @@ def _guarded(subject: str, what: str, run: Callable[..., Found], *args: Any) -> 
 def run_doctor(plan: DnsPlan, options: DoctorOptions = DoctorOptions()) -> list[Check]:
     """Every check of the plan's domains, then of its hosts."""
     dns_ = _Dns(make_sync_resolver([options.resolver] if options.resolver else [], options.timeout))
+    today = options.today or datetime.now(UTC).date()
     found: Found = []
     for domain in plan.domains:
         d = domain.domain
         found += _guarded(d, "MX", check_mx, dns_, domain)
         found += _guarded(d, "SPF", check_spf, dns_, domain, plan.spf_all)
-        found += _guarded(d, "DKIM", check_dkim, dns_, domain)
+        found += _guarded(d, "DKIM", check_dkim, dns_, domain, today)
         found += _guarded(d, "DMARC", check_dmarc, dns_, domain)
         found += _guarded(d, "MTA-STS", check_mta_sts, dns_, domain)
         found += _guarded(d, "TLS-RPT", check_tls_rpt, dns_, domain)

@@ -290,27 +290,44 @@ def test_a_rotation_publishes_the_next_key_first_and_keeps_the_old_one_published
     assert main(["apply", str(example), "--yes", "--host", "mx2"]) == 0
     capsys.readouterr()
     old = _dkim_records(example, capsys)["mc2026a-mx2._domainkey.example.com."]
+    assert 'selector = "mc2026a-mx2"; },\n    ];' in signing_conf.read_text()
 
-    # Step 1: the next key is made and printed; mail is still signed with the old one.
-    _set_dkim(example, "    selector: mc2026a\n    next_selector: mc2026b\n")
+    # Step 1: the next key is made and printed; rspamd is given both keys and signs with
+    # each one only while the DNS serves it (check_pubkey).
+    _set_dkim(example, "    selector: mc2026a\n    rotate: {selector: mc2026b}\n")
     assert main(["apply", str(example), "--yes", "--host", "mx2"]) == 0
     capsys.readouterr()
     out, _ = _dns(example, capsys)
-    assert "mx2: DKIM signs with mc2026a-mx2; publish mc2026b-mx2" in out
+    assert "; note: mx2: DKIM rotation to mc2026b-mx2: publish its record" in out
     step1 = _dkim_records(example, capsys)
     assert step1["mc2026a-mx2._domainkey.example.com."] == old
     upcoming = step1["mc2026b-mx2._domainkey.example.com."]
     assert upcoming != old
-    assert 'selector = "mc2026a-mx2";' in signing_conf.read_text()
+    conf = signing_conf.read_text()
+    assert "check_pubkey = true;\nallow_pubkey_mismatch = false;\n" in conf
+    assert (
+        '      { path = "/var/lib/rspamd/dkim/mc2026a-mx2.key"; selector = "mc2026a-mx2"; },\n'
+        '      { path = "/var/lib/rspamd/dkim/mc2026b-mx2.key"; selector = "mc2026b-mx2"; },\n'
+    ) in conf
 
-    # Step 2: sign with it; the old record is still printed while it is retired.
-    _set_dkim(example, "    selector: mc2026b\n    retired_selectors: [mc2026a]\n")
+    # Step 2: only the new key signs; the old record is still printed while it is retired.
+    _set_dkim(
+        example,
+        "    selector: mc2026b\n"
+        "    retired_selectors: [{selector: mc2026a, retired: 2026-12-07}]\n",
+    )
     assert main(["apply", str(example), "--yes", "--host", "mx2"]) == 0
     capsys.readouterr()
+    out, _ = _dns(example, capsys)
+    assert (
+        "; note: mx2: DKIM selector mc2026a-mx2: retired on 2026-12-07: keep its record until "
+        "2026-12-14, then remove it and drop mc2026a from retired_selectors"
+    ) in out
     step2 = _dkim_records(example, capsys)
     assert step2["mc2026b-mx2._domainkey.example.com."] == upcoming
     assert step2["mc2026a-mx2._domainkey.example.com."] == old
-    assert 'selector = "mc2026b-mx2";' in signing_conf.read_text()
+    conf = signing_conf.read_text()
+    assert 'selector = "mc2026b-mx2";' in conf and 'selector = "mc2026a-mx2"' not in conf
 
     # Step 3: retired for good (mx1 was never applied here: it has no key to print).
     _set_dkim(example, "    selector: mc2026b\n")
@@ -319,9 +336,29 @@ def test_a_rotation_publishes_the_next_key_first_and_keeps_the_old_one_published
 
 def test_a_selector_named_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="named twice"):
-        Dkim(selector="mc2026a", next_selector="mc2026a")
+        Dkim(selector="mc2026a", rotate={"selector": "mc2026a"})
     with pytest.raises(ValueError, match="named twice"):
         Dkim(selector="mc2026b", retired_selectors=["mc2026b"])
+    with pytest.raises(ValueError, match="named twice"):
+        Dkim.model_validate(
+            {"selector": "c", "rotate": {"selector": "a"}, "retired_selectors": [{"selector": "a"}]}
+        )
+
+
+def test_the_older_rotation_fields_still_load() -> None:
+    """`next_selector: X` is `rotate: {selector: X}`; a bare retired selector has no date."""
+    dkim = Dkim.model_validate({"next_selector": "mc2026b", "retired_selectors": ["mc2025z"]})
+    assert dkim.rotate is not None and dkim.rotate.selector == "mc2026b"
+    assert dkim.next_selector == "mc2026b"
+    assert [(r.selector, r.retired) for r in dkim.retired_selectors] == [("mc2025z", None)]
+    with pytest.raises(ValueError, match="not both"):
+        Dkim.model_validate({"next_selector": "b", "rotate": {"selector": "c"}})
+
+
+@pytest.mark.parametrize("day", ["1700000000", 1700000000, "2026-02-30", "07.12.2026", "soon"])
+def test_a_retirement_day_is_a_real_iso_date(day: object) -> None:
+    with pytest.raises(ValueError, match="retired"):
+        Dkim.model_validate({"retired_selectors": [{"selector": "mc2026a", "retired": day}]})
 
 
 DOCTOR_DNS_PORT = 23450  # issue 13's range (23400-23499)
