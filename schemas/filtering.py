@@ -55,11 +55,12 @@ def check_iso_date(value: object) -> object:
     read as a Unix time."""
     if isinstance(value, date):
         return value
-    if not isinstance(value, str) or not _ISO_DATE_RE.fullmatch(value):
-        raise ValueError(
-            f"{show_value(str(value))} is not a date written YYYY-MM-DD, like 2026-12-07"
-        )
-    return value
+    if isinstance(value, str) and _ISO_DATE_RE.fullmatch(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{show_value(str(value))} is not a date written YYYY-MM-DD, like 2026-12-07")
 
 
 IsoDate = Annotated[
