@@ -9,27 +9,25 @@ module adds commands the same way: a function registering subparsers with
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import gc
 import logging
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
-from runtime.config import (
-    ConfigError,
-    ConfigWatcher,
-    load_agent_config,
-    prepare_policy,
-)
-from runtime.daemon import Daemon, connection_cap
-from runtime.policy.connection import new_event_loop, parse_listen, run_policy_service
-from runtime.policy.service import PolicyService
-from runtime.state.limits import LimitStore
+from runtime.config import ConfigError, load_agent_config
 from runtime.state.open import StoreError, open_store
 from schemas.agent import DEFAULT_AGENT_CONFIG, AgentConfig
+
+if TYPE_CHECKING:
+    import asyncio
+    import socket
+
+    from runtime.state.limits import LimitStore
+
+# The policy service's modules (asyncio, the policy engine, its checks and resolvers) are
+# imported by the commands that use them: `ingest` and `stats` start without them.
 
 log = logging.getLogger("mailcfg-agent")
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -49,6 +47,13 @@ async def serve_policy(
     (and when `on_hangup`, say `Daemon.on_hangup`, calls the reload it was given). The caller
     owns `store` (so the log follower can share it in the same process). A reload passes the
     same checks as a start (`prepare_policy`) or the current config stays."""
+    import asyncio
+
+    from runtime.config import ConfigWatcher, prepare_policy
+    from runtime.daemon import connection_cap
+    from runtime.policy.connection import run_policy_service
+    from runtime.policy.service import PolicyService
+
     config = load_agent_config(config_path)
     service = PolicyService(
         prepare_policy(config), store, max_connections=max_connections or connection_cap()
@@ -73,6 +78,12 @@ async def serve_policy(
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import gc
+
+    from runtime.daemon import Daemon
+    from runtime.policy.connection import new_event_loop
+
     config = load_agent_config(args.config)
     store = open_store(args.state or config.state, host=config.host)
     daemon = Daemon.from_environ()
@@ -145,6 +156,10 @@ _PING = (
 
 
 def _open_policy_socket(listen: str, timeout: float) -> socket.socket:
+    import socket
+
+    from runtime.policy.connection import parse_listen
+
     address = parse_listen(listen)
     if address.kind == "unix":
         sock = socket.socket(socket.AF_UNIX)

@@ -21,7 +21,6 @@ only when both passed, so a config that reloads fine also starts.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -34,6 +33,8 @@ from runtime.logs.follower import INSTALL_EVENTS, Watcher, make_watcher
 from schemas.agent import AgentConfig
 
 if TYPE_CHECKING:
+    import asyncio  # annotations only: `ingest` and `stats` start without the event loop
+
     from runtime.policy.engine import Policy
 
 log = logging.getLogger(__name__)

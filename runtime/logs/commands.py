@@ -9,7 +9,6 @@ config is read by the agent's one loader (`runtime.config.load_agent_config`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import csv
 import io
@@ -20,14 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.config import ConfigError, load_agent_config
-from runtime.daemon import Daemon
-from runtime.logs.ingest import (
-    Follower,
-    account_policy,
-    follow_logs,
-    ingest_files,
-    refresh_queue_gauge,
-)
+from runtime.logs.ingest import Follower, account_policy, ingest_files, refresh_queue_gauge
 from runtime.state.base import STAT_COUNTERS, StateStore, StatRow
 from runtime.state.open import StoreError, open_store
 from schemas.agent import DEFAULT_AGENT_CONFIG, AgentConfig
@@ -150,6 +142,8 @@ def run_follow(args: argparse.Namespace) -> int:
             if args.queue:
                 _refresh_queue(config, store, time.time(), "follow")
             return 0
+        import asyncio  # only the long-running follower needs the event loop
+
         asyncio.run(_follow_until_signal(config, store, use_inotify=not args.poll))
     finally:
         store.close()
@@ -157,6 +151,9 @@ def run_follow(args: argparse.Namespace) -> int:
 
 
 async def _follow_until_signal(config: AgentConfig, store: StateStore, use_inotify: bool) -> None:
+    from runtime.daemon import Daemon
+    from runtime.logs.ingest import follow_logs
+
     daemon = Daemon.quiet()  # until SIGTERM/SIGINT (runtime.daemon owns the signals)
     await daemon.run(follow_logs(config, store, daemon.stop, use_inotify=use_inotify))
 

@@ -10,7 +10,6 @@ state (queue id → sender, smtpd session → account) is saved beside the posit
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import hashlib
 import json
@@ -21,7 +20,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from runtime.logs.follower import Chunk, FollowedFile, Watcher, file_identity, make_watcher
 from runtime.logs.parser import DayResolver, LineParser
@@ -29,6 +28,9 @@ from runtime.logs.stats import AccountPolicy, Charge, Tally, queue_gauge
 from runtime.state.base import StateStore
 from runtime.state.limits import charge_sent_mail, limit_rule
 from schemas.agent import AgentConfig
+
+if TYPE_CHECKING:
+    import asyncio  # imported by `follow_logs`: a backfill (`ingest`) starts without it
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +318,8 @@ async def follow_logs(
     loop for long, and waiting is a descriptor readiness or a timer, never a blocked thread.
     An error propagates with every descriptor it opened closed: the daemon restarts the
     follower (runtime.daemon.supervise), so each attempt must leave nothing behind."""
+    import asyncio
+
     follower = Follower.open(config, store)
     try:
         watcher: Watcher = make_watcher(list(config.logs), use_inotify=use_inotify)
