@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from runtime.state.base import StateStore, Window
+from runtime.state.base import Consumption, StateStore, Window
 from schemas.policy import CountBy, Limits, OnExceed
 
 WINDOW_NAMES: tuple[str, ...] = ("hour", "day", "month")
@@ -240,6 +240,30 @@ def charge_sent_mail(
         rule.unit,
     )
     return describe_lock(record) if store.lock(account, record, now) else None
+
+
+class BatchConsume:
+    """`StateStore.consume` of a store whose check-and-count runs in batches (`run_batch`):
+    one request, without the lock check, the amount added whatever the room with `force`."""
+
+    def run_batch(
+        self, requests: Sequence[LimitRequest], *, check_lock: bool, force: bool
+    ) -> list[LimitResult]:
+        raise NotImplementedError
+
+    def consume(
+        self,
+        account: str,
+        amount: int,
+        windows: Sequence[Window],
+        now: float,
+        *,
+        force: bool = False,
+    ) -> Consumption:
+        check_windows(windows)
+        req = LimitRequest(account, amount, windows, now, lock=False)
+        res = self.run_batch([req], check_lock=False, force=force)[0]
+        return Consumption(allowed=res.exceeded is None, exceeded=res.exceeded, counts=res.counts)
 
 
 class LimitStore(StateStore, Protocol):

@@ -21,15 +21,15 @@ from collections.abc import Mapping, Sequence
 
 import redis
 
-from runtime.state.base import Consumption, StatRow, Window
+from runtime.state.base import StatRow
 from runtime.state.limits import (
     WINDOW_INDEX,
     WINDOW_NAMES,
+    BatchConsume,
     BucketClock,
     LimitRequest,
     LimitResult,
     check_batch,
-    check_windows,
     describe_lock,
 )
 from runtime.state.sqlite import group_stats
@@ -102,7 +102,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class RedisStore:
+class RedisStore(BatchConsume):
     """`StateStore` + `LimitStore` on a Redis server."""
 
     def __init__(self, url: str, *, host: str = "", prefix: str = "mailcfg:") -> None:
@@ -115,7 +115,7 @@ class RedisStore:
         self._once = self.r.register_script(_ONCE)
         self._clock = BucketClock()
 
-    def _run_batch(
+    def run_batch(
         self, requests: Sequence[LimitRequest], *, check_lock: bool, force: bool
     ) -> list[LimitResult]:
         """The whole batch is one script call: one command to encode and one round trip."""
@@ -164,21 +164,7 @@ class RedisStore:
         check_batch(requests)
         if not requests:
             return []
-        return self._run_batch(requests, check_lock=True, force=False)
-
-    def consume(
-        self,
-        account: str,
-        amount: int,
-        windows: Sequence[Window],
-        now: float,
-        *,
-        force: bool = False,
-    ) -> Consumption:
-        check_windows(windows)
-        req = LimitRequest(account, amount, windows, now, lock=False)
-        res = self._run_batch([req], check_lock=False, force=force)[0]
-        return Consumption(allowed=res.exceeded is None, exceeded=res.exceeded, counts=res.counts)
+        return self.run_batch(requests, check_lock=True, force=False)
 
     def lock(self, account: str, reason: str, now: float) -> bool:
         return bool(self.r.hsetnx(self._locks, account, reason))
