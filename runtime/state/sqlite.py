@@ -33,8 +33,9 @@ another connection's commit, after a failure) folds the log first, by SQL, so th
 reads are current; so do other processes (`mailcfg-agent ingest`'s forced charges, another
 agent on the file). A fold is idempotent (it writes rows, it adds nothing): a crash before,
 during or after it loses and doubles nothing. The price: a fold rewrites the rows of every
-account charged since the last one (about 3 us each), and holds the write lock meanwhile
-(30 ms for 9,000 accounts, so the loop waits that long once a second at such rates).
+account charged since the last one (about 3 us each), and holds the store's mutex and the
+write lock meanwhile: 30 ms for 9,000 accounts, so under a load that charges that many
+accounts a second the event loop waits that long once a second (`FOLD_ROWS` bounds it).
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ _SELECT_ACCOUNT = (
 _SELECT_LOCK = "SELECT 1 FROM locks WHERE account = ?"
 _INSERT_LOCK = "INSERT OR IGNORE INTO locks VALUES (?, ?, ?)"
 # `usage_log` rows after which a batch folds the log at once; the timer (`checkpoint_interval`)
-# folds long before at the rates seen. Bounds the log's size and a fold's length.
-FOLD_ROWS = 50_000
+# folds first below 20,000 decisions a second. Bounds the log's size and a fold's length (at
+# most this many accounts, about 3 us each: 60 ms).
+FOLD_ROWS = 20_000
 
 
 class SqliteStore(BatchConsume):
