@@ -257,7 +257,10 @@ class SqliteStore(BatchConsume):
             self._logged += len(writes)
             fold = self._logged >= self.fold_rows
         if fold:
-            self.fold_usage()
+            # The batch is committed: a fold that fails (the file busy, say) must not fail it,
+            # or the caller would decide its requests again. The log stays; a later fold takes it.
+            with contextlib.suppress(sqlite3.Error):
+                self.fold_usage()
         return results
 
     def _check_cache(self, db: sqlite3.Connection) -> int:

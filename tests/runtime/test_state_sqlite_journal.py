@@ -170,3 +170,24 @@ def test_kill_9_between_journal_and_fold_loses_and_doubles_nothing(tmp_path: Pat
         reopened.consume(f"k{i}@x.org", 0, [], 1_700_000_000.0).counts["month"] for i in range(3)
     ] == counts
     reopened.close()
+
+
+def test_a_failed_fold_after_a_batch_does_not_fail_the_committed_batch(tmp_path: Path) -> None:
+    """The policy service decides a failed batch again request by request: a batch whose
+    commit went through must not report the size-threshold fold's failure, or it would be
+    counted twice."""
+    path = tmp_path / "state.db"
+    s = SqliteStore(path, checkpoint_interval=0, fold_rows=2)
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TRIGGER fail BEFORE INSERT ON usage "
+            "BEGIN SELECT RAISE(ABORT, 'injected crash'); END"
+        )
+    res = s.consume_limits([_req("a@x.org"), _req("b@x.org")])
+    assert [r.counts["day"] for r in res] == [1, 1]
+    assert _rows(path, "usage_log") == 2
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TRIGGER fail")
+    assert s.consume_limits([_req("a@x.org")])[0].counts["day"] == 2
+    s.close()
+    assert _rows(path, "usage_log") == 0
