@@ -11,8 +11,9 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import re2
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
+from schemas.bayes import Bayes
 from schemas.common import (
     Address,
     DomainName,
@@ -446,4 +447,27 @@ class ServerPolicy(Frozen):
         description="Rewrite the envelope sender of mail redirected to outside domains with "
         "SRS (postsrsd), so the receiver's SPF check passes; bounces come back to the sender.",
     )
+    bayes: Bayes | None = Field(
+        default=None,
+        description="rspamd's Bayes: per account or shared, and learning from what users file "
+        "as Junk. Needs spam_actions and a Redis policy_state.",
+    )
     filter_ports: FilterPorts = FilterPorts()
+
+    @field_validator("bayes")
+    @classmethod
+    def check_bayes(cls, bayes: Bayes | None, info: ValidationInfo) -> Bayes | None:
+        # spam_actions and policy_state are declared before bayes: validated already (absent
+        # when invalid: their own error says why).
+        if bayes is None or not {"spam_actions", "policy_state"} <= info.data.keys():
+            return bayes
+        if info.data["spam_actions"] is None:
+            raise ValueError("bayes needs spam_actions: without scores rspamd has no Bayes")
+        state = str(info.data["policy_state"])
+        if not state.startswith(("redis://", "unix://")):
+            # Only the scheme: a DSN may hold a password.
+            raise ValueError(
+                f"bayes needs policy_state in Redis (redis:// or unix://; rspamd keeps its "
+                f"statistics there), not {state.partition(':')[0]}:"
+            )
+        return bayes

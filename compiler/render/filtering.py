@@ -157,16 +157,30 @@ def srs_domain(cfg: HostConfig) -> str | None:
     return cfg.domain_names[0] if cfg.domain_names else None
 
 
+def make_spam_learning(cfg: HostConfig) -> list[dict[str, str]]:
+    """The Dovecot IMAPSieve scripts and programs that teach rspamd's Bayes what users file
+    as Junk (one item per kind: the dovecot role renders a script and a program for each);
+    empty unless `policy.bayes.learn_from_junk` and the host runs Dovecot beside rspamd."""
+    bayes = cfg.policy.bayes
+    if bayes is None or not bayes.learn_from_junk:
+        return []
+    if "dovecot" not in {str(r) for r in cfg.spec.roles}:
+        return []
+    return [{"kind": "spam"}, {"kind": "ham"}]
+
+
 def make_filter_context(cfg: HostConfig) -> dict[str, object]:
     """The context entries the filtering roles and main.cf use."""
     policy = cfg.policy
     has_postfix = "postfix" in {str(r) for r in cfg.spec.roles}
     rspamd = has_postfix and uses_rspamd(policy)
+    redis = make_redis_server(policy.policy_state) if rspamd else None
     return {
         "rspamd": rspamd,
         "milter": f"inet:{LOOPBACK}:{policy.filter_ports.rspamd_proxy}" if rspamd else None,
         "dkim_signing": make_dkim_signing(cfg) if rspamd else None,
-        "redis": make_redis_server(policy.policy_state) if rspamd else None,
+        "redis": redis,
+        "spam_learning": make_spam_learning(cfg) if redis else [],
         "srs": has_postfix and policy.srs and srs_domain(cfg) is not None,
         "srs_domain": srs_domain(cfg),
         "loopback": LOOPBACK,

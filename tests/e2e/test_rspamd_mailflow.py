@@ -14,6 +14,7 @@ postsrsd 23404 and 23405, DNS 23406, the sink 23407, Redis 23408.
 
 from __future__ import annotations
 
+import imaplib
 import os
 import shutil
 import smtplib
@@ -98,6 +99,8 @@ def filter_policy(base: Path) -> dict[str, object]:
         "spam": {"nameservers": [f"127.0.0.1:{DNS_PORT}"], "dns_timeout": 1.0},
         # The agent's state store (the agent does not run here): rspamd's Bayes goes there.
         "policy_state": f"redis://127.0.0.1:{REDIS_PORT}/5",
+        # Per-account Bayes, taught by what a user files as Junk (Dovecot IMAPSieve).
+        "bayes": {"per_user": True},
         "paths": {
             "rspamd_config_dir": str(base / "etc/rspamd"),
             "rspamd_dkim_dir": str(base / "lib/rspamd-dkim"),
@@ -474,7 +477,8 @@ def test_spam_actions_follow_the_inventory_thresholds(lab: Lab) -> None:
 
 
 def test_bayes_learns_into_the_inventorys_redis(lab: Lab) -> None:
-    """policy_state is Redis: rspamd's Bayes statistics go to that server and database."""
+    """policy_state is Redis: rspamd's Bayes statistics go to that server and database, per
+    account (bayes.per_user)."""
     words = " ".join(f"offer{i} pills cheap discount winner{i % 7}" for i in range(40))
     spam = message("bob@origin.test", "alice@example.com", "cheap pills", words.encode())
     learn = subprocess.run(
@@ -488,4 +492,55 @@ def test_bayes_learns_into_the_inventorys_redis(lab: Lab) -> None:
     ).stdout.split()  # fmt: skip
     assert b"success = true;" in learn.stdout, learn.stdout
     # The statfile's key set and its token hashes, in the database the inventory names.
-    assert "BAYES_SPAM_keys" in keys and sum(k.startswith("RS_") for k in keys) > 20, keys
+    # bayes.per_user: the statistics of the message's recipient (here its To:, as rspamc
+    # gives no envelope) and its token hashes, in the database the inventory names.
+    assert "RSalice@example.com" in keys, keys
+    assert sum(k.startswith("RSalice@example.com_") for k in keys) > 20, keys
+
+
+def redis_keys(pattern: str) -> list[str]:
+    return subprocess.run(
+        ["redis-cli", "-p", str(REDIS_PORT), "-n", "5", "--scan", "--pattern", pattern],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+
+
+def learns(user: str, kind: str) -> int:
+    """How many messages rspamd learnt as `kind` (spam or ham) into `user`'s statistics."""
+    out = subprocess.run(
+        ["redis-cli", "-p", str(REDIS_PORT), "-n", "5", "hget", f"RS{user}", f"learns_{kind}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    return int(out or 0)
+
+
+def test_filing_mail_as_junk_teaches_the_users_own_bayes(lab: Lab) -> None:
+    """bayes.per_user + learn_from_junk: moving a message into Junk over IMAP learns it as
+    spam for that account (Dovecot's IMAPSieve pipes it to rspamc as the vmail user), a copy
+    into Trash teaches nothing, out of Junk into the inbox relearns it as ham; nobody else's
+    statistics change."""
+    user, other = "postmaster@example.com", "alice@example.com"
+    others = (learns(other, "spam"), learns(other, "ham"))
+    words = " ".join(f"lottery{i} prize claim urgent transfer{i % 5}" for i in range(40))
+    mail = message("win@origin.test", user, "You won", words.encode())
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+    logs = [lab.base / "log/rspamd/rspamd.log", Path(lab.mh.cfg.policy.paths.dovecot_log)]
+    imap = imaplib.IMAP4("127.0.0.1", lab.mh.ports["imap"], timeout=20)
+    try:
+        imap.starttls(ssl_context=tls)
+        imap.login(user, PASSWORD)
+        assert imap.append("INBOX", None, None, mail)[0] == "OK"
+        imap.select("INBOX")
+        assert imap.uid("MOVE", "1:*", "Junk")[0] == "OK"
+        _wait(lambda: learns(user, "spam") == 1, "a spam learn", logs, timeout=30)
+        imap.select("Junk")
+        assert imap.uid("COPY", "1:*", "Trash")[0] == "OK"
+        # IMAPSieve runs (and its pipe returns) before the command's reply.
+        assert (learns(user, "spam"), learns(user, "ham")) == (1, 0)
+        assert imap.uid("MOVE", "1:*", "INBOX")[0] == "OK"
+        _wait(lambda: learns(user, "ham") == 1, "a ham learn", logs, timeout=30)
+    finally:
+        imap.logout()
+    assert (learns(other, "spam"), learns(other, "ham")) == others
