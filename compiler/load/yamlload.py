@@ -44,7 +44,7 @@ import ryml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.composer import Composer
-from ruamel.yaml.constructor import SafeConstructor
+from ruamel.yaml.constructor import RoundTripConstructor, SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent, ScalarEvent
 from ruamel.yaml.nodes import MappingNode
@@ -343,11 +343,23 @@ def parse_yaml(data: bytes) -> ParseResult:
     return ParseResult(_parse_slow(data), fast=False)
 
 
+class _PositionsConstructor(RoundTripConstructor):
+    """Round-trip constructor that keeps timestamps as strings, like the parse paths: a
+    date-like value that is no real day (`2026-02-30`) must not cost the file its positions
+    (the schema's error for it then names no place)."""
+
+
+_PositionsConstructor.add_constructor(
+    "tag:yaml.org,2002:timestamp", RoundTripConstructor.construct_yaml_str
+)
+
+
 def load_positions(data: bytes) -> Any:
     """The round-trip tree of `data` (mappings and sequences carry `.lc` positions), or None
     when the file does not parse."""
     yaml = YAML(typ="rt")
     yaml.Composer = _GuardedComposer  # this file may be a bomb that failed validation
+    yaml.Constructor = _PositionsConstructor
     try:
         return yaml.load(_decode(data))
     except (YAMLError, YamlSyntaxError, ValueError, RecursionError):
