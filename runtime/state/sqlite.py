@@ -196,56 +196,71 @@ class SqliteStore(BatchConsume):
         The new usage of each account is appended to `usage_log`, not rewritten in `usage`
         (see the module docstring)."""
         results: list[LimitResult] = []
-        db = self._db
         cache = self._cache
         bucket = self._clock.keys
-        writes: dict[str, tuple[str, int, int, int, int, int, int]] = {}
         new_locks: list[tuple[str, str, float]] = []
+        with self._usage_transaction() as writes:
+            for r in requests:
+                account = r.account
+                row = cache.get(account)
+                if row is None:
+                    row = cache[account] = self._read_account(account)
+                locked = row[0]
+                if locked and check_lock:
+                    results.append(_LOCKED)
+                    continue
+                hk, dk, mk = bucket(r.now)
+                hn = row[2] if row[1] == hk else 0
+                dn = row[4] if row[3] == dk else 0
+                mn = row[6] if row[5] == mk else 0
+                amount = r.amount
+                exceeded = first_exceeded((hn, dn, mn), amount, r.windows)
+                if exceeded is None or force:
+                    hn += amount
+                    dn += amount
+                    mn += amount
+                    cache[account] = (locked, hk, hn, dk, dn, mk, mn)
+                    writes[account] = (account, hk, hn, dk, dn, mk, mn)
+                    # With force the amount was added anyway; `exceeded` then says a window
+                    # is now over its limit.
+                    allowed = exceeded is None
+                    results.append(
+                        LimitResult(allowed, False, exceeded, False, _counts(hn, dn, mn))
+                    )
+                    continue
+                newly = r.lock and not locked
+                reason = ""
+                if newly:
+                    cache[account] = (1, *row[1:])
+                    record = r.lock_record(exceeded, (hn, dn, mn))
+                    new_locks.append((account, record, r.now))
+                    reason = describe_lock(record)
+                counts = _counts(hn, dn, mn)
+                results.append(LimitResult(False, False, exceeded, newly, counts, reason))
+            if new_locks:
+                self._db.executemany(_INSERT_LOCK, new_locks)
+        if self._logged >= self.fold_rows:
+            # The batch is committed: a fold that fails (the file busy, say) must not fail it,
+            # or the caller would decide its requests again. The log stays; a later fold takes it.
+            with contextlib.suppress(sqlite3.Error):
+                self.fold_usage()
+        return results
+
+    @contextlib.contextmanager
+    def _usage_transaction(self) -> Iterator[dict[str, tuple[str, int, int, int, int, int, int]]]:
+        """A write transaction under the mutex in which the cache is exact (`_check_cache`).
+        The block fills the dict it gets with accounts' new usage rows; they are appended to
+        `usage_log` and, once committed, become `_pending` (still under the mutex, so a fold
+        never misses them). A failure rolls back and forgets the cache."""
+        writes: dict[str, tuple[str, int, int, int, int, int, int]] = {}
         with self._mutex:
+            db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 version = self._check_cache(db)
-                for r in requests:
-                    account = r.account
-                    row = cache.get(account)
-                    if row is None:
-                        row = cache[account] = self._read_account(account)
-                    locked = row[0]
-                    if locked and check_lock:
-                        results.append(_LOCKED)
-                        continue
-                    hk, dk, mk = bucket(r.now)
-                    hn = row[2] if row[1] == hk else 0
-                    dn = row[4] if row[3] == dk else 0
-                    mn = row[6] if row[5] == mk else 0
-                    amount = r.amount
-                    exceeded = first_exceeded((hn, dn, mn), amount, r.windows)
-                    if exceeded is None or force:
-                        hn += amount
-                        dn += amount
-                        mn += amount
-                        cache[account] = (locked, hk, hn, dk, dn, mk, mn)
-                        writes[account] = (account, hk, hn, dk, dn, mk, mn)
-                        # With force the amount was added anyway; `exceeded` then says a
-                        # window is now over its limit.
-                        allowed = exceeded is None
-                        results.append(
-                            LimitResult(allowed, False, exceeded, False, _counts(hn, dn, mn))
-                        )
-                        continue
-                    newly = r.lock and not locked
-                    reason = ""
-                    if newly:
-                        cache[account] = (1, *row[1:])
-                        record = r.lock_record(exceeded, (hn, dn, mn))
-                        new_locks.append((account, record, r.now))
-                        reason = describe_lock(record)
-                    counts = _counts(hn, dn, mn)
-                    results.append(LimitResult(False, False, exceeded, newly, counts, reason))
+                yield writes
                 if writes:
                     db.executemany(_LOG_USAGE, writes.values())
-                if new_locks:
-                    db.executemany(_INSERT_LOCK, new_locks)
                 db.execute("COMMIT")
             except BaseException:
                 self._forget()
@@ -255,13 +270,6 @@ class SqliteStore(BatchConsume):
             self._version = version
             self._pending.update(writes)
             self._logged += len(writes)
-            fold = self._logged >= self.fold_rows
-        if fold:
-            # The batch is committed: a fold that fails (the file busy, say) must not fail it,
-            # or the caller would decide its requests again. The log stays; a later fold takes it.
-            with contextlib.suppress(sqlite3.Error):
-                self.fold_usage()
-        return results
 
     def _check_cache(self, db: sqlite3.Connection) -> int:
         """Inside a write transaction: make the cache and `_pending` agree with the file, and
@@ -271,49 +279,35 @@ class SqliteStore(BatchConsume):
         the rows read afterwards are current."""
         version: int = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._version:
-            self._cache.clear()
-            self._pending.clear()
-            self._logged = 0
+            self._forget()
             if db.execute(_ANY_LOGGED).fetchone()[0]:
                 db.execute(_FOLD_LOG)
                 db.execute(_CLEAR_LOG)
         elif len(self._cache) > _CACHE_MAX:
             self._fold_pending(db)
-            self._pending.clear()
-            self._logged = 0
             self._cache.clear()
         return version
 
     def _fold_pending(self, db: sqlite3.Connection) -> None:
         """The cache is exact (no other writer since this connection's last commit), so every
         row of `usage_log` is this connection's and `_pending` has each account's newest:
-        write those to `usage` (sorted, so each page is visited once) and empty the log."""
+        write those to `usage` (sorted, so each page is visited once) and empty the log. (If
+        the transaction then fails, `_forget` leaves the log to the next SQL fold.)"""
         if self._pending:
             db.executemany(_UPSERT_USAGE, sorted(self._pending.values()))
             db.execute(_CLEAR_LOG)
+            self._pending.clear()
+            self._logged = 0
 
     def fold_usage(self) -> None:
         """Fold `usage_log` into `usage` in one transaction (a no-op when it is empty): on a
         timer, after `fold_rows` logged rows, and at close."""
-        with self._mutex:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                version = self._check_cache(db)
-                self._fold_pending(db)
-                db.execute("COMMIT")
-            except BaseException:
-                self._forget()
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            self._version = version
-            self._pending.clear()
-            self._logged = 0
+        with self._usage_transaction():
+            self._fold_pending(self._db)
 
     def _forget(self) -> None:
-        """After a failed transaction nothing cached can be trusted: the next transaction
-        reads (and folds) again from the file."""
+        """Nothing cached is known to be the file's (a failed transaction, another
+        connection's commit): the next transaction reads (and folds) again from the file."""
         self._cache.clear()
         self._pending.clear()
         self._logged = 0
