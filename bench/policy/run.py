@@ -5,7 +5,9 @@ plus 10 hot senders sending `--hot-sends` each, over a daily limit of `--limit`;
 per message (END-OF-MESSAGE requests with recipient_count=1), shuffled, spread over N
 persistent connections (1, 8, 32). Like smtpd, a connection has one request outstanding at a
 time. The load generator runs in separate processes, with every request encoded before the
-clock starts. A run checks that every sender got exactly min(sent, limit) accepts.
+clock starts. A run checks that every sender got exactly min(sent, limit) accepts and, for
+the SQLite agents, that the store (read after the server stopped: the usage journal's newest
+row of an account, else its usage row) holds exactly each sender's accepts.
 
 Servers, each started fresh (empty state) for every connection count:
 - the mailcfg agent with its SQLite backend and with Redis (a private redis-server);
@@ -43,6 +45,7 @@ import selectors
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -188,6 +191,7 @@ class LoadResult:
     cpu_us: float | None = None  # server CPU per decision
     client_cpu_us: float = 0.0  # load generator CPU per decision
     rss_kib: int = 0  # memory of the server's process tree at the end (sum of PSS)
+    stored: dict[str, int] | None = None  # the day count per account in the agent's store
 
 
 def run_load(
@@ -242,10 +246,29 @@ def run_load(
     )
 
 
-def check_exact(msgs: list[str], accepts: Counter[str], limit: int) -> int:
-    """Number of senders whose accepts differ from min(sent, limit)."""
+def check_exact(msgs: list[str], res: LoadResult, limit: int) -> int:
+    """Number of senders whose accepts differ from min(sent, limit), or (where the server's
+    store was read after it stopped) whose stored count differs from their accepts."""
     sent = Counter(msgs)
-    return sum(1 for s, n in sent.items() if accepts.get(s, 0) != min(n, limit))
+    stored = res.stored
+    return sum(
+        1
+        for s, n in sent.items()
+        if res.accepts.get(s, 0) != min(n, limit)
+        or (stored is not None and stored.get(s, 0) != res.accepts.get(s, 0))
+    )
+
+
+def sqlite_day_counts(path: Path) -> dict[str, int]:
+    """The day count of each account in an agent's SQLite store: its newest `usage_log` row
+    (the usage journal, if not folded yet), else its `usage` row. An older agent's store has
+    no journal."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        counts = dict(db.execute("SELECT account, day_n FROM usage"))
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'usage_log'").fetchone():
+            newest = "SELECT max(rowid), account, day_n FROM usage_log GROUP BY account"
+            counts.update((a, n) for _, a, n in db.execute(newest))
+    return counts
 
 
 # -- process handling -------------------------------------------------------------------------
@@ -375,6 +398,8 @@ class Server:
     start: Starter
     state: str = "END-OF-MESSAGE"  # protocol_state of its requests
     full: bool = True  # the whole workload, or the smaller one for slow peers
+    # The stored count per account, read from the run's temp dir after the server stopped.
+    stored: Callable[[Path], dict[str, int]] | None = None
 
 
 def agent_config(tmp: Path, state: str, limit: int) -> Path:
@@ -538,7 +563,11 @@ def start_policyd(tmp: Path, limit: int) -> Running:
 
 
 SERVERS = {
-    "agent-sqlite": Server("mailcfg agent, SQLite", start_agent_sqlite),
+    "agent-sqlite": Server(
+        "mailcfg agent, SQLite",
+        start_agent_sqlite,
+        stored=lambda tmp: sqlite_day_counts(tmp / "state.db"),
+    ),
     "agent-redis": Server("mailcfg agent, Redis", start_agent_redis),
     "postfwd": Server("postfwd2 rate()", start_postfwd, full=False),
     # count_mode 1 counts recipient_count at DATA and ignores every other state.
@@ -579,11 +608,14 @@ def run_once(
             run = srv.start(tmp, args.limit)
             cpu = functools.partial(tree_cpu, run.pid)
             rss = functools.partial(tree_rss, run.pid)
-            return run_load(run.addr, msgs, n, args.procs, srv.state, cpu, rss)
+            res = run_load(run.addr, msgs, n, args.procs, srv.state, cpu, rss)
         finally:
             if run is not None:
                 for stop in run.stops:
                     stop()
+        if srv.stored is not None:
+            res.stored = srv.stored(tmp)
+        return res
 
 
 def bench_servers(
@@ -608,7 +640,7 @@ def bench_servers(
                     row.error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
                     continue
                 results[srv.name].append(res)
-                row.wrong = max(row.wrong, check_exact(msgs, res.accepts, args.limit))
+                row.wrong = max(row.wrong, check_exact(msgs, res, args.limit))
         for srv in servers:
             row, got = todo[srv.name], results[srv.name]
             if got and not row.error:
@@ -727,6 +759,7 @@ def main() -> int:
             Server(
                 "mailcfg agent (baseline), SQLite",
                 lambda tmp, limit: start_agent(tmp, limit, f"sqlite:///{tmp}/state.db", src),
+                stored=SERVERS["agent-sqlite"].stored,
             ),
         )
     work = {srv.name: full if srv.full else small for srv in servers}
