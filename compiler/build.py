@@ -38,27 +38,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compiler.cache.cachedir import CacheError, open_cache_dir, prepare_cache_dir
-from compiler.connectors.transport import Transport
-from compiler.push.apply import ReleaseInfo, list_releases, make_release_id, rollback_release
-from compiler.push.connect import open_transport
-from compiler.push.fleet import (
-    DEFAULT_FORKS,
-    HostResult,
-    OpenTransport,
-    Outcome,
-    apply_target,
-    plan_target,
-    run_parallel,
-)
-from compiler.types import Plan, Release
 
 if TYPE_CHECKING:
+    from compiler.connectors.transport import Transport
     from compiler.load.inventory import LoadedInventory
     from compiler.push.agentcall import AgentCall
+    from compiler.push.apply import ReleaseInfo
+    from compiler.push.fleet import HostResult, OpenTransport
     from compiler.render.roles import Roles
     from compiler.render.targets import Target
     from compiler.tools.dnsrecords import DnsPlan
     from compiler.tools.stats import StatsRow
+    from compiler.types import Plan, Release
     from schemas.inventory import HostSpec
 
 FRAGMENTS_SUBDIRECTORY = "fragments"
@@ -168,6 +159,10 @@ class BuildSession:
             # The inventory and targets live until the process exits: keep their ~10^5 objects
             # out of every later collection (plan and apply go on allocating).
             gc.freeze()
+        if not failures:
+            return targets, []
+        from compiler.push.fleet import HostResult, Outcome
+
         return targets, [HostResult(f.host, Outcome.FAILED, message=f.message) for f in failures]
 
     def compile_one(self, host: str) -> Target:
@@ -222,9 +217,11 @@ class BuildSession:
         return self.base_dir if self.base_dir is not None else self.inventory_dir
 
     def open_host(self, name: str) -> Transport:
-        return open_transport(name, self.load().inventory.hosts[name], base_dir=self.local_base)
+        return self._opener()(name, self.load().inventory.hosts[name])
 
     def _opener(self) -> OpenTransport:
+        from compiler.push.connect import open_transport
+
         base_dir = self.local_base
 
         def open_host(name: str, spec: HostSpec) -> Transport:
@@ -233,13 +230,21 @@ class BuildSession:
         return open_host
 
     def plan(
-        self, targets: Sequence[Target], failures: Sequence[HostResult], forks: int = DEFAULT_FORKS
+        self,
+        targets: Sequence[Target],
+        failures: Sequence[HostResult],
+        forks: int | None = None,
     ) -> list[HostResult]:
-        """Observe and plan every target in parallel; results (failures too) by host."""
+        """Observe and plan every target in parallel (`forks` at once; None: the default of
+        `push.fleet`); results (failures too) by host."""
+        from compiler.push.fleet import DEFAULT_FORKS, plan_target, run_parallel
+
         by_name = {t.name: t for t in targets}
         opener = self._opener()
         results = run_parallel(
-            sorted(by_name), lambda h: plan_target(by_name[h], opener), forks=forks
+            sorted(by_name),
+            lambda h: plan_target(by_name[h], opener),
+            forks=DEFAULT_FORKS if forks is None else forks,
         )
         return _by_host([*results, *failures])
 
@@ -248,10 +253,13 @@ class BuildSession:
         targets: Sequence[Target],
         plans: Mapping[str, Plan],
         *,
-        forks: int = DEFAULT_FORKS,
+        forks: int | None = None,
         keep_releases: int = 5,
     ) -> list[HostResult]:
         """Apply each host's shown plan in parallel, each as a new release."""
+        from compiler.push.apply import make_release_id
+        from compiler.push.fleet import DEFAULT_FORKS, apply_target, run_parallel
+
         by_name = {t.name: t for t in targets}
         opener = self._opener()
 
@@ -262,11 +270,13 @@ class BuildSession:
                 by_name[host], plan, opener, release_id=release_id, keep_releases=keep_releases
             )
 
-        return run_parallel(sorted(plans), job, forks=forks)
+        return run_parallel(sorted(plans), job, forks=DEFAULT_FORKS if forks is None else forks)
 
     def releases(self, host: str) -> tuple[ReleaseInfo, ...]:
+        from compiler.push.apply import list_releases
+
         target = self.compile_one(host)
-        transport = open_transport(target.name, target.spec, base_dir=self.local_base)
+        transport = self._opener()(target.name, target.spec)
         try:
             return list_releases(transport)
         finally:
@@ -275,10 +285,12 @@ class BuildSession:
     def rollback(self, host: str, to: str | None, warn: Warn) -> Release:
         """Reinstall release `to` (default: the previous one) with the activations of every
         role of the host; an `ApplyError` names the failed step."""
+        from compiler.push.apply import rollback_release
+
         target = self.compile_one(host)
         host_roles = target.host_roles
         activations = tuple(a for a in target.activations if a.role in host_roles)
-        transport = open_transport(target.name, target.spec, base_dir=self.local_base)
+        transport = self._opener()(target.name, target.spec)
         try:
             return rollback_release(transport, activations=activations, to=to, warn=warn)
         finally:
@@ -291,7 +303,7 @@ class BuildSession:
 
         target = self.compile_one(host)
         activations = [a for a in target.activations if a.role in target.host_roles]
-        transport = open_transport(target.name, target.spec, base_dir=self.local_base)
+        transport = self._opener()(target.name, target.spec)
         try:
             return plan_rollback(transport, target.name, activations, to)
         finally:
@@ -320,6 +332,7 @@ class BuildSession:
         """`work` on the agent of each of `hosts` (`agent_hosts`), in parallel; a host that
         cannot be reached is a result, not an error."""
         from compiler.push.agentcall import make_agent_call
+        from compiler.push.fleet import run_parallel
         from compiler.render.context import AGENT_CONFIG_NAME
         from compiler.render.resolve import resolve_host
         from compiler.render.roles import role_defaults
@@ -330,11 +343,11 @@ class BuildSession:
             policy = resolve_host(loaded.inventory, host, defaults).policy
             config = f"{policy.paths.agent_config_dir.rstrip('/')}/{AGENT_CONFIG_NAME}"
             where[host] = (loaded.inventory.hosts[host], config, policy.policy_state)
-        base_dir = self.local_base
+        opener = self._opener()
 
         def job(host: str) -> HostResult:
             spec, config, state = where[host]
-            transport = open_transport(host, spec, base_dir=base_dir)
+            transport = opener(host, spec)
             try:
                 return work(make_agent_call(host, transport, config, state))
             finally:
@@ -353,6 +366,7 @@ class BuildSession:
     ) -> tuple[list[StatsRow], list[HostResult]]:
         """The daily statistics of the agents of `hosts` (every one when empty), and what each
         host did: a host that does not answer is a failed result, the others' rows remain."""
+        from compiler.push.fleet import HostResult, Outcome
         from compiler.tools.stats import StatsError, gather_stats
 
         rows: dict[str, list[StatsRow]] = {}

@@ -19,26 +19,13 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NoReturn
+from typing import IO, NoReturn
 
 from compiler import cliout
 from compiler.build import BuildSession
 from compiler.cliout import UsageError
 from compiler.cliweb import EXTRA_COMMANDS, add_extra_commands
-from compiler.push.apply import INTERRUPTED_NOTE, ApplyError, format_releases
-from compiler.push.fleet import (
-    DEFAULT_FORKS,
-    format_json_report,
-    format_plan_report,
-    format_plans,
-    format_recap,
-    recap_exit_code,
-    runs_services,
-)
 from compiler.push.show import FORMATS, format_plan
-
-if TYPE_CHECKING:
-    from compiler.push.fleet import HostResult
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,14 +91,14 @@ _OPTIONS: dict[str, dict[str, object]] = {
     "--host": {"action": "append", "default": [], "help": "only this host (repeatable)"},
     "--forks": {
         "type": cliout.positive_count,
-        "default": DEFAULT_FORKS,
+        "default": None,  # `push.fleet`'s (imported by the commands that use it)
         "help": "hosts worked on at once",
     },
     "--yes": {"action": "store_true", "help": "do not ask, even on a terminal"},
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, fast_exit: bool = False) -> int:
     out, err = sys.stdout, sys.stderr
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -129,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cache_dir=args.cache,
                 warn=lambda line: print(line, file=err),
             )
-        return handler(args, out, err)
+        return cliout.finish(handler(args, out, err), args.command if fast_exit else "", out, err)
     except KeyboardInterrupt:
         print("mailcfg: interrupted", file=err)
         return 130
@@ -141,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         code, errors = reported
         if cliout.wants_json(args, argv):
+            from compiler.push.fleet import format_json_report
+
             out.write(format_json_report([], errors))
         return code
 
@@ -148,16 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- commands -----------------------------------------------------------------------------------
 
 
-def _print_failures(failures: Sequence[HostResult], err: IO[str]) -> None:
-    for failure in failures:
-        print(f"{failure.host}: error: {failure.message}", file=err)
-
-
 def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     session: BuildSession = args.session
     loaded = session.load()
     targets, failures = session.compile()
-    _print_failures(failures, err)
+    cliout.print_failures(failures, err)
     if failures:
         print(f"mailcfg: {len(failures)} host(s) failed to render", file=err)
         return 1
@@ -172,7 +156,7 @@ def cmd_render(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     output directory would pass for a complete one)."""
     session: BuildSession = args.session
     targets, failures = session.compile(args.host)
-    _print_failures(failures, err)
+    cliout.print_failures(failures, err)
     if failures:
         print(f"mailcfg: {len(failures)} host(s) failed to render; nothing written", file=err)
         return 1
@@ -182,6 +166,8 @@ def cmd_render(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from compiler.push.fleet import format_plan_report, recap_exit_code
+
     session: BuildSession = args.session
     results = session.plan(*session.compile(args.host), forks=args.forks)
     out.write(format_plan_report(results, args.format))
@@ -192,6 +178,9 @@ def cmd_plan(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_apply(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from compiler.push.apply import INTERRUPTED_NOTE
+    from compiler.push.fleet import format_plans, format_recap, recap_exit_code
+
     session: BuildSession = args.session
     targets, failures = session.compile(args.host)
     planned = session.plan(targets, failures, forks=args.forks)
@@ -218,11 +207,16 @@ def cmd_apply(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_releases(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from compiler.push.apply import format_releases
+
     out.write(format_releases(args.host, args.session.releases(args.host)))
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from compiler.push.apply import ApplyError
+    from compiler.push.fleet import runs_services
+
     def warn(w: str) -> None:
         print(f"{args.host}: warning: {w}", file=err)
 
@@ -296,4 +290,4 @@ _COMMANDS = {
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(fast_exit=True))

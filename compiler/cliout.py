@@ -11,17 +11,23 @@ is the approval and the printed plan is the log.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from compiler.connectors.transport import TransportError
 from compiler.load.diagnostics import InventoryError
-from compiler.push.fleet import HostResult, Outcome, format_recap, recap_exit_code
-from compiler.push.hostcall import HostError
 from schemas.stats import check_day
 
+if TYPE_CHECKING:
+    from compiler.push.fleet import HostResult
+
 DISTRIBUTION = "mailcfg"
+# Commands that only read the inventory and write local files: once they return, nothing is
+# left for the interpreter's exit to do (no threads, temporary files or atexit work).
+FAST_EXIT_COMMANDS = frozenset({"render", "validate"})
 
 
 class UsageError(Exception):
@@ -74,6 +80,12 @@ def day_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def print_failures(failures: Sequence[HostResult], err: IO[str]) -> None:
+    """One line on `err` for each host that failed."""
+    for failure in failures:
+        print(f"{failure.host}: error: {failure.message}", file=err)
+
+
 def confirm_change(question: str, *, yes: bool, out: IO[str]) -> bool:
     """Whether to go ahead (see the module docstring for the rule); `out` says so when not."""
     if yes or not sys.stdin.isatty():
@@ -88,6 +100,8 @@ def confirm_change(question: str, *, yes: bool, out: IO[str]) -> bool:
 def report_hosts(results: Sequence[HostResult], out: IO[str], *, need_change: bool) -> int:
     """Print what each host did (the recap); the exit status: 1 when a host failed or was
     unreachable, or, with `need_change`, when no host changed anything."""
+    from compiler.push.fleet import Outcome, format_recap, recap_exit_code
+
     out.write(format_recap(results))
     if recap_exit_code(results):
         return 1
@@ -98,6 +112,9 @@ def report_error(exc: Exception, err: IO[str]) -> tuple[int, list[dict[str, Any]
     """Print the user error `exc` on `err` (one line each, never a traceback); its exit code
     and its entries for a JSON document's `errors`. None when `exc` is no user error (a bug:
     the caller lets it propagate)."""
+    # Imported here: the push modules cost `render` and `validate` ~5 % of a warm run.
+    from compiler.push.hostcall import HostError
+
     if isinstance(exc, InventoryError):
         for diagnostic in exc.diagnostics:
             print(diagnostic.format(), file=err)
@@ -139,3 +156,19 @@ def wants_json(args: argparse.Namespace | None, argv: Sequence[str]) -> bool:
     pairs = zip(argv, [*argv[1:], ""], strict=True)
     as_json = "--format=json" in argv or any(a == "--format" and b == "json" for a, b in pairs)
     return bool(argv) and argv[0] == "plan" and as_json
+
+
+def finish(code: int, command: str, *streams: IO[str]) -> int:
+    """`code`, the exit status of `command`; for one of `FAST_EXIT_COMMANDS` the process exits
+    with it here instead (`python -m compiler.cli` asks for this; a library caller passes ""):
+    the streams flushed, then `os._exit`, which skips the interpreter's teardown. That teardown
+    frees the session's model graph object by object, ~10^6 objects for a large inventory
+    and about 4 % of the CPU of a warm render; the operating system frees it at once."""
+    if command not in FAST_EXIT_COMMANDS or threading.active_count() != 1:
+        return code
+    try:
+        for stream in (*streams, sys.stdout, sys.stderr):
+            stream.flush()
+    except (OSError, ValueError):  # a closed pipe or stream: the usual exit reports it
+        return code
+    os._exit(code)
