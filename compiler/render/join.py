@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from compiler.render.agentconfig import SharedAgentText
 from compiler.render.fragments import DomainFragment, FragmentCache, make_host_fragments
-from compiler.render.resolve import HostConfig
+from compiler.render.resolve import HostConfig, ServedAccounts, ServedAccountsCache
 from compiler.render.sieve import (
     SieveScript,
     invert_redirects,
@@ -84,26 +84,32 @@ class DomainSetCache:
     once per distinct set of served domains, for several hosts rendered in one run: hosts
     usually serve the same domains under different policies, and these are the costly parts
     of a render. A hit renders exactly what a miss would (`DomainSetData.serves`).
-    `fragments` gives each domain's rows (from disk when cached)."""
+    `fragments` gives each domain's rows (from disk when cached), `accounts` the tables the
+    hosts were resolved with (their declaration order spares the join its lookups)."""
 
     fragments: FragmentCache | None = None
+    accounts: ServedAccountsCache | None = None
     entries: list[DomainSetData] = field(default_factory=list)
 
     def get(self, cfg: HostConfig) -> DomainSetData:
         for entry in self.entries:
             if entry.serves(cfg):
                 return entry
-        entry = make_domain_set_data(cfg, self.fragments)
+        served = self.accounts.find(cfg) if self.accounts is not None else None
+        entry = make_domain_set_data(cfg, self.fragments, served)
         self.entries.append(entry)
         return entry
 
 
-def make_domain_set_data(cfg: HostConfig, cache: FragmentCache | None = None) -> DomainSetData:
+def make_domain_set_data(
+    cfg: HostConfig, cache: FragmentCache | None = None, served: ServedAccounts | None = None
+) -> DomainSetData:
     """The domain-derived data of `cfg`, joined from `cache`'s fragments of its domains when
-    they name exactly its mailboxes and redirects, else from fragments of its own rows."""
+    they name exactly its mailboxes and redirects, else from fragments of its own rows.
+    `served`: the tables `cfg` was resolved with (`ServedAccountsCache.find`), if known."""
     joined = None
     if cache is not None:
-        joined = join_fragments(cfg, [cache.get(domain) for domain in cfg.domains])
+        joined = join_fragments(cfg, [cache.get(domain) for domain in cfg.domains], served)
     if joined is None:
         joined = join_fragments(cfg, make_host_fragments(cfg))
         assert joined is not None, "fragments made from a config name exactly its rows"
@@ -122,6 +128,16 @@ def _positions(names: Sequence[str], wanted: Iterable[str], count: int) -> list[
         return None
 
 
+def _order(
+    names: list[str], wanted: dict[str, Any], declared: list[str], order: list[int]
+) -> list[int] | None:
+    """As `_positions(names, wanted, len(wanted))`: `order` itself when `names` are the
+    `declared` keys that `order` sorts into `wanted` (no lookup per name)."""
+    if len(order) == len(wanted) == len(declared) and names == declared:
+        return order
+    return _positions(names, wanted, len(wanted))
+
+
 def _column(fragments: Sequence[DomainFragment], name: str) -> list[str]:
     return list(chain.from_iterable(getattr(f, name) for f in fragments))
 
@@ -138,13 +154,18 @@ def _sorted_order(keys: Sequence[str], order: list[int]) -> list[int]:
     return _pick(order, _positions(keys, ordered, len(keys)) or [])
 
 
-def join_fragments(cfg: HostConfig, fragments: Sequence[DomainFragment]) -> DomainSetData | None:
+def join_fragments(
+    cfg: HostConfig, fragments: Sequence[DomainFragment], served: ServedAccounts | None = None
+) -> DomainSetData | None:
     """`cfg`'s domain-derived data from the rows of `fragments` (tables in `cfg.mailboxes` /
     `.redirects` order, agent.json entries by address), or None if they do not name exactly
-    `cfg`'s mailboxes and redirects."""
+    `cfg`'s mailboxes and redirects. `served`: the tables `cfg` was resolved with."""
     mailboxes, redirects = cfg.mailboxes, cfg.redirects
-    order = _positions(_column(fragments, "addresses"), mailboxes, len(mailboxes))
-    by_source = _positions(_column(fragments, "sources"), redirects, len(redirects))
+    if served is None:
+        served = ServedAccounts((), {}, {}, ())
+    addresses, sources = _column(fragments, "addresses"), _column(fragments, "sources")
+    order = _order(addresses, mailboxes, served.declared_mailboxes, served.mailbox_order)
+    by_source = _order(sources, redirects, served.declared_redirects, served.redirect_order)
     if order is None or by_source is None:
         return None
     no_imap = set(_column(fragments, "no_imap"))

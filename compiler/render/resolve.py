@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field
 
@@ -17,6 +17,8 @@ from schemas.common import Frozen
 from schemas.domain import Account, Domain
 from schemas.inventory import HostSpec, Inventory
 from schemas.policy import Limits, LimitsOverride, ServerPolicy
+
+V = TypeVar("V")
 
 
 class HostConfig(Frozen):
@@ -75,6 +77,13 @@ class ServedAccounts:
     redirects: dict[str, tuple[str, ...]]
     # The mailboxes with their own limits (most accounts use the host's default).
     overrides: tuple[tuple[str, LimitsOverride], ...]
+    # The addresses in declaration order (domain by domain, as their render fragments list
+    # them), and where each address of the sorted tables is in it: the fragment join takes
+    # its rows in this order instead of looking every address up (`compiler.render.join`).
+    declared_mailboxes: list[str] = field(default_factory=list)
+    mailbox_order: list[int] = field(default_factory=list)
+    declared_redirects: list[str] = field(default_factory=list)
+    redirect_order: list[int] = field(default_factory=list)
 
 
 def index_domains(domains: tuple[Domain, ...]) -> ServedAccounts:
@@ -94,12 +103,27 @@ def index_domains(domains: tuple[Domain, ...]) -> ServedAccounts:
         for red in dom.redirects:
             name = red.name
             redirects[name if "@" in name else name + suffix] = tuple(red.to)
+    declared_mailboxes, mailbox_order, sorted_mailboxes = _sorted_table(mailboxes)
+    declared_redirects, redirect_order, sorted_redirects = _sorted_table(redirects)
     return ServedAccounts(
         domains=domains,
-        mailboxes={a: mailboxes[a] for a in sorted(mailboxes)},
-        redirects={a: redirects[a] for a in sorted(redirects)},
+        mailboxes=sorted_mailboxes,
+        redirects=sorted_redirects,
         overrides=tuple(sorted(overrides.items())),
+        declared_mailboxes=declared_mailboxes,
+        mailbox_order=mailbox_order,
+        declared_redirects=declared_redirects,
+        redirect_order=redirect_order,
     )
+
+
+def _sorted_table(table: dict[str, V]) -> tuple[list[str], list[int], dict[str, V]]:
+    """`table`'s keys in its order, the permutation that sorts them, and the sorted table."""
+    keys = list(table)
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    values = list(table.values())
+    pairs = zip(map(keys.__getitem__, order), map(values.__getitem__, order), strict=True)
+    return keys, order, dict(pairs)
 
 
 @dataclass(slots=True)
@@ -115,6 +139,13 @@ class ServedAccountsCache:
         if entry is None:
             entry = self.entries[key] = index_domains(domains)
         return entry
+
+    def find(self, cfg: HostConfig) -> ServedAccounts | None:
+        """The entry `cfg`'s tables were resolved from (they are its very dicts), if any."""
+        entry = self.entries.get(tuple(map(id, cfg.domains)))
+        if entry is None or entry.mailboxes is not cfg.mailboxes:
+            return None
+        return entry if entry.redirects is cfg.redirects else None
 
 
 def _resolve_all_limits(default: Limits, served: ServedAccounts) -> dict[str, Limits]:

@@ -108,7 +108,8 @@ def compile_targets(
     `fragments` (for this inventory) reuses per-domain rows made by an earlier run."""
     targets: list[Target] = []
     failures: list[CompileFailure] = []
-    cache = CompileCache(domain_sets=DomainSetCache(fragments))
+    accounts = ServedAccountsCache()
+    cache = CompileCache(accounts, DomainSetCache(fragments, accounts))
     with gc_paused():
         for host in hosts:
             try:
