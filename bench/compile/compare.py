@@ -5,7 +5,9 @@ Each tree renders its own copy of one generated inventory (1,000 domains, 50,000
 with its own cache, output directory and bytecode, in a fresh process per run: `warm` edits
 one domain file before each run (as `run.py`'s warm row), `cold` empties the cache first.
 Prints, per tree, the best and median wall time and the median CPU time (user + sys of the
-process), which moves less than wall time when other work shares the machine.
+process), which moves less than wall time when other work shares the machine. Then both trees
+render the first tree's inventory, with their warm caches and with empty ones, and the output
+trees must be byte-identical (files, bytes and modes), or it exits with an error.
 
     git worktree add /tmp/before <rev>
     python bench/compile/compare.py /tmp/before . --pairs 8 [--mode warm|cold] [--keep DIR]
@@ -29,9 +31,12 @@ from generate import generate
 from run import cli_environment, touch_one_domain
 
 
-def render_once(tree: Path, work: Path) -> tuple[float, float]:
-    """(wall, CPU) seconds of one `mailcfg render` by the sources in `tree`."""
-    inv, out, cache = work / "inv", work / "out", work / "cache"
+def render_once(
+    tree: Path, work: Path, inv: Path | None = None, out: Path | None = None
+) -> tuple[float, float]:
+    """(wall, CPU) seconds of one `mailcfg render` by the sources in `tree` (of `inv` into
+    `out`: by default those of `work`)."""
+    inv, out, cache = inv or work / "inv", out or work / "out", work / "cache"
     cmd = [sys.executable, "-m", "compiler.cli", "render", str(inv), "--out", str(out)]
     cmd += ["--cache", str(cache)]
     start = time.perf_counter()
@@ -85,8 +90,38 @@ def main() -> None:
             f"| {tree} | {min(walls):.3f} | {statistics.median(walls):.3f} "
             f"| {statistics.median(cpus):.3f} |"
         )
+    check_same_output(trees, works, base / "check")
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def tree_files(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mode & 0o7777)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def check_same_output(trees: list[Path], works: list[Path], check: Path) -> None:
+    """Both trees render the first one's inventory, with their caches as the runs left them
+    and with empty ones: every output must be the same files, bytes and modes."""
+    shutil.rmtree(check, ignore_errors=True)
+    outputs = []
+    for kind in ("warm", "cold"):
+        for i, (tree, work) in enumerate(zip(trees, works, strict=True)):
+            if kind == "cold":
+                shutil.rmtree(work / "cache", ignore_errors=True)
+            out = check / f"{kind}-{i}"
+            render_once(tree, work, inv=works[0] / "inv", out=out)
+            outputs.append((f"{tree} ({kind} cache)", tree_files(out)))
+    first_name, first = outputs[0]
+    for name, files in outputs[1:]:
+        if files != first:
+            differ = sorted(k for k in first.keys() | files.keys() if first.get(k) != files.get(k))
+            raise SystemExit(f"output differs: {name} vs {first_name}: {differ[:5]}")
+    print(f"output byte-identical: {len(outputs)} renders of {len(first)} files")
+    shutil.rmtree(check, ignore_errors=True)
 
 
 if __name__ == "__main__":
