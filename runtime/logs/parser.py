@@ -195,6 +195,22 @@ _SESSION_RE = re.compile(r" (imap|pop3)\(([^)\n]*)\)[^:\s]*\Z")
 Segment = tuple[int, int, str | None, int]  # start, end, day (None: per line), lines
 
 
+def at_line_tag(text: str, pos: int) -> bool:
+    """Whether the ": " at `pos` ends its line's program tag (`postfix/smtp[1]: `,
+    `imap-login: `; after syslog's `dovecot: ` too, as Dovecot names its process there).
+    What follows the tag is the message, where a remote server's reply, a sender address or
+    a SASL user name is written as given: `said: 450 x]: F00: to=<alice@example.com>, y,
+    status=sent` must not count as a delivery, nor a forged pickup charge an account."""
+    start = text.rfind("\n", 0, pos) + 1
+    first = text.find(": ", start, pos)
+    if first < 0:
+        return True
+    return (
+        text.find(": ", first + 2, pos) < 0
+        and text[text.rfind(" ", start, first) + 1 : first].partition("[")[0] == "dovecot"
+    )
+
+
 def split_days(text: str, days: DayResolver) -> list[Segment]:
     """`text` (whole lines) as runs of lines of one calendar day: `(start, end, day, lines)`,
     with `day` None for a run whose lines must be dated one by one (mixed days, lines without
@@ -249,6 +265,8 @@ class LineParser:
                 out += self.events_between(text, start, end)
                 continue
             for m in LOG_RE.finditer(text, start, end):
+                if not at_line_tag(text, m.start()):
+                    continue
                 event = match_event(m, text, seg_day, self.days)
                 if event is not None:
                     append(event)
@@ -258,6 +276,8 @@ class LineParser:
         """Events of the whole lines in `text[start:end]`, each line dated by itself."""
         out: list[Event] = []
         for m in LOG_RE.finditer(text, start, end):
+            if not at_line_tag(text, m.start()):
+                continue
             day = self.line_day(text, m.start())
             if day is None:
                 continue

@@ -56,6 +56,7 @@ from runtime.logs.parser import (
     SMTP_LOST,
     Event,
     LineParser,
+    at_line_tag,
     match_event,
     postfix_tag,
     reject_sender,
@@ -250,7 +251,13 @@ class Tally:
         width = len(LOG_COUNTERS)
         slot = SLOT
         rows = self.day_rows(day)
+        find = text.find
         for m in LOG_RE.finditer(text, start, end):
+            pos = m.start()
+            # `at_line_tag`, asked only when the line has a ": " before the match (Dovecot
+            # through syslog, or text after the tag): most lines of interest have none.
+            if find(": ", rfind("\n", 0, pos) + 1, pos) >= 0 and not at_line_tag(text, pos):
+                continue
             last = m.lastindex
             if last == G_STATUS:
                 qid, rcpt, status = m.group(1, 2, 3)

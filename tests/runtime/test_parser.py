@@ -204,3 +204,20 @@ def test_tally_state_grows_with_accounts_and_days_not_lines() -> None:
         )
         tracked = len(tally.senders) + len(tally.sessions) + len(tally.picked_up)
         assert tracked < 100  # messages and sessions still open at the end of the log
+
+
+def test_message_text_cannot_add_events() -> None:
+    """Each line of the hostile fixture gives at most its one annotated event, whole-text and
+    counting paths alike: a match after the program tag (a remote reply, a sender address, a
+    SASL user name) is not an event."""
+    path = FIXTURES / "hostile-message-text.log"
+    year, cases = load_fixture(path)
+    for expect, line, n in cases:
+        events = LineParser(DayResolver(year)).parse_text(line + "\n")
+        assert len(events) == (expect != "none"), f"{path.name}:{n}: {events}"
+    tally = Tally(AccountPolicy(frozenset({"example.com"})))
+    tally.add_text("".join(line + "\n" for _, line, _ in cases), LineParser(DayResolver(year)))
+    rows = {account: row for (_, account), row in tally.take_rows().items()}
+    assert set(rows) == {"alice@example.com", "bob@example.com"}, rows
+    assert {k: v for k, v in rows["alice@example.com"].items() if v} == {"imap_logins": 1}
+    assert not tally.take_charges()
