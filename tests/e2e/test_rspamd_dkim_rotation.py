@@ -19,7 +19,6 @@ import smtplib
 import ssl
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,16 +26,12 @@ from datetime import date
 from pathlib import Path
 
 import dkim
-import dns.message
-import dns.query
-import dns.rdatatype
 import pytest
 from mailhost import MailHost, boot_mailhost, listening_ports, make_traversable, stop_child
+from rspamdlab import message, postconf, rerender_rspamd, start_rspamd, txt_lookup, wait_for
 from smtpsink import Received, Sink, smtp_sink
-from test_rspamd_mailflow import message, postconf, start_rspamd
 
 from compiler.push.dkimobserve import host_dkim_keys
-from compiler.render.context import make_base_context
 from compiler.render.filtering import make_dkim_signing
 from compiler.render.resolve import HostConfig
 from compiler.render.roles import default_roles_dir, load_roles, make_activations
@@ -59,13 +54,13 @@ FILTER_PORTS = {
 }
 DNS_PORT = 23704
 SINK_PORT = 23705
+DNS_TXT = txt_lookup(DNS_PORT)
 # pw1 (tests/golden/cases.py H1).
 HASH = (
     "{SHA512-CRYPT}$6$JCaYrawv3gYKm50L$GECGzDAs4VodT9z.Er1Ves5KQCYKwpgz3xvRo8tshsPQl7NxXwPBBgJ1"
     "UEi3gmyyoCiu6KsMb3swH2PvGqL6F1"
 )
 OLD, NEW = "mc2026a-mx1", "mc2026b-mx1"
-READY = 90.0
 
 
 def make_inventory() -> Inventory:
@@ -93,17 +88,6 @@ class Lab:
     zone: object  # tests.runtime.dnsserver.Zone
     base: Path
     procs: list[subprocess.Popen[bytes]]
-
-
-def _wait(condition: object, what: str, logs: list[Path]) -> None:
-    deadline = time.monotonic() + READY
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            tails = "\n".join(
-                f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists()
-            )
-            raise AssertionError(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.2)
 
 
 def record_of(lab: Lab, selector: str) -> str:
@@ -153,7 +137,7 @@ def lab() -> Iterator[Lab]:
             procs.append(start_rspamd(base, Path(mh.cfg.policy.paths.rspamd_config_dir)))
             postconf(mh, f"relayhost=[127.0.0.1]:{SINK_PORT}")
             logs = [base / "log/rspamd/rspamd.log", base / "log/rspamd.out"]
-            _wait(lambda: FILTER_PORTS["rspamd_proxy"] in listening_ports("127.0.0.1"),
+            wait_for(lambda: FILTER_PORTS["rspamd_proxy"] in listening_ports("127.0.0.1"),
                   "rspamd", logs)  # fmt: skip
             lab = Lab(mh, sink, zone, base, procs)
             publish(lab, OLD, record_of(lab, OLD))  # published after the first apply
@@ -163,16 +147,6 @@ def lab() -> Iterator[Lab]:
             stop_child(proc)
         if os.environ.get("MAILCFG_KEEP_E2E") != "1":
             shutil.rmtree(base, ignore_errors=True)
-
-
-def dns_lookup(name: bytes, timeout: int = 5) -> bytes | None:
-    """dkimpy's dnsfunc: the TXT record of `name` from the loopback DNS server."""
-    query = dns.message.make_query(name.decode(), dns.rdatatype.TXT)
-    answer = dns.query.tcp(query, "127.0.0.1", port=DNS_PORT, timeout=timeout)
-    for rrset in answer.answer:
-        for rdata in rrset:
-            return b"".join(rdata.strings)  # type: ignore[attr-defined]
-    return None
 
 
 def send_signed(lab: Lab) -> Received:
@@ -199,7 +173,7 @@ def signatures(data: bytes) -> dict[str, bool]:
             t.strip().split(b"=", 1) for t in value.replace(b"\r\n", b"").split(b";") if b"=" in t
         )
         assert tags[b"d"] == b"example.com", value
-        found[tags[b"s"].decode()] = dkim.DKIM(data).verify(idx=index, dnsfunc=dns_lookup)
+        found[tags[b"s"].decode()] = dkim.DKIM(data).verify(idx=index, dnsfunc=DNS_TXT)
     assert len(found) == len(headers), headers
     return found
 
@@ -226,21 +200,7 @@ def doctor_dkim(lab: Lab, cfg: HostConfig, today: date) -> dict[str, tuple[str, 
 
 def restart_rspamd_with(lab: Lab, dkim_: Dkim) -> HostConfig:
     """The rspamd role's dkim_signing.conf for `dkim_`, installed, and rspamd restarted."""
-    cfg = lab.mh.cfg
-    cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"dkim": dkim_})})
-    roles = load_roles(default_roles_dir())
-    text = roles.env.get_template("rspamd/dkim_signing.conf.j2").render(make_base_context(cfg))
-    confdir = Path(cfg.policy.paths.rspamd_config_dir)
-    (confdir / "local.d/dkim_signing.conf").write_text(text)
-    stop_child(lab.procs.pop())
-    _wait(lambda: FILTER_PORTS["rspamd_proxy"] not in listening_ports("127.0.0.1"), "stop", [])
-    lab.procs.append(start_rspamd(lab.base, confdir))
-    _wait(
-        lambda: FILTER_PORTS["rspamd_proxy"] in listening_ports("127.0.0.1"),
-        "rspamd after the restart",
-        [lab.base / "log/rspamd/rspamd.log"],
-    )
-    return cfg
+    return rerender_rspamd(lab.mh.cfg, lab.procs, lab.base, {"dkim": dkim_}, "dkim_signing.conf")
 
 
 def test_the_next_key_signs_once_the_dns_serves_it(lab: Lab) -> None:

@@ -21,7 +21,6 @@ import smtplib
 import ssl
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,14 +28,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import dkim
-import dns.message
-import dns.query
-import dns.rdatatype
 import pytest
 from mailhost import MailHost, boot_mailhost, listening_ports, make_traversable, stop_child
+from rspamdlab import message, postconf, rerender_rspamd, start_rspamd, txt_lookup, wait_for
 from smtpsink import Sink, smtp_sink
 
-from compiler.render.context import make_base_context
 from compiler.render.roles import default_roles_dir, load_roles, make_activations
 from compiler.tools.dkimkeys import parse_dkim_record
 from compiler.tools.dnsrecords import quote_txt
@@ -58,6 +54,7 @@ FILTER_PORTS = {
 }
 DNS_PORT = 23406
 SINK_PORT = 23407
+DNS_TXT = txt_lookup(DNS_PORT)
 REDIS_PORT = 23408
 # pw1 (tests/golden/cases.py H1).
 HASH = (
@@ -71,7 +68,6 @@ EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 # p=reject and sends from nowhere.
 ORIGIN_IP = "198.51.100.7"
 FORGER_IP = "203.0.113.66"
-READY = 90.0
 
 
 def make_inventory() -> Inventory:
@@ -132,17 +128,6 @@ class Lab:
     zone: Zone
     base: Path
     procs: list[subprocess.Popen[bytes]]
-
-
-def _wait(condition: object, what: str, logs: list[Path], timeout: float = READY) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            tails = "\n".join(
-                f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists()
-            )
-            raise AssertionError(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.2)
 
 
 def run_role_builds(mh: MailHost) -> None:
@@ -207,29 +192,6 @@ def start_postsrsd(base: Path, defaults: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_rspamd(base: Path, confdir: Path) -> subprocess.Popen[bytes]:
-    """Debian's rspamd.conf with the role's local.d and override.d (LOCAL_CONFDIR)."""
-    for d in ("lib/rspamd", "run/rspamd", "log/rspamd"):
-        (base / d).mkdir(parents=True, exist_ok=True)
-        shutil.chown(base / d, "_rspamd", "_rspamd")
-    out = open(base / "log/rspamd.out", "ab")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(
-        ["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd", "-c", "/etc/rspamd/rspamd.conf",
-         f"--var=LOCAL_CONFDIR={confdir}", f"--var=DBDIR={base / 'lib/rspamd'}",
-         f"--var=RUNDIR={base / 'run/rspamd'}", f"--var=LOGDIR={base / 'log/rspamd'}"],
-        stdout=out, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    out.close()
-    return proc
-
-
-def postconf(mh: MailHost, *settings: str) -> None:
-    """Test-only main.cf settings: the sink as relayhost (no real MX lookups) and XCLIENT."""
-    subprocess.run(["postconf", "-c", str(mh.postfix_config_dir), "-e", *settings], check=True)
-    subprocess.run(["postfix", "-c", str(mh.postfix_config_dir), "reload"], check=True,
-                   capture_output=True)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     base = Path(tempfile.mkdtemp(prefix="mailcfg-e2e-rspamd-"))
@@ -261,8 +223,8 @@ def lab() -> Iterator[Lab]:
             logs = [base / "log/rspamd/rspamd.log", base / "log/rspamd.out",
                     base / "log/clamd.log", base / "log/postsrsd.out"]  # fmt: skip
             wanted = {*FILTER_PORTS.values(), REDIS_PORT}
-            _wait(lambda: wanted <= listening_ports("127.0.0.1"), "rspamd and postsrsd", logs)
-            _wait(Path(paths.clamd_socket).exists, "clamd's socket", logs)
+            wait_for(lambda: wanted <= listening_ports("127.0.0.1"), "rspamd and postsrsd", logs)
+            wait_for(Path(paths.clamd_socket).exists, "clamd's socket", logs)
             record = (Path(paths.rspamd_dkim_dir) / f"{SELECTOR}.txt").read_text()
             algorithm, key = parse_dkim_record(record)
             zone.records[f"{SELECTOR}._domainkey.example.com."] = [
@@ -274,25 +236,6 @@ def lab() -> Iterator[Lab]:
             stop_child(proc)
         if os.environ.get("MAILCFG_KEEP_E2E") != "1":
             shutil.rmtree(base, ignore_errors=True)
-
-
-def dns_lookup(name: bytes, timeout: int = 5) -> bytes | None:
-    """dkimpy's dnsfunc: the TXT record of `name` from the loopback DNS server."""
-    query = dns.message.make_query(name.decode(), dns.rdatatype.TXT)
-    answer = dns.query.tcp(query, "127.0.0.1", port=DNS_PORT, timeout=timeout)
-    for rrset in answer.answer:
-        for rdata in rrset:
-            return b"".join(rdata.strings)  # type: ignore[attr-defined]
-    return None
-
-
-def message(sender: str, to: str, subject: str, body: bytes = b"Hello.\r\n") -> bytes:
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = sender, to, subject
-    msg["Message-ID"] = f"<{uuid.uuid4().hex}@test>"
-    msg["Date"] = "Mon, 07 Dec 2026 12:00:00 +0000"
-    msg.set_content(body.decode())
-    return msg.as_bytes().replace(b"\n", b"\r\n")
 
 
 def outside(lab: Lab, ip: str) -> smtplib.SMTP:
@@ -323,9 +266,9 @@ def test_submitted_mail_is_dkim_signed_with_the_hosts_key(lab: Lab) -> None:
     assert got.mail_from == "alice@example.com"
     assert b"DKIM-Signature:" in got.data
     assert f"s={SELECTOR}".encode() in got.data and b"d=example.com" in got.data
-    assert dkim.verify(got.data, dnsfunc=dns_lookup)
+    assert dkim.verify(got.data, dnsfunc=DNS_TXT)
     tampered = got.data.replace(b"Hello.", b"Hullo.")
-    assert not dkim.verify(tampered, dnsfunc=dns_lookup)
+    assert not dkim.verify(tampered, dnsfunc=DNS_TXT)
 
 
 def test_inbound_mail_gets_authentication_results(lab: Lab) -> None:
@@ -409,21 +352,7 @@ def test_redirect_outside_leaves_with_an_srs_sender_and_its_bounce_comes_back(la
 
 def rewrite_actions(lab: Lab, actions: SpamActions) -> None:
     """The rspamd role's actions.conf for `actions`, installed, and rspamd restarted on it."""
-    cfg = lab.mh.cfg
-    cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"spam_actions": actions})})
-    roles = load_roles(default_roles_dir())
-    text = roles.env.get_template("rspamd/actions.conf.j2").render(make_base_context(cfg))
-    confdir = Path(cfg.policy.paths.rspamd_config_dir)
-    (confdir / "local.d/actions.conf").write_text(text)
-    proc = lab.procs.pop()
-    stop_child(proc)
-    _wait(lambda: FILTER_PORTS["rspamd_proxy"] not in listening_ports("127.0.0.1"), "rspamd", [])
-    lab.procs.append(start_rspamd(lab.base, confdir))
-    _wait(
-        lambda: FILTER_PORTS["rspamd_proxy"] in listening_ports("127.0.0.1"),
-        "rspamd after the restart",
-        [lab.base / "log/rspamd/rspamd.log"],
-    )
+    rerender_rspamd(lab.mh.cfg, lab.procs, lab.base, {"spam_actions": actions}, "actions.conf")
 
 
 def spam_score(delivered: bytes) -> float:
@@ -534,13 +463,13 @@ def test_filing_mail_as_junk_teaches_the_users_own_bayes(lab: Lab) -> None:
         assert imap.append("INBOX", None, None, mail)[0] == "OK"
         imap.select("INBOX")
         assert imap.uid("MOVE", "1:*", "Junk")[0] == "OK"
-        _wait(lambda: learns(user, "spam") == 1, "a spam learn", logs, timeout=30)
+        wait_for(lambda: learns(user, "spam") == 1, "a spam learn", logs, timeout=30)
         imap.select("Junk")
         assert imap.uid("COPY", "1:*", "Trash")[0] == "OK"
         # IMAPSieve runs (and its pipe returns) before the command's reply.
         assert (learns(user, "spam"), learns(user, "ham")) == (1, 0)
         assert imap.uid("MOVE", "1:*", "INBOX")[0] == "OK"
-        _wait(lambda: learns(user, "ham") == 1, "a ham learn", logs, timeout=30)
+        wait_for(lambda: learns(user, "ham") == 1, "a ham learn", logs, timeout=30)
     finally:
         imap.logout()
     assert (learns(other, "spam"), learns(other, "ham")) == others
