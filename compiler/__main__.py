@@ -2,6 +2,6 @@
 
 import sys
 
-from compiler.cli import main
+from compiler.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

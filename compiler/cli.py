@@ -289,5 +289,11 @@ _COMMANDS = {
 }
 
 
+def console_main() -> int:
+    """The `mailcfg` command (and `python -m compiler.cli`): `main` with render's and
+    validate's fast exit, which only a whole process may take."""
+    return main(fast_exit=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main(fast_exit=True))
+    sys.exit(console_main())
