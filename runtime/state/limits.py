@@ -29,6 +29,7 @@ message `locks`, the log and the alert show. A reason stored before records name
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -242,14 +243,15 @@ def charge_sent_mail(
     return describe_lock(record) if store.lock(account, record, now) else None
 
 
-class BatchConsume:
+class BatchConsume(ABC):
     """`StateStore.consume` of a store whose check-and-count runs in batches (`run_batch`):
     one request, without the lock check, the amount added whatever the room with `force`."""
 
+    @abstractmethod
     def run_batch(
         self, requests: Sequence[LimitRequest], *, check_lock: bool, force: bool
     ) -> list[LimitResult]:
-        raise NotImplementedError
+        """The batch's check-and-count steps, in order, in one transaction."""
 
     def consume(
         self,
