@@ -5,6 +5,7 @@ DNS server. Each test module keeps its own ports, inventory and lab fixture."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -21,7 +22,7 @@ from mailhost import MailHost, listening_ports, stop_child
 
 from compiler.render.context import make_base_context
 from compiler.render.resolve import HostConfig
-from compiler.render.roles import default_roles_dir, load_roles
+from compiler.render.roles import default_roles_dir, load_roles, make_activations
 
 READY = 90.0
 
@@ -38,6 +39,21 @@ def wait_for(
             )
             raise AssertionError(f"timed out waiting for {what}\n{tails}")
         time.sleep(0.2)
+
+
+def run_role_builds(mh: MailHost, role_names: list[str]) -> None:
+    """The roles' `build` commands (DKIM keys, the SRS secret), as the on-host program runs
+    them on "/". The commands are the repository's roles', their values quoted there."""
+    roles = load_roles(default_roles_dir())
+    for activation in make_activations(mh.cfg, roles, role_names):
+        for command in activation.build:
+            subprocess.run(
+                command.replace("{stage}", ""),
+                shell=True,
+                check=True,
+                env=dict(os.environ, MAILCFG_ROOT="/"),
+                capture_output=True,
+            )
 
 
 def start_rspamd(base: Path, confdir: Path) -> subprocess.Popen[bytes]:

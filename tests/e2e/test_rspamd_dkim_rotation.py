@@ -28,13 +28,20 @@ from pathlib import Path
 import dkim
 import pytest
 from mailhost import MailHost, boot_mailhost, listening_ports, make_traversable, stop_child
-from rspamdlab import message, postconf, rerender_rspamd, start_rspamd, txt_lookup, wait_for
+from rspamdlab import (
+    message,
+    postconf,
+    rerender_rspamd,
+    run_role_builds,
+    start_rspamd,
+    txt_lookup,
+    wait_for,
+)
 from smtpsink import Received, Sink, smtp_sink
 
 from compiler.push.dkimobserve import host_dkim_keys
 from compiler.render.filtering import make_dkim_signing
 from compiler.render.resolve import HostConfig
-from compiler.render.roles import default_roles_dir, load_roles, make_activations
 from compiler.tools.dkimkeys import parse_dkim_record
 from compiler.tools.dnsrecords import make_dns_plan, quote_txt
 from compiler.tools.doctor import DoctorOptions, run_doctor
@@ -128,11 +135,7 @@ def lab() -> Iterator[Lab]:
             ) as mh,
         ):
             (base / "log").mkdir(exist_ok=True)
-            roles = load_roles(default_roles_dir())
-            (activation,) = make_activations(mh.cfg, roles, ["rspamd"])
-            for command in activation.build:  # both keys, as an apply makes them
-                subprocess.run(command, shell=True, check=True, capture_output=True,
-                               env=dict(os.environ, MAILCFG_ROOT="/"))  # fmt: skip
+            run_role_builds(mh, ["rspamd"])  # both keys, as an apply makes them
             make_traversable(base / "lib/rspamd-dkim")
             procs.append(start_rspamd(base, Path(mh.cfg.policy.paths.rspamd_config_dir)))
             postconf(mh, f"relayhost=[127.0.0.1]:{SINK_PORT}")

@@ -30,10 +30,17 @@ from pathlib import Path
 import dkim
 import pytest
 from mailhost import MailHost, boot_mailhost, listening_ports, make_traversable, stop_child
-from rspamdlab import message, postconf, rerender_rspamd, start_rspamd, txt_lookup, wait_for
+from rspamdlab import (
+    message,
+    postconf,
+    rerender_rspamd,
+    run_role_builds,
+    start_rspamd,
+    txt_lookup,
+    wait_for,
+)
 from smtpsink import Sink, smtp_sink
 
-from compiler.render.roles import default_roles_dir, load_roles, make_activations
 from compiler.tools.dkimkeys import parse_dkim_record
 from compiler.tools.dnsrecords import quote_txt
 from runtime.policy.spf import evaluate_spf, make_sync_resolver
@@ -130,20 +137,6 @@ class Lab:
     procs: list[subprocess.Popen[bytes]]
 
 
-def run_role_builds(mh: MailHost) -> None:
-    """The rspamd and srs roles' `build` commands, as the on-host program runs them on "/"."""
-    roles = load_roles(default_roles_dir())
-    for activation in make_activations(mh.cfg, roles, ["rspamd", "srs"]):
-        for command in activation.build:
-            subprocess.run(
-                command.replace("{stage}", ""),
-                shell=True,
-                check=True,
-                env=dict(os.environ, MAILCFG_ROOT="/"),
-                capture_output=True,
-            )
-
-
 def start_redis(base: Path) -> subprocess.Popen[bytes]:
     out = open(base / "log/redis.out", "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(
@@ -208,7 +201,7 @@ def lab() -> Iterator[Lab]:
         ):
             for d in ("run", "etc/default", "log"):
                 (base / d).mkdir(parents=True, exist_ok=True)
-            run_role_builds(mh)
+            run_role_builds(mh, ["rspamd", "srs"])
             make_traversable(base / "lib/rspamd-dkim")
             paths = mh.cfg.policy.paths
             procs.append(start_redis(base))
