@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -464,3 +467,35 @@ def test_local_root_runs_no_service_commands_by_default(root: Path) -> None:
     assert doc["ok"] and (root / "etc/postfix/main.cf").read_bytes() == b"a = 1\n"
     assert not (root / "reloads").exists()
     assert any("skipped: a local root runs no services" in w for w in doc["warnings"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="postfix check and the tools lock need root")
+def test_two_directory_roots_validated_at_once_take_turns(tmp_path: Path) -> None:
+    """Two roots applied at once on one machine, as the example's mx1 and mx2 are, each
+    running the real `postfix check` on a Postfix whose queue directories are missing (a
+    Postfix never started, as in a fresh image): without the machine-wide tools lock both make
+    them at once and one fails (`mkdir: ... File exists`, most of the time here)."""
+    main_cf = (Path("/etc/postfix/main.cf").read_bytes(), "postfix")
+    master_cf = (Path("/etc/postfix/master.cf").read_bytes(), "postfix")
+    check = Activation(
+        "postfix", "postfix", "reload", validate=("postfix -c {stage}/etc/postfix check",)
+    )
+    for attempt in range(4):
+        queue = tmp_path / f"queue{attempt}"
+        queue.mkdir()
+        setting = f"\nqueue_directory = {queue}\n".encode()
+        tree = tree_of(
+            {
+                "/etc/postfix/main.cf": (main_cf[0] + setting, "postfix"),
+                "/etc/postfix/master.cf": master_cf,
+            }
+        )
+        roots = [tmp_path / f"mx{n}-{attempt}" for n in (1, 2)]
+        for r in roots:
+            (r / STATE).mkdir(parents=True)
+        with ThreadPoolExecutor(2) as pool:
+            docs = list(
+                pool.map(partial(apply, tree=tree, release_id="r1", activations=(check,)), roots)
+            )
+        assert [d["ok"] for d in docs] == [True, True], docs
+        assert (queue / "incoming").is_dir()

@@ -10,20 +10,27 @@ lock is the trace of a crashed holder and is reported as a broken stale lock.
 A change that finds the lock held waits for it a bounded time (`MAILCFG_LOCK_WAIT` seconds,
 default 30: an apply started a moment earlier usually ends within it), then gives up naming the
 holder; `recover` does not wait (`wait=0`): the holder finishes or rolls back its change itself.
+
+Directory roots have a second, machine-wide lock (`hold_tools_lock`): their validation runs this
+machine's own Postfix and Dovecot tools, which share the machine's directories, while their host
+locks are per root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 
 from .hostroot import Host, StepFailed
 
 DEFAULT_WAIT = 30.0
 _POLL = 0.1
+TOOLS_LOCK = "/run/mailcfg-validate.lock"
 
 
 class LockBusy(StepFailed):
@@ -103,3 +110,26 @@ class HostLock:
         os.ftruncate(self.fd, 0)
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
+
+
+@contextlib.contextmanager
+def hold_tools_lock(host: Host, path: str = TOOLS_LOCK) -> Iterator[None]:
+    """Held while a directory root is validated, so that two roots on one machine (the example
+    inventory's mx1 and mx2, applied at once) never run the machine's tools together:
+    `postfix check` makes the queue directories that are missing, and two at once fail with
+    `mkdir: cannot create directory ...: File exists`. A real host ("/") is alone on its
+    machine and holds its host lock already. A user other than root cannot open the lock in
+    /run, and cannot run `postfix check` either: validation goes on without it."""
+    if host.is_system:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # no wait limit: each command has its own timeout
+        yield
+    finally:
+        os.close(fd)

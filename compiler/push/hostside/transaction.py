@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 from .agentinstall import install_agent, point_agent, prune_agents
 from .fileops import sync_tree, write_json
-from .hostlock import HostLock
+from .hostlock import HostLock, hold_tools_lock
 from .hostroot import Host, StepFailed
 from .install import install_tree, restore
 from .provision import provision
@@ -155,10 +155,11 @@ class Transaction:
     def validate(self) -> None:
         """The host's own tools on the staged tree; then the tree is made durable (a later
         rollback reads it)."""
-        for activation in self.activations:
-            run_commands(
-                self.host, "validate", activation["validate"], self.stage_dir, self.warnings
-            )
+        with hold_tools_lock(self.host):
+            for activation in self.activations:
+                run_commands(
+                    self.host, "validate", activation["validate"], self.stage_dir, self.warnings
+                )
         sync_tree(self.stage_dir)
 
     def discard(self) -> None:
