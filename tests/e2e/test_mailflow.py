@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 from mailhost import MailHost, boot_mailhost
 
+from compiler.tools.passwd import make_password_hash
 from schemas.domain import Account, Autoresponder, Domain, Redirect, SenderList
 from schemas.inventory import HostSpec, Inventory
 
@@ -38,6 +39,7 @@ def make_hash(password: str) -> str:
 
 def make_inventory() -> Inventory:
     h = make_hash(PASSWORD)
+    argon2id = make_password_hash(PASSWORD, "ARGON2ID")  # as `mailcfg passwd --scheme` makes it
     domain = Domain(
         domain=DOMAIN,
         accounts=[
@@ -50,6 +52,7 @@ def make_inventory() -> Inventory:
                 password=h,
                 autoresponder=Autoresponder(subject="Away until Monday", body="Back soon."),
             ),
+            Account(name="frank", password=argon2id),
         ],
         redirects=[
             Redirect(name="sales", to=["alice@example.com", "bob@example.com", "far@example.net"]),
@@ -318,6 +321,20 @@ def test_imaps_login_and_wrong_password(
     try:
         with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
             imap.login("alice@example.com", "wrong password")
+    finally:
+        imap.shutdown()
+
+
+def test_imaps_login_with_an_argon2id_hash_from_mailcfg_passwd(
+    mailhost: MailHost, client_ip: str, tls: ssl.SSLContext
+) -> None:
+    imap = SourcedIMAPS(mailhost.address, mailhost.ports["imaps"], client_ip, tls)
+    assert imap.login("frank@example.com", PASSWORD)[0] == "OK"
+    imap.logout()
+    imap = SourcedIMAPS(mailhost.address, mailhost.ports["imaps"], client_ip, tls)
+    try:
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            imap.login("frank@example.com", PASSWORD + "!")
     finally:
         imap.shutdown()
 

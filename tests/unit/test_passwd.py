@@ -22,13 +22,22 @@ def doveadm_verifies(hashed: str, password: str) -> bool:
     return done.returncode == 0 and "(verified)" in done.stdout
 
 
-@pytest.mark.parametrize("scheme", ["BLF-CRYPT", "SHA512-CRYPT"])
+@pytest.mark.parametrize("scheme", ["BLF-CRYPT", "ARGON2ID", "SHA512-CRYPT"])
 def test_dovecot_accepts_the_hash_and_rejects_a_wrong_password(scheme: str) -> None:
     hashed = make_password_hash("correct horse battery", scheme)
     assert hashed.startswith(f"{{{scheme}}}")
     assert split_hash(hashed)[0] == scheme and not is_legacy_hash(hashed)
     assert doveadm_verifies(hashed, "correct horse battery")
     assert not doveadm_verifies(hashed, "correct horse battery!")
+
+
+def test_argon2id_has_dovecots_own_parameters_and_the_web_login_accepts_it() -> None:
+    from compiler.web.passcheck import verify_password
+
+    hashed = make_password_hash("correct horse battery", "argon2id")
+    assert hashed.startswith("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$")
+    assert verify_password("correct horse battery", hashed)
+    assert not verify_password("correct horse battery!", hashed)
 
 
 def test_hashes_are_salted() -> None:
@@ -47,7 +56,7 @@ def test_minimum_length_is_eight(password: str) -> None:
 
 
 def test_unknown_scheme_names_the_allowed_ones() -> None:
-    with pytest.raises(PasswordError, match="BLF-CRYPT, SHA512-CRYPT"):
+    with pytest.raises(PasswordError, match="BLF-CRYPT, ARGON2ID, SHA512-CRYPT"):
         make_password_hash("long enough", "MD5-CRYPT")
 
 
