@@ -10,11 +10,11 @@ logs it and closes the connection. The reply is `action=<action>` plus an empty 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from itertools import repeat
-from operator import contains
 
 MAX_REQUEST = 16 * 1024  # Postfix's requests are well under 2 KiB; 16 KiB leaves room.
 MAX_ACTION = 4096
+# Every byte but LF and `=`: what `parse_request` deletes to see the lines' shape.
+_NOT_MARKS = bytes(b for b in range(256) if b not in b"\n=")
 
 
 class ProtocolError(ValueError):
@@ -119,10 +119,13 @@ def parse_request(block: bytes) -> Mapping[str, str]:
     (always ASCII) still work and nothing is silently replaced."""
     text = block.decode("utf-8", "surrogateescape")
     if text.endswith("\n") and "\r" not in text and not text.startswith("=") and "\n=" not in text:
-        # Fast path (every request from Postfix): each line has a name and an `=` (checked
-        # by one C-level call per line); the attributes are read when asked (`Request`).
-        lines = text[:-1].split("\n")
-        if all(map(contains, lines, repeat("=", len(lines)))):
+        # Fast path (every request from Postfix): each line has a name and an `=`; the
+        # attributes are read when asked (`Request`). A line without `=` is a line break
+        # with no `=` since the previous one (or the start): seen in the block's line
+        # breaks and `=`s alone (one C-level pass; UTF-8 never uses these bytes inside a
+        # character), instead of splitting the request into its 27 lines.
+        marks = block.translate(None, _NOT_MARKS)
+        if b"\n\n" not in marks and not marks.startswith(b"\n"):
             return Request("\n" + text)
     attrs = {}
     for line in text.split("\n")[:-1]:
