@@ -81,16 +81,38 @@ class PackStore(Generic[V]):
     tag: str
     codec: Codec[V]
     max_loose: int
-    packed: dict[object, object]  # the pack's entries, as read (decoded on first `get`)
     loose: set[str]  # keys of the loose files
     used: dict[str, V] = field(default_factory=dict)  # got or put by this run
     made: dict[str, V] = field(default_factory=dict)  # put by this run
+    _packed: dict[object, object] | None = None  # the pack's entries once read (`packed`)
+    _peeked: bool = False  # `peek` was used: `save` may leave counting the pack to later
+
+    @property
+    def packed(self) -> dict[object, object]:
+        """The pack's entries, as read (decoded on first `get`): read on first need, so a run
+        that only `peek`s never pays for a large pack."""
+        if self._packed is None:
+            self._packed = (
+                {} if self.directory is None else read_tagged(self._pack_path(), self.key)
+            )
+        return self._packed
 
     def get(self, key: str) -> V | None:
         """The entry for `key`, or None (also for a damaged entry: it is made again)."""
         value = self.used.get(key)
         if value is None:
             value = self._find(key)
+            if value is not None:
+                self.used[key] = value
+        return value
+
+    def peek(self, key: str) -> V | None:
+        """As `get`, from this run's entries and the loose files only: never reads the pack
+        (a key that only the pack holds is None, and made again by the caller)."""
+        self._peeked = True
+        value = self.used.get(key)
+        if value is None and key in self.loose and self.directory is not None:
+            value = self._decode(read_tagged(self._loose_path(key), self.key).get(key))
             if value is not None:
                 self.used[key] = value
         return value
@@ -105,6 +127,13 @@ class PackStore(Generic[V]):
         again, are those got or put by this run and those of `keep` that are stored."""
         if self.directory is None:
             return
+        if self._packed is None and self._peeked and self._pack_path().is_file():
+            # Only `peek`ed: the pack's unused entries are counted by a later run that reads it.
+            if not self.made:
+                return
+            if len(self.loose | self.made.keys()) <= self.max_loose:
+                self._write_loose()
+                return
         kept = set(keep)
         unused = len(self.packed.keys() - self.used.keys() - kept)
         if unused <= self.max_loose:
@@ -112,8 +141,7 @@ class PackStore(Generic[V]):
                 return
             # A made key may already have a loose file: a damaged one, written again.
             if self.packed and len(self.loose | self.made.keys()) <= self.max_loose:
-                for key, value in self.made.items():
-                    self._write(self._loose_path(key), {key: self.codec.encode(value)})
+                self._write_loose()
                 return
         entries = dict(self.used)
         for key in kept - entries.keys():
@@ -127,10 +155,14 @@ class PackStore(Generic[V]):
                 with contextlib.suppress(OSError):
                     path.unlink()
 
+    def _write_loose(self) -> None:
+        for key, value in self.made.items():
+            self._write(self._loose_path(key), {key: self.codec.encode(value)})
+
     def _find(self, key: str) -> V | None:
         value = self._decode(self.packed.get(key))
         if value is None and key in self.loose and self.directory is not None:
-            value = self._decode(_read(self._loose_path(key), self.key).get(key))
+            value = self._decode(read_tagged(self._loose_path(key), self.key).get(key))
         return value
 
     def _decode(self, stored: object) -> V | None:
@@ -150,23 +182,31 @@ class PackStore(Generic[V]):
         return self.directory / f"loose-{self.tag}-{key}{_SUFFIX}"
 
     def _write(self, path: Path, data: dict[str, object]) -> None:
-        mac = _start_tag(self.key, path.name)
-        # mkstemp: a new file (O_EXCL, O_NOFOLLOW, 0600); the rename replaces a symlink at
-        # `path` instead of writing through it.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + bytes(TAG_SIZE))  # the tag, once the pickle is written
-                # Pickled straight into the file through the MAC, as fast as a plain dump:
-                # no copy of the whole pickle in memory.
-                self.codec.pickler(_Tagging(f, mac), protocol=pickle.HIGHEST_PROTOCOL).dump(data)
-                f.seek(len(MAGIC))
-                f.write(mac.digest())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_tagged(path, self.key, data, self.codec.pickler)
+
+
+def write_tagged(
+    path: Path, key: bytes, data: dict[str, object], pickler: type[pickle.Pickler] = pickle.Pickler
+) -> None:
+    """Write `data` pickled to `path` atomically, tagged with an HMAC under `key`, bound to
+    the file's name (`read_tagged` checks it before unpickling)."""
+    mac = _start_tag(key, path.name)
+    # mkstemp: a new file (O_EXCL, O_NOFOLLOW, 0600); the rename replaces a symlink at
+    # `path` instead of writing through it.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(MAGIC + bytes(TAG_SIZE))  # the tag, once the pickle is written
+            # Pickled straight into the file through the MAC, as fast as a plain dump:
+            # no copy of the whole pickle in memory.
+            pickler(_Tagging(f, mac), protocol=pickle.HIGHEST_PROTOCOL).dump(data)
+            f.seek(len(MAGIC))
+            f.write(mac.digest())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +236,8 @@ def open_pack_store(directory: Path, tag: str, codec: Codec[V], *, max_loose: in
                 if e.name.startswith(prefix) and e.name.endswith(_SUFFIX)
             }
     except (CacheError, OSError):
-        return PackStore(None, b"", tag, codec, max_loose, {}, set())
-    packed = _read(directory / f"pack-{tag}{_SUFFIX}", key)
-    return PackStore(directory, key, tag, codec, max_loose, packed, loose)
+        return PackStore(None, b"", tag, codec, max_loose, set())
+    return PackStore(directory, key, tag, codec, max_loose, loose)
 
 
 def _start_tag(key: bytes, name: str) -> hmac.HMAC:
@@ -207,7 +246,7 @@ def _start_tag(key: bytes, name: str) -> hmac.HMAC:
     return hmac.new(key, name.encode() + b"\0", hashlib.sha256)
 
 
-def _read(path: Path, key: bytes) -> dict[object, object]:
+def read_tagged(path: Path, key: bytes) -> dict[object, object]:
     """The dict pickled in `path` ({} if missing, damaged, not a regular file of ours, or
     without a valid tag: its entries are made again). Nothing is unpickled before its tag
     is checked."""
