@@ -15,6 +15,7 @@ never in it):
 
     <cache>/                   the parse cache's packs (`load.parsecache`)
     <cache>/fragments/         per-domain rows of the domain-set tables (`render.fragments`)
+    <cache>/joined/            the joins of those rows, spliced after an edit (`render.joincache`)
     <cache>/templates/         the roles' compiled templates (`render.templatecache`)
     <cache>/outdir/<id>.json   the manifest of each `render --out` directory (`render.outdir`)
 
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
 FRAGMENTS_SUBDIRECTORY = "fragments"
 TEMPLATES_SUBDIRECTORY = "templates"
+JOINED_SUBDIRECTORY = "joined"
 Warn = Callable[[str], None]
 
 
@@ -148,7 +150,10 @@ class BuildSession:
             inventory = loaded.inventory
             fragments = (
                 FragmentCache.open(
-                    self.cache / FRAGMENTS_SUBDIRECTORY, inventory.domains, loaded.domain_keys
+                    self.cache / FRAGMENTS_SUBDIRECTORY,
+                    inventory.domains,
+                    loaded.domain_keys,
+                    self.cache / JOINED_SUBDIRECTORY,
                 )
                 if self.cache is not None
                 else None

@@ -55,6 +55,8 @@ _CODE = (
     "render/tables.py",
     "render/agentconfig.py",
     "render/sieve.py",
+    "render/join.py",  # and the joined bases made from fragments
+    "render/joincache.py",
     "cache/packstore.py",
 )
 SUBDIRECTORY = "fragments"
@@ -213,22 +215,48 @@ class FragmentCache:
     domains: Mapping[str, Domain]
     keys: dict[int, str]
     store: PackStore[DomainFragment]
+    bases: Path | None = None  # where the joins of these fragments are kept (`render.joincache`)
 
     MAX_LOOSE = 64
 
     @classmethod
     def open(
-        cls, directory: Path, domains: Mapping[str, Domain], domain_keys: Mapping[str, str]
+        cls,
+        directory: Path,
+        domains: Mapping[str, Domain],
+        domain_keys: Mapping[str, str],
+        bases: Path | None = None,
     ) -> FragmentCache:
         store = open_pack_store(directory, code_fingerprint(), _CODEC, max_loose=cls.MAX_LOOSE)
         keys = {id(d): domain_keys[name] for name, d in domains.items() if name in domain_keys}
-        return cls(domains, keys, store)
+        return cls(domains, keys, store, bases)
 
     def get(self, domain: Domain) -> DomainFragment:
         key = self.keys.get(id(domain))
         if key is None or self.domains.get(domain.domain) is not domain:
             return make_domain_fragment(domain)
         fragment = self.store.get(key)
+        if fragment is None:
+            fragment = make_domain_fragment(domain)
+            self.store.put(key, fragment)
+        return fragment
+
+    def content_keys(self, domains: Sequence[Domain]) -> dict[str, str]:
+        """The content key of each of `domains` (by name) that has one."""
+        keys = {}
+        for domain in domains:
+            key = self.keys.get(id(domain))
+            if key is not None and self.domains.get(domain.domain) is domain:
+                keys[domain.domain] = key
+        return keys
+
+    def peek(self, domain: Domain) -> DomainFragment:
+        """As `get`, but never reading the pack (`PackStore.peek`): a fragment made by an
+        earlier run after an edit is read, any other made again (a few domains only)."""
+        key = self.keys.get(id(domain))
+        if key is None or self.domains.get(domain.domain) is not domain:
+            return make_domain_fragment(domain)
+        fragment = self.store.peek(key)
         if fragment is None:
             fragment = make_domain_fragment(domain)
             self.store.put(key, fragment)

@@ -12,7 +12,9 @@ per-account work but a lookup. A host's alias domains (`HostConfig.alias_domains
 their rows here, from the fragment of the domain each one aliases (`tables`'
 `make_alias_domain_aliases` and `make_alias_domain_senders`), and make that domain's
 autoresponder scripts again with the alias addresses. `DomainSetCache` shares the result
-between the hosts of one run that serve the same domains.
+between the hosts of one run that serve the same domains. With a `FragmentCache`, a full join
+is kept as a joined base, and a later run whose domains changed in a few files only splices
+their new rows into it (`compiler.render.joincache`) instead of reading every fragment.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 
 from compiler.render.agentconfig import SharedAgentText
 from compiler.render.fragments import DomainFragment, FragmentCache, make_host_fragments
+from compiler.render.joincache import JoinedBases, changed_domains, splice_base
 from compiler.render.resolve import HostConfig, ServedAccounts, ServedAccountsCache
 from compiler.render.sieve import (
     SieveScript,
@@ -109,11 +112,50 @@ def make_domain_set_data(
     `served`: the tables `cfg` was resolved with (`ServedAccountsCache.find`), if known."""
     joined = None
     if cache is not None:
-        joined = join_fragments(cfg, [cache.get(domain) for domain in cfg.domains], served)
+        bases = _open_bases(cache)
+        joined = _splice(cfg, cache, bases) if bases is not None else None
+        if joined is None:
+            fragments = [cache.get(domain) for domain in cfg.domains]
+            joined = join_fragments(cfg, fragments, served)
+            if joined is not None and bases is not None:
+                bases.write(cfg, cache.content_keys(cfg.domains), fragments, joined)
     if joined is None:
         joined = join_fragments(cfg, make_host_fragments(cfg))
         assert joined is not None, "fragments made from a config name exactly its rows"
     return joined
+
+
+def _open_bases(cache: FragmentCache) -> JoinedBases | None:
+    store = cache.store
+    if store.directory is None or cache.bases is None:
+        return None
+    return JoinedBases.open(cache.bases, store.key, store.tag)
+
+
+def _splice(cfg: HostConfig, cache: FragmentCache, bases: JoinedBases) -> DomainSetData | None:
+    """`cfg`'s data from its joined base with the changed domains' rows spliced in
+    (`compiler.render.joincache`), or None when a full join must make it."""
+    base = bases.read(cfg)
+    if base is None:
+        return None
+    changed = changed_domains(base, cache.content_keys(cfg.domains))
+    if changed is None:
+        return None
+    by_name = {domain.domain: domain for domain in cfg.domains}
+    spliced = splice_base(base, cfg, [cache.peek(by_name[name]) for name in changed])
+    if spliced is None:
+        return None
+    return DomainSetData(
+        mailboxes=cfg.mailboxes,
+        redirects=cfg.redirects,
+        domain_names=cfg.domain_names,
+        postmaster=cfg.postmaster,
+        tables=spliced.tables,
+        autoresponders=spliced.autoresponders,
+        agent_text=spliced.agent_text,
+        alias_domains=cfg.alias_domains,
+        catch_alls=cfg.catch_alls,
+    )
 
 
 def _positions(names: Sequence[str], wanted: Iterable[str], count: int) -> list[int] | None:

@@ -121,7 +121,13 @@ def test_the_default_cache_is_private_and_outside_the_checkout(
         st = directory.lstat()
         assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
     assert sorted(p.name for p in cache.iterdir()) == sorted(
-        ["fragments", "outdir", "templates", *(p.name for p in cache.glob("pack-*.pickle"))]
+        [
+            "fragments",
+            "joined",
+            "outdir",
+            "templates",
+            *(p.name for p in cache.glob("pack-*.pickle")),
+        ]
     )
     stats = LoadStats()
     load_inventory(checkout, cache_dir=cache, stats=stats)
