@@ -39,6 +39,7 @@ _FORMAT = b"mailcfg-domain-cache-3"
 _LOADER_MODULES = (
     "load/inventory.py",
     "load/yamlload.py",
+    "load/yamlslow.py",
     "load/validate.py",
     "load/parsecache.py",
     "cache/packstore.py",
