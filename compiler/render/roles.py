@@ -30,8 +30,6 @@ from typing import Any
 
 import jinja2
 from jinja2.nodes import EvalContext
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from compiler.load.layers import merge_layers
 from compiler.render.context import make_base_context
@@ -158,11 +156,28 @@ def make_environment(path: Path) -> jinja2.Environment:
     return env
 
 
-def _read_yaml(path: Path) -> Any:
+def _read_yaml(path: Path, cache: TemplateCodeCache | None = None) -> Any:
+    """The data of a role's YAML file; with `cache`, as parsed by an earlier run."""
     try:
-        return YAML(typ="safe").load(path.read_text(encoding="utf-8"))
-    except (OSError, YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
         raise RoleError(f"{path}: cannot read: {exc}") from exc
+    parse = _parse_yaml(path)
+    return cache.load_yaml(text, parse) if cache is not None else parse(text)
+
+
+def _parse_yaml(path: Path) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        # Imported here: a warm run takes every file's data from the template cache.
+        from ruamel.yaml import YAML
+        from ruamel.yaml.error import YAMLError
+
+        try:
+            return YAML(typ="safe").load(text)
+        except YAMLError as exc:
+            raise RoleError(f"{path}: cannot read: {exc}") from exc
+
+    return parse
 
 
 def _commands(path: Path, key: str, value: object) -> tuple[str, ...]:
@@ -202,10 +217,10 @@ def _role_file(path: Path, index: int, raw: object) -> RoleFile:
     )
 
 
-def load_role(directory: Path) -> Role:
-    """Read one role directory."""
+def load_role(directory: Path, cache: TemplateCodeCache | None = None) -> Role:
+    """Read one role directory (its YAML files' data from `cache`, if parsed before)."""
     spec_path = directory / "role.yml"
-    spec = _read_yaml(spec_path)
+    spec = _read_yaml(spec_path, cache)
     if not isinstance(spec, dict):
         raise RoleError(f"{spec_path}: expected a mapping")
     unknown = spec.keys() - _ROLE_KEYS
@@ -224,7 +239,7 @@ def load_role(directory: Path) -> Role:
     except NeedsError as exc:
         raise RoleError(str(exc)) from None
     defaults_path = directory / "defaults.yml"
-    defaults = _read_yaml(defaults_path) if defaults_path.is_file() else None
+    defaults = _read_yaml(defaults_path, cache) if defaults_path.is_file() else None
     if defaults is not None and not isinstance(defaults, dict):
         raise RoleError(f"{defaults_path}: expected a mapping of policy keys")
     return Role(
@@ -255,11 +270,12 @@ def load_roles(path: Path, code_cache: Path | None = None) -> Roles:
     directory), templates compiled by an earlier run are taken from it (`save_compiled`)."""
     if not path.is_dir():
         raise RoleError(f"{path}: roles directory not found")
-    roles = {d.name: load_role(d) for d in sorted(path.iterdir()) if (d / "role.yml").is_file()}
-    if not roles:
-        raise RoleError(f"{path}: no role found (expected <name>/role.yml)")
     env = make_environment(path)
     cache = TemplateCodeCache.open(code_cache, env) if code_cache is not None else None
+    found = sorted(d for d in path.iterdir() if (d / "role.yml").is_file())
+    roles = {d.name: load_role(d, cache) for d in found}
+    if not roles:
+        raise RoleError(f"{path}: no role found (expected <name>/role.yml)")
     return Roles(path=path, roles=MappingProxyType(roles), env=env, code_cache=cache)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import jinja2
 import pytest
+from ruamel.yaml import YAML
 
 from compiler.cache.packstore import MAGIC
 from compiler.render.roles import compile_snippet, default_roles_dir, load_roles
@@ -91,3 +92,28 @@ def test_a_planted_store_is_never_loaded(tmp_path: Path, forge: str) -> None:
         (planted / name).write_bytes(forged_file(name, evil, forge))
     assert render_both(default_roles_dir(), planted) == expected
     assert not marker.exists()
+
+
+def test_role_files_parse_once_and_again_when_edited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    roles_dir, cache = tmp_path / "roles", tmp_path / "cache"
+    shutil.copytree(default_roles_dir(), roles_dir)
+    first = load_roles(roles_dir, cache)
+    first.save_compiled()
+    parsed: list[str] = []
+    real = YAML.load
+
+    def counted(self: YAML, text: str) -> Any:
+        parsed.append(text)
+        return real(self, text)
+
+    monkeypatch.setattr(YAML, "load", counted)
+    again = load_roles(roles_dir, cache)
+    assert parsed == []  # every role.yml and defaults.yml from the store
+    assert again.roles == first.roles
+    role_file = roles_dir / "dovecot/role.yml"
+    role_file.write_text(role_file.read_text().replace('mode: "0640"', 'mode: "0600"', 1))
+    edited = load_roles(roles_dir, cache)
+    assert len(parsed) == 1
+    assert edited.roles["dovecot"] != first.roles["dovecot"]
