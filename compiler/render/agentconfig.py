@@ -123,13 +123,26 @@ def _sender_list_json(senders: SenderList) -> str:
 class SharedAgentText:
     """The parts of agent.json that depend on the served domains only, so hosts serving the
     same domains share them: the `accounts` entries without their limits (which follow the
-    host's policy) and the `redirects` entries: for the i-th account of `addresses`, the text
-    before its limits and the text after."""
+    host's policy) and the `redirects` entries. `around` is the accounts' text cut at each
+    account's limits (`around_limits`): one piece more than `addresses` (none when empty),
+    the i-th limits go between pieces i and i+1."""
 
     addresses: tuple[str, ...]
-    before: tuple[str, ...]
-    after: tuple[str, ...]
+    around: tuple[str, ...]
     redirects: str
+
+
+LIMITS_MARK = "\x1f"  # where an account's limits go in the text `around_limits` cuts
+
+
+def around_limits(before: Sequence[str], after: Sequence[str]) -> tuple[str, ...]:
+    """The accounts' entries, the i-th made of `before[i]`, its limits and `after[i]`,
+    joined by ",\n" and cut where the limits go. Neither holds `LIMITS_MARK`: both are JSON
+    text, in which a control character is escaped."""
+    if not before:
+        return ()
+    entries = map(LIMITS_MARK.join, zip(before, after, strict=True))
+    return tuple(",\n".join(entries).split(LIMITS_MARK))
 
 
 def redirect_entry(source: str, targets: Sequence[str]) -> str:
@@ -186,12 +199,10 @@ def _accounts_block(cfg: HostConfig, shared: SharedAgentText) -> list[str]:
     # Each distinct limits object (most accounts share the host's default) encoded once.
     distinct = dict(zip(ids, values, strict=True))
     texts = {key: _compact(value.model_dump(mode="json")) for key, value in distinct.items()}
-    # before, limits, after, separator for each account.
-    pieces = [",\n"] * (4 * count)
-    pieces[0::4] = shared.before
-    pieces[1::4] = list(map(texts.__getitem__, ids))
-    pieces[2::4] = shared.after
-    pieces[-1] = ""
+    # The shared text around the limits, each account's limits in between.
+    pieces = [""] * (2 * count + 1)
+    pieces[0::2] = shared.around
+    pieces[1::2] = list(map(texts.__getitem__, ids))
     return pieces
 
 

@@ -25,7 +25,7 @@ from itertools import chain
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from compiler.render.agentconfig import SharedAgentText
+from compiler.render.agentconfig import SharedAgentText, around_limits
 from compiler.render.fragments import DomainFragment, FragmentCache, make_host_fragments
 from compiler.render.joincache import JoinedBases, changed_domains, splice_base
 from compiler.render.resolve import HostConfig, ServedAccounts, ServedAccountsCache
@@ -231,8 +231,10 @@ def join_fragments(
     agent_by_source = _sorted_order(list(redirects), by_source)
     agent_text = SharedAgentText(
         addresses=tuple(sorted(mailboxes)),
-        before=tuple(_pick(_column(fragments, "agent_before"), agent_order)),
-        after=tuple(_pick(_column(fragments, "agent_after"), agent_order)),
+        around=around_limits(
+            _pick(_column(fragments, "agent_before"), agent_order),
+            _pick(_column(fragments, "agent_after"), agent_order),
+        ),
         redirects=",\n".join(_pick(_column(fragments, "agent_redirects"), agent_by_source)),
     )
     return DomainSetData(

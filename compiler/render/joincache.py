@@ -36,7 +36,7 @@ from typing import Protocol
 
 from compiler.cache.cachedir import CacheError, prepare_cache_dir
 from compiler.cache.packstore import read_tagged, write_tagged
-from compiler.render.agentconfig import SharedAgentText
+from compiler.render.agentconfig import LIMITS_MARK, SharedAgentText
 from compiler.render.fragments import DomainFragment
 from compiler.render.resolve import HostConfig
 from compiler.render.sieve import SieveScript
@@ -51,7 +51,6 @@ from compiler.render.tables import (
 MAX_CHANGED = 64  # changed domains spliced into one base; more: a full join and a new base
 MAX_BASES = 4  # base files kept (one per served-domain set and postmaster)
 _FORMAT = "mailcfg-joined-1"
-_SEP = "\x1f"  # between an agent.json account line's text before and after its limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +63,16 @@ class _Column:
     rows: Callable[[DomainFragment], Iterable[str]]
 
 
+# agent.json's lines are kept as they are in the file, each ending in "," ("," + "\n"), the
+# last one too: so a line is a line wherever it goes, and the file's text is the base's but
+# its last two characters.
 def _agent_accounts(fragment: DomainFragment) -> Iterable[str]:
-    return map(_SEP.join, zip(fragment.agent_before, fragment.agent_after, strict=True))
+    pairs = zip(fragment.agent_before, fragment.agent_after, strict=True)
+    return (f"{before}{LIMITS_MARK}{after}," for before, after in pairs)
+
+
+def _agent_redirects(fragment: DomainFragment) -> Iterable[str]:
+    return (f"{line}," for line in fragment.agent_redirects)
 
 
 # Every text of a base, in the order `JoinedBase.texts` holds them. virtual_alias_maps also
@@ -78,7 +85,7 @@ _COLUMNS: dict[str, _Column] = {
     "deny_imap": _Column("", "\n", lambda f: f.no_imap),
     "deny_pop3": _Column("", "\n", lambda f: f.no_pop3),
     "agent_accounts": _Column('    "', '"', _agent_accounts),
-    "agent_redirects": _Column('    "', '"', lambda f: f.agent_redirects),
+    "agent_redirects": _Column('    "', '"', _agent_redirects),
 }
 # How many lines each text has: one per mailbox or per redirect (None: not fixed).
 _PER_MAILBOX = ("virtual_mailbox_maps", "sender_login_maps", "passwd", "agent_accounts")
@@ -198,9 +205,10 @@ def _make_base(
     if len(entered) != len(names) or not _enters_none(entered.values(), names):
         return None
     shared = data.agent_text
-    accounts = format_lines(map(_SEP.join, zip(shared.before, shared.after, strict=True)))
-    # One line per redirect (its entries are joined by ",\n" and hold no newline).
-    redirects = shared.redirects.replace(",\n", "\n") + "\n" if shared.redirects else ""
+    # One line per account, its limits' place marked, and one per redirect (none of their
+    # entries holds a newline): see `_agent_accounts`.
+    accounts = LIMITS_MARK.join(shared.around) + ",\n" if shared.around else ""
+    redirects = shared.redirects + ",\n" if shared.redirects else ""
     tables = data.tables
     texts = (
         tables.virtual_mailbox_maps,
@@ -214,7 +222,7 @@ def _make_base(
     )
     if not all(text.isascii() for text in texts):
         return None
-    if texts[_ACCOUNTS].count(_SEP) != len(cfg.mailboxes):
+    if texts[_ACCOUNTS].count(LIMITS_MARK) != len(cfg.mailboxes):
         return None  # an account line's parts hold a separator: they could not be split
     counts = tuple(text.count("\n") for text in texts)
     if not _counts_match(counts, cfg):
@@ -309,13 +317,13 @@ def _spliced(cfg: HostConfig, texts: Sequence[str], responders: list[SieveScript
         deny_imap=deny_imap,
         deny_pop3=deny_pop3,
     )
-    # before, after, before, after…: the account lines with their separators made one kind.
-    parts = accounts[:-1].replace("\n", _SEP).split(_SEP) if accounts else []
+    around = accounts.split(LIMITS_MARK) if accounts else []
+    if around:
+        around[-1] = around[-1][:-2]  # the file's last entry ends without ",\n"
     agent_text = SharedAgentText(
         addresses=tuple(sorted(cfg.mailboxes)),
-        before=tuple(parts[0::2]),
-        after=tuple(parts[1::2]),
-        redirects=redirects[:-1].replace("\n", ",\n"),
+        around=tuple(around),
+        redirects=redirects[:-2],
     )
     return Spliced(tables, tuple(responders), agent_text)
 
@@ -351,7 +359,7 @@ def _splice_text(
             key = _line_key(row, 0, column)
             if not row.startswith(column.prefix) or not row.isascii() or "\n" in line:
                 return None
-            if column is _COLUMNS["agent_accounts"] and line.count(_SEP) != 1:
+            if column is _COLUMNS["agent_accounts"] and line.count(LIMITS_MARK) != 1:
                 return None
             if key.rpartition("@")[2] != domain or "@" in key.rpartition("@")[0]:
                 return None
