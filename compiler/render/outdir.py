@@ -165,8 +165,17 @@ def write_tree(
         for parts in list(out.walk_files(base)):
             if parts not in keep:
                 out.unlink(parts)
-    if manifest is not None and kept != records:
+    if manifest is not None and _manifest_outdated(records, kept):
         # Files written now are left out: their ctime is too recent to be trusted next
         # time (racy), so the next run compares their bytes and records them.
         _write_manifest(manifest, root, kept)
     return len(keep)
+
+
+def _manifest_outdated(records: dict[str, _Record], kept: dict[str, _Record]) -> bool:
+    """Whether the manifest must be written again: it lacks a record of `kept`, or holds
+    many of files not kept. A record of a file written since (or removed) may stay: its stat
+    can no longer match (a write changes the ctime), so it only costs a comparison of bytes."""
+    if any(records.get(dest) != record for dest, record in kept.items()):
+        return True
+    return len(records) - len(kept) > max(64, len(kept) // 8)

@@ -284,3 +284,24 @@ def test_joined_fragments_equal_the_model_path(tmp_path: Path) -> None:
         assert any(":addresses" in s.script for s in joined.autoresponders)
         agent_json = render_agent_config(cfg, joined.agent_text)
         assert agent_json == dump_agent_config(make_agent_config(cfg))
+
+
+def test_a_run_that_only_rewrites_files_leaves_the_manifest_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, manifest = tmp_path / "out", tmp_path / "cache" / "m.json"
+    monkeypatch.setattr(outdir, "_RACY_NS", 0)
+    tree = FileTree({"/etc/a": _file(b"aaaa\n"), "/etc/b": _file(b"bbbb\n")})
+    outdir.write_tree(tree, out, manifest)
+    outdir.write_tree(tree, out, manifest)  # records both
+    saved = manifest.read_bytes()
+    changed = FileTree({"/etc/a": _file(b"AAAAA\n"), "/etc/b": _file(b"bbbb\n")})
+    outdir.write_tree(changed, out, manifest)
+    # a's record stays, stale: its file's stat no longer matches it.
+    assert manifest.read_bytes() == saved
+    (out / "etc/a").write_bytes(b"XXXXX\n")  # same size, by hand
+    outdir.write_tree(changed, out, manifest)
+    assert (out / "etc/a").read_bytes() == b"AAAAA\n"
+    assert manifest.read_bytes() == saved
+    outdir.write_tree(changed, out, manifest)  # a compared by its bytes: recorded again
+    assert manifest.read_bytes() != saved
