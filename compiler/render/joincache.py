@@ -162,9 +162,13 @@ class JoinedBases:
         """Keep `data` (the full join of `fragments`, the fragments of `cfg.domains` with
         content `keys`) as the base of `cfg`'s domains, if it is one a splice can start from."""
         base = _make_base(cfg, keys, fragments, data)
-        if base is None:
-            return
         path = self._path(cfg)
+        if base is None:
+            # An old base no splice can start from (the domains now redirect into each
+            # other): removed, or every run would read it for nothing.
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return
         fields = [getattr(base, name) for name in JoinedBase.__slots__]
         write_tagged(path, self.key, {_FORMAT: tuple(fields)})
         self._drop_old(path)

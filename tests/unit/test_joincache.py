@@ -160,6 +160,7 @@ def test_a_redirect_into_another_served_domain_is_joined_in_full(
     assert spliced == full
     assert len(calls) == 2  # the cache's full join too
     assert any(":addresses" in s.script for s in spliced.autoresponders)
+    assert list((cache / "joined").iterdir()) == []  # no base to read for nothing again
 
 
 def test_a_forged_or_damaged_base_is_a_full_join(
