@@ -290,14 +290,17 @@ def _prepare_unix_socket(path: Path) -> None:
 
 
 def _open_unix_access(path: Path) -> None:
-    """smtpd runs as user postfix: group postfix + 0660 where that group exists."""
+    """smtpd runs as user postfix: group postfix + 0660 where that group exists. Under the
+    unit the agent's own group is postfix, so the socket has it already and no chown is made:
+    the unit's system-call filter refuses chown (`~@privileged`)."""
     try:
         gid = grp.getgrnam("postfix").gr_gid
     except KeyError:
         log.warning("no 'postfix' group: %s is mode 0660 for its owner's group only", path)
     else:
-        with contextlib.suppress(PermissionError):
-            os.chown(path, -1, gid)
+        if path.stat().st_gid != gid:
+            with contextlib.suppress(PermissionError):
+                os.chown(path, -1, gid)
     os.chmod(path, 0o660)
 
 

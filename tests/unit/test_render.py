@@ -140,7 +140,7 @@ def test_agent_unit_is_hardened() -> None:
         "CapabilityBoundingSet=",
         "RuntimeDirectory=mailcfg",
         "StateDirectory=mailcfg/agent",
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
     ):
         assert f"\n{line}\n" in unit
 
