@@ -8,10 +8,10 @@ here is undone by a rollback: a package installed stays installed (the release's
 what a rollback puts back).
 
 Packages: `apt-get install` with no questions (`DEBIAN_FRONTEND=noninteractive`, the
-package's own configuration files kept: `--force-confdef --force-confold`), after the roles'
-debconf answers are set (Postfix's package then leaves `main.cf` to mailcfg), and after
-`apt-get update` only when a missing package has no candidate in the lists. Every command is
-an argv (no shell), and every name was checked (`machine.check_needs`).
+package's own configuration files kept: `--force-confdef --force-confold`; no Recommends),
+after the roles' debconf answers are set (Postfix's package then leaves `main.cf` to
+mailcfg), and after `apt-get update` only when a missing package has no candidate in the
+lists. Every command is an argv (no shell), and every name was checked (`machine.check_needs`).
 
 On a directory root (tests; the controller sends no needs for a local host) only directories
 are made, below the root: packages, users and units would act on this machine.
@@ -38,6 +38,9 @@ APT_OPTIONS = [
     # Wait for an unattended upgrade holding dpkg's lock instead of failing at once.
     "-o",
     "DPkg::Lock::Timeout=300",
+    # What the roles name and what it depends on, nothing merely recommended: rspamd's
+    # package recommends redis-server, a daemon the host would then run unasked.
+    "--no-install-recommends",
 ]
 # No question, no pager, no "restart services?" dialog (Ubuntu's needrestart).
 APT_ENV = {
