@@ -76,9 +76,11 @@ def make_bundle(
     activations: Sequence[Activation],
     release_id: str,
     keep_releases: int,
+    role_activations: Sequence[Activation] | None = None,
 ) -> bytes:
     """The tar the host unpacks: `release.json` (a `wire.BundleDoc`) + `tree/<path>`, and
-    `agent/<wheel>` for an agent the host lacks."""
+    `agent/<wheel>` for an agent the host lacks. `activations` run now; `role_activations`
+    (every role's, default `activations`) are kept with the release for a rollback to it."""
     wheels: dict[str, bytes] = {}
     agent: AgentDoc | None = None
     if plan.agent is not None:
@@ -93,6 +95,10 @@ def make_bundle(
         "keep_releases": keep_releases,
         "files": {path: _file_meta(f) for path, f in tree.items()},
         "activations": [activation_to_json(a) for a in activations],
+        "role_activations": [
+            activation_to_json(a)
+            for a in (activations if role_activations is None else role_activations)
+        ],
         "needs": None if plan.needs is None else needs_to_json(plan.needs),
         "agent": agent,
     }
@@ -135,6 +141,7 @@ def apply_plan(
     *,
     release_id: str,
     activations: Sequence[Activation] | None = None,
+    role_activations: Sequence[Activation] | None = None,
     keep_releases: int = 5,
     warn: Warn | None = None,
 ) -> Release:
@@ -152,6 +159,7 @@ def apply_plan(
             activations=plan.activations if activations is None else activations,
             release_id=release_id,
             keep_releases=keep_releases,
+            role_activations=role_activations,
         )
     except AgentDistError as exc:
         raise ApplyError(plan.host, "agent", str(exc)) from None

@@ -126,6 +126,7 @@ def apply_target(
             target.tree,
             transport,
             release_id=release_id,
+            role_activations=[a for a in target.activations if a.role in target.host_roles],
             keep_releases=keep_releases,
             warn=warnings.append,
         )

@@ -4,6 +4,7 @@ standing in for postfix/doveconf."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -195,19 +196,27 @@ def test_rollback_and_releases(host: CountingTransport) -> None:
 
 
 def test_failed_rollback_leaves_the_host_where_it_was(host: CountingTransport) -> None:
-    _, first = apply_tree(host, make_tree())
-    _, second = apply_tree(host, make_tree(main_cf=b"myhostname = mx2\n"))
-    silent = Activation(
-        "postfix", "postfix", "reload", verify=("echo 'postfix: not answering' >&2; exit 1",)
+    # The first release's own postfix verify (kept with it: a rollback to it runs that, not
+    # what it is offered) fails once the host has the marker.
+    silent = dataclasses.replace(
+        POSTFIX,
+        verify=("if [ -e not-answering ]; then echo 'postfix: not answering' >&2; exit 1; fi",),
     )
+    tree = make_tree()
+    release_id = make_release_id(datetime.now(UTC), tree.digest)
+    plan = plan_for(host, tree)
+    first = apply_plan(plan, tree, host, release_id=release_id, role_activations=(silent, DOVECOT))
+    _, second = apply_tree(host, make_tree(main_cf=b"myhostname = mx2\n"))
+    (host.root / "not-answering").touch()
     warnings: list[str] = []
     with pytest.raises(ApplyError) as failure:
-        rollback_release(host, activations=(silent, DOVECOT), warn=warnings.append)
+        rollback_release(host, activations=ACTIVATIONS, warn=warnings.append)
     assert failure.value.step == "verify" and "postfix: not answering" in failure.value.message
     assert failure.value.rolled_back_to == second and failure.value.rollback_errors == ()
     assert str(failure.value).startswith("mx1: verify: ")
     assert (host.root / "etc/postfix/main.cf").read_bytes() == b"myhostname = mx2\n"
-    assert [(r.id, r.current) for r in list_releases(host)] == [(first, False), (second, True)]
+    releases = [(r.id, r.current) for r in list_releases(host)]
+    assert releases == [(first.id, False), (second, True)]
     assert not plan_for(host, make_tree(main_cf=b"myhostname = mx2\n")).has_changes
 
 

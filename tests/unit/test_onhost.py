@@ -349,6 +349,21 @@ def test_rollback_to_previous_and_forward_again(root: Path) -> None:
     )
 
 
+def test_rollback_runs_the_target_releases_own_commands(root: Path) -> None:
+    """A rollback to r1 verifies with r1's commands (the port r1's files name), not with those
+    of the inventory it is made from (which may name the port of r2, or a third)."""
+
+    def on_port(port: str) -> Activation:
+        return Activation("srs", "postsrsd", "restart", verify=(f"echo {port} >> verified",))
+
+    apply(root, tree_of({"/etc/p": (b"10001", "srs")}), "r1", (on_port("10001"),))
+    apply(root, tree_of({"/etc/p": (b"10011", "srs")}), "r2", (on_port("10011"),))
+    offered = [activation_to_json(on_port("10021"))]  # the inventory changed once more
+    doc = call(root, "rollback", {"to": None, "activations": offered})
+    assert doc["ok"], doc
+    assert (root / "verified").read_text().split() == ["10001", "10011", "10001"]
+
+
 def two_releases(root: Path) -> None:
     apply(root, tree_of({"/etc/a": b"1", "/etc/only1": b"x"}), "r1")
     apply(root, tree_of({"/etc/a": b"2", "/etc/only2": b"y"}), "r2")

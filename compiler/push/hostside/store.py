@@ -18,7 +18,7 @@ import os
 import shutil
 import stat
 import time
-from typing import TypedDict, cast
+from typing import NotRequired, TypedDict, cast
 
 from .fileops import name_of_gid, name_of_uid, read_json, write_atomic, write_json
 from .hostroot import Host, StepFailed
@@ -39,6 +39,7 @@ class ReleaseRecord(TypedDict):
     previous: str | None
     installed_at: int
     agent: str | None  # the agent install `current` points at (records of older versions lack it)
+    role_activations: NotRequired[list[ActivationDoc]]  # every role's (older records lack it)
 
 
 class PendingRecord(TypedDict):

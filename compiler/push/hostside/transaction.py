@@ -170,8 +170,8 @@ class Transaction:
     # --- a rollback's own step ------------------------------------------------------------------
 
     def choose(self, target: str | None, offered: list[ActivationDoc]) -> None:
-        """Stored release `target` (None: the one before the current), with the `offered`
-        activations of the roles whose files differ between the two."""
+        """Stored release `target` (None: the one before the current), with the activations
+        of the roles whose files differ between the two: the target's own, else `offered`."""
         if not target:
             if self.from_id is None:
                 raise StepFailed("rollback", "no current release to roll back from")
@@ -191,7 +191,12 @@ class Transaction:
         }
         if self.to_agent != self.from_agent:
             roles.add(AGENT_ROLE)  # its unit runs through `current`: a restart
-        self.activations = [a for a in offered if a["role"] in roles]
+        # The target release's own commands where it recorded them (a verify must probe the
+        # ports the restored files name); the offered ones, rendered from the inventory the
+        # rollback is made from, for a role it lacks and for records of older versions.
+        chosen = {a["role"]: a for a in offered}
+        chosen.update((a["role"], a) for a in record.get("role_activations", []))
+        self.activations = [a for role, a in chosen.items() if role in roles]
 
     # --- the steps every change shares ----------------------------------------------------------
 
@@ -331,6 +336,7 @@ def apply_bundle(tx: Transaction, bundle: BinaryIO) -> ChangeReply | FailureRepl
         "previous": tx.from_id,
         "installed_at": int(time.time()),
         "agent": tx.to_agent,
+        "role_activations": doc["role_activations"],
     }
     tx.commit(record, doc["keep_releases"])
     return tx.done()

@@ -199,7 +199,10 @@ class BundleDoc(TypedDict):
     expect_current: Optional[str]  # the release the plan was made against
     keep_releases: int
     files: dict[str, FileMeta]
-    activations: list[ActivationDoc]
+    activations: list[ActivationDoc]  # the changed roles': run by this apply
+    # Every role's, as rendered for this release: a later rollback to it runs these (its own
+    # commands, not those of the inventory the rollback is made from).
+    role_activations: list[ActivationDoc]
     needs: Optional[NeedsDoc]  # ensured before the release is staged; null: none (a local root)
     agent: Optional[AgentDoc]  # installed before staging, made current at install; null: none
 
