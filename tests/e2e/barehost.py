@@ -203,3 +203,15 @@ def apt_proxy(port: int) -> Iterator[dict[str, int]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def newer_checkout(repo: Path, dest: Path) -> str:
+    """A copy of the controller in `repo` whose pyproject says another version; its version
+    (an agent upgrade as the next controller release makes it)."""
+    for part in ("compiler", "runtime", "schemas", "roles"):
+        shutil.copytree(repo / part, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+    project = (repo / "pyproject.toml").read_text()
+    line = next(x for x in project.splitlines() if x.startswith("version = "))
+    version = line.split('"')[1] + ".post1"
+    (dest / "pyproject.toml").write_text(project.replace(line, f'version = "{version}"', 1))
+    return version

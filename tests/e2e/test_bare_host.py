@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from barehost import BareHostLab, apt_proxy, bare_tarball
+from barehost import BareHostLab, apt_proxy, bare_tarball, newer_checkout
 from netns import RUNNER_ADDRESS, NetnsHost, listening_ports, wait_until
 from pebble import PebblePorts, running_pebble
 from test_push import PASSWORD, make_hash
@@ -296,18 +296,6 @@ def _for_name(ctx: ssl.SSLContext) -> ssl.SSLContext:
     return ctx
 
 
-def newer_checkout(dest: Path) -> str:
-    """A copy of this checkout's controller whose pyproject says another version; its
-    version."""
-    for part in ("compiler", "runtime", "schemas", "roles"):
-        shutil.copytree(REPO / part, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
-    project = (REPO / "pyproject.toml").read_text()
-    line = next(x for x in project.splitlines() if x.startswith("version = "))
-    version = line.split('"')[1] + ".post1"
-    (dest / "pyproject.toml").write_text(project.replace(line, f'version = "{version}"', 1))
-    return version
-
-
 def agent_version(bare: Bare) -> str:
     code = "import importlib.metadata as m; print(m.version('mailcfg'))"
     out = bare.in_host(f'/opt/mailcfg/agent/current/bin/python3 -I -c "{code}"')
@@ -318,7 +306,7 @@ def test_an_agent_upgrade_is_a_release_and_rolls_back(bare: Bare) -> None:
     before = os.readlink(bare.root / "opt/mailcfg/agent/current")
     old_version = agent_version(bare)
     newer = bare.workdir / "newer"
-    version = newer_checkout(newer)
+    version = newer_checkout(REPO, newer)
     plan = bare.mailcfg("plan", source=newer)
     assert plan.returncode == 0 and f"run agent {version}-" in plan.stdout, plan.stdout
     applied = bare.mailcfg("apply", "--yes", source=newer)
