@@ -76,11 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     inventory_command("codeowners", "print a CODEOWNERS file from the domains' admins")
     add_extra_commands(inventory_command)
     p = sub.add_parser("passwd", help="hash a new password (asked, or read from stdin)")
-    p.add_argument(
-        "--scheme",
-        default="BLF-CRYPT",
-        help="hash scheme: BLF-CRYPT (default), ARGON2ID or SHA512-CRYPT",
-    )
+    p.add_argument("--scheme", default="BLF-CRYPT", help="BLF-CRYPT, ARGON2ID or SHA512-CRYPT")
     p = sub.add_parser("schema", help="print the JSON Schema of one kind of inventory file")
     p.add_argument("--kind", choices=("inventory", "domain"), required=True, help="file kind")
     return parser
