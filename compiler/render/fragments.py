@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,10 +232,17 @@ class FragmentCache:
         return cls(domains, keys, store, bases)
 
     def get(self, domain: Domain) -> DomainFragment:
+        return self._fragment(domain, self.store.get)
+
+    def _fragment(
+        self, domain: Domain, read: Callable[[str], DomainFragment | None]
+    ) -> DomainFragment:
+        """`domain`'s fragment by its content key through `read`, made (and stored) when
+        `read` has none; made without the store for a domain that has no key."""
         key = self.keys.get(id(domain))
         if key is None or self.domains.get(domain.domain) is not domain:
             return make_domain_fragment(domain)
-        fragment = self.store.get(key)
+        fragment = read(key)
         if fragment is None:
             fragment = make_domain_fragment(domain)
             self.store.put(key, fragment)
@@ -253,14 +260,7 @@ class FragmentCache:
     def peek(self, domain: Domain) -> DomainFragment:
         """As `get`, but never reading the pack (`PackStore.peek`): a fragment made by an
         earlier run after an edit is read, any other made again (a few domains only)."""
-        key = self.keys.get(id(domain))
-        if key is None or self.domains.get(domain.domain) is not domain:
-            return make_domain_fragment(domain)
-        fragment = self.store.peek(key)
-        if fragment is None:
-            fragment = make_domain_fragment(domain)
-            self.store.put(key, fragment)
-        return fragment
+        return self._fragment(domain, self.store.peek)
 
     def save(self) -> None:
         """Store the fragments made by this run."""

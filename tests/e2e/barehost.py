@@ -23,6 +23,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -88,18 +89,23 @@ class BareHostLab(NetnsLab):
     def rootfs(host: NetnsHost) -> Path:
         return host.root / "rootfs"
 
-    def prepare_root(self, host: NetnsHost) -> None:
+    def unpack_root(self, host: NetnsHost) -> Path:
+        """The tarball unpacked as the host's root, its apt sent through the proxy."""
         root = self.rootfs(host)
         root.mkdir(parents=True)
         subprocess.run(
             ["tar", "-x", "--numeric-owner", "-f", str(self.tarball), "-C", str(root)], check=True
         )
-        policy = root / "usr/sbin/policy-rc.d"
-        policy.write_text("#!/bin/sh\n# No init in this root: the test starts daemons.\nexit 101\n")
-        policy.chmod(0o755)
         (root / "etc/apt/apt.conf.d/00mcfg-proxy").write_text(
             f'Acquire::http::Proxy "{self.proxy}";\n'
         )
+        return root
+
+    def prepare_root(self, host: NetnsHost) -> None:
+        root = self.unpack_root(host)
+        policy = root / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\n# No init in this root: the test starts daemons.\nexit 101\n")
+        policy.chmod(0o755)
         (root / SSHD_DIR.lstrip("/")).mkdir()
         (root / "run/sshd").mkdir(parents=True, exist_ok=True)
 
@@ -215,3 +221,41 @@ def newer_checkout(repo: Path, dest: Path) -> str:
     version = line.split('"')[1] + ".post1"
     (dest / "pyproject.toml").write_text(project.replace(line, f'version = "{version}"', 1))
     return version
+
+
+def ssh_host(lab: NetnsLab, host: NetnsHost, mail_name: str, domain: str) -> dict[str, object]:
+    """An inventory's entry for `host` over the lab's SSH (roles postfix, dovecot, agent)."""
+    return {
+        "address": host.address,
+        "hostname": mail_name,
+        "transport": "ssh",
+        "ssh": {
+            "identity_file": str(lab.identity_file),
+            "known_hosts": str(lab.known_hosts),
+            "connect_timeout": 5,
+            "command_timeout": 1800,
+        },
+        "roles": ["postfix", "dovecot", "agent"],
+        "domains": [domain],
+    }
+
+
+def maildir_messages(root: Path, address: str) -> list[bytes]:
+    """The messages delivered to `address`'s maildir in the host's root."""
+    local, domain = address.split("@")
+    base = root / "var/vmail" / domain / local / "Maildir"
+    found = [p for sub in ("new", "cur") if (base / sub).is_dir() for p in (base / sub).iterdir()]
+    return [p.read_bytes() for p in found]
+
+
+def run_mailcfg(
+    inventory: Path, workdir: Path, *args: str, source: Path
+) -> subprocess.CompletedProcess[str]:
+    """`mailcfg COMMAND INVENTORY ARGS` run from the checkout `source`, its cache in
+    `workdir`."""
+    return subprocess.run(
+        [sys.executable, "-m", "compiler", args[0], str(inventory),
+         "--cache", str(workdir / "cache"), *args[1:]],
+        capture_output=True, text=True, cwd=workdir, timeout=2000, check=False,
+        env={**os.environ, "PYTHONPATH": str(source)},
+    )  # fmt: skip

@@ -102,14 +102,7 @@ class SystemdHostLab(BareHostLab):
         self.cgroups: dict[str, list[Path]] = {}
 
     def prepare_root(self, host: NetnsHost) -> None:
-        root = self.rootfs(host)
-        root.mkdir(parents=True)
-        subprocess.run(
-            ["tar", "-x", "--numeric-owner", "-f", str(self.tarball), "-C", str(root)], check=True
-        )
-        (root / "etc/apt/apt.conf.d/00mcfg-proxy").write_text(
-            f'Acquire::http::Proxy "{self.proxy}";\n'
-        )
+        root = self.unpack_root(host)
         units = root / "etc/systemd/system"
         for unit in ("getty.target", "console-getty.service", "systemd-logind.service"):
             with contextlib.suppress(FileExistsError):

@@ -30,7 +30,6 @@ import shutil
 import smtplib
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -40,7 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from barehost import BareHostLab, apt_proxy, bare_tarball, newer_checkout
+from barehost import (
+    BareHostLab,
+    apt_proxy,
+    bare_tarball,
+    maildir_messages,
+    newer_checkout,
+    run_mailcfg,
+    ssh_host,
+)
 from netns import RUNNER_ADDRESS, NetnsHost, listening_ports, wait_until
 from pebble import PebblePorts, running_pebble
 from test_push import PASSWORD, make_hash
@@ -75,12 +82,7 @@ class Bare:
 
     def mailcfg(self, *args: str, source: Path = REPO) -> subprocess.CompletedProcess[str]:
         """`mailcfg COMMAND INVENTORY ARGS` run from the checkout `source`."""
-        return subprocess.run(
-            [sys.executable, "-m", "compiler", args[0], str(self.inventory),
-             "--cache", str(self.workdir / "cache"), *args[1:]],
-            capture_output=True, text=True, cwd=self.workdir, timeout=2000, check=False,
-            env={**os.environ, "PYTHONPATH": str(source)},
-        )  # fmt: skip
+        return run_mailcfg(self.inventory, self.workdir, *args, source=source)
 
     def in_host(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.lab.run_in_host(self.host, command, check=False, timeout=timeout)
@@ -123,17 +125,7 @@ def write_inventory(directory: Path, host: NetnsHost, lab: BareHostLab) -> None:
         "schema_version": 1,
         "hosts": {
             "mx": {
-                "address": host.address,
-                "hostname": MAIL_NAME,
-                "transport": "ssh",
-                "ssh": {
-                    "identity_file": str(lab.identity_file),
-                    "known_hosts": str(lab.known_hosts),
-                    "connect_timeout": 5,
-                    "command_timeout": 1800,
-                },
-                "roles": ["postfix", "dovecot", "agent"],
-                "domains": [DOMAIN],
+                **ssh_host(lab, host, MAIL_NAME, DOMAIN),
                 "policy": {
                     "tls": {
                         "cert": f"{LIVE}/fullchain.pem",
@@ -213,13 +205,6 @@ def pebble_roots(workdir: Path, ca: Path) -> Path:
     bundle = workdir / "pebble-issuer.pem"
     bundle.write_text("\n".join(pems))
     return bundle
-
-
-def maildir_messages(root: Path, address: str) -> list[bytes]:
-    local, domain = address.split("@")
-    base = root / "var/vmail" / domain / local / "Maildir"
-    found = [p for sub in ("new", "cur") if (base / sub).is_dir() for p in (base / sub).iterdir()]
-    return [p.read_bytes() for p in found]
 
 
 def wait_delivered(bare: Bare, subject: str) -> None:

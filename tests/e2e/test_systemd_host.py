@@ -22,14 +22,13 @@ import json
 import os
 import smtplib
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from barehost import apt_proxy, newer_checkout
+from barehost import apt_proxy, maildir_messages, newer_checkout, run_mailcfg, ssh_host
 from netns import RUNNER_ADDRESS, NetnsHost, listening_ports, wait_until
 from systemdhost import SystemdHostLab, systemd_tarball, unit_main_pid, wait_active
 from test_push import PASSWORD, make_hash
@@ -62,12 +61,7 @@ class Booted:
 
     def mailcfg(self, *args: str, source: Path = REPO) -> subprocess.CompletedProcess[str]:
         """`mailcfg COMMAND INVENTORY ARGS` run from the checkout `source`."""
-        return subprocess.run(
-            [sys.executable, "-m", "compiler", args[0], str(self.inventory),
-             "--cache", str(self.workdir / "cache"), *args[1:]],
-            capture_output=True, text=True, cwd=self.workdir, timeout=2000, check=False,
-            env={**os.environ, "PYTHONPATH": str(source)},
-        )  # fmt: skip
+        return run_mailcfg(self.inventory, self.workdir, *args, source=source)
 
     def in_host(self, command: str) -> str:
         return self.lab.run_in_host(self.host, command, timeout=120).stdout
@@ -107,19 +101,7 @@ def write_inventory(
     mailcfg = {
         "schema_version": 1,
         "hosts": {
-            "mx": {
-                "address": host.address,
-                "hostname": MAIL_NAME,
-                "transport": "ssh",
-                "ssh": {
-                    "identity_file": str(lab.identity_file),
-                    "known_hosts": str(lab.known_hosts),
-                    "connect_timeout": 5,
-                    "command_timeout": 1800,
-                },
-                "roles": ["postfix", "dovecot", "agent"],
-                "domains": [DOMAIN],
-            }
+            "mx": ssh_host(lab, host, MAIL_NAME, DOMAIN),
         },
         "policy": {
             "trusted_networks": ["127.0.0.1/32"],
@@ -159,13 +141,6 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
             inventory = workdir / "inventory"
             write_inventory(inventory, host, lab)
             yield Booted(lab, host, workdir, inventory)
-
-
-def maildir_messages(root: Path, address: str) -> list[bytes]:
-    local, domain = address.split("@")
-    base = root / "var/vmail" / domain / local / "Maildir"
-    found = [p for sub in ("new", "cur") if (base / sub).is_dir() for p in (base / sub).iterdir()]
-    return [p.read_bytes() for p in found]
 
 
 def receive_one(booted: Booted) -> None:
