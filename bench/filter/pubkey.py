@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests/e2e")]
 
 from mailhost import boot_mailhost, listening_ports, make_traversable, stop_child  # noqa: E402
+from rspamdlab import run_role_builds  # noqa: E402
 from smtpsink import smtp_sink  # noqa: E402
 
-from compiler.render.roles import default_roles_dir, load_roles, make_activations  # noqa: E402
 from compiler.tools.dkimkeys import parse_dkim_record  # noqa: E402
 from compiler.tools.dnsrecords import quote_txt  # noqa: E402
 from tests.e2e.test_rspamd_dkim_rotation import (  # noqa: E402
@@ -105,10 +105,7 @@ def main() -> None:
                           policy=rotation_policy(base)) as mh,
         ):  # fmt: skip
             (base / "log").mkdir(exist_ok=True)
-            (activation,) = make_activations(mh.cfg, load_roles(default_roles_dir()), ["rspamd"])
-            for command in activation.build:
-                subprocess.run(command, shell=True, check=True, capture_output=True,
-                               env=dict(os.environ, MAILCFG_ROOT="/"))  # fmt: skip
+            run_role_builds(mh, ["rspamd"])
             keydir = base / "lib/rspamd-dkim"
             make_traversable(keydir)
             for selector in (OLD, NEW):

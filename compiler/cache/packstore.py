@@ -99,20 +99,21 @@ class PackStore(Generic[V]):
 
     def get(self, key: str) -> V | None:
         """The entry for `key`, or None (also for a damaged entry: it is made again)."""
-        value = self.used.get(key)
-        if value is None:
-            value = self._find(key)
-            if value is not None:
-                self.used[key] = value
-        return value
+        return self._lookup(key, with_pack=True)
 
     def peek(self, key: str) -> V | None:
         """As `get`, from this run's entries and the loose files only: never reads the pack
         (a key that only the pack holds is None, and made again by the caller)."""
         self._peeked = True
+        return self._lookup(key, with_pack=False)
+
+    def _lookup(self, key: str, *, with_pack: bool) -> V | None:
         value = self.used.get(key)
-        if value is None and key in self.loose and self.directory is not None:
-            value = self._decode(read_tagged(self._loose_path(key), self.key).get(key))
+        if value is None:
+            if with_pack:
+                value = self._decode(self.packed.get(key))
+            if value is None and key in self.loose and self.directory is not None:
+                value = self._decode(read_tagged(self._loose_path(key), self.key).get(key))
             if value is not None:
                 self.used[key] = value
         return value
@@ -145,7 +146,7 @@ class PackStore(Generic[V]):
                 return
         entries = dict(self.used)
         for key in kept - entries.keys():
-            found = self._find(key)
+            found = self._lookup(key, with_pack=True)
             if found is not None:
                 entries[key] = found
         pack = self._pack_path()
@@ -158,12 +159,6 @@ class PackStore(Generic[V]):
     def _write_loose(self) -> None:
         for key, value in self.made.items():
             self._write(self._loose_path(key), {key: self.codec.encode(value)})
-
-    def _find(self, key: str) -> V | None:
-        value = self._decode(self.packed.get(key))
-        if value is None and key in self.loose and self.directory is not None:
-            value = self._decode(read_tagged(self._loose_path(key), self.key).get(key))
-        return value
 
     def _decode(self, stored: object) -> V | None:
         if stored is None:

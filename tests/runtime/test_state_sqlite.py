@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +11,7 @@ import pytest
 from runtime.state.base import Window
 from runtime.state.limits import LimitRequest
 from runtime.state.sqlite import SqliteStore
+from tests.helpers import kill_9_after
 from tests.runtime.state_contract import StoreContract
 
 
@@ -71,23 +68,7 @@ while True:
 
 def test_kill_9_loses_no_answered_count(tmp_path: Path) -> None:
     path = str(tmp_path / "state.db")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, path],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert proc.stdout is not None
-    last = 0
-    for line in proc.stdout:
-        last = int(line)
-        if last >= 2000:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    # The child may have reported more before it died: the pipe still holds those lines.
-    for line in proc.stdout:
-        last = int(line)
+    last = kill_9_after(_CHILD, path, 2000)
     store = SqliteStore(path)
     counts = store.consume("k@x.org", 0, [], 1_700_000_000.0).counts
     # Every count the child reported is durable; at most the one in flight may also be there.

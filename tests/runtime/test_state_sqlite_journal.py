@@ -5,11 +5,7 @@ between the journal and the fold, or inside the fold, loses and doubles nothing.
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +13,7 @@ import pytest
 from runtime.state.base import Window
 from runtime.state.limits import LimitRequest
 from runtime.state.sqlite import SqliteStore
+from tests.helpers import kill_9_after
 from tests.runtime.state_contract import T0
 
 DAY = (Window("day", 10**6),)
@@ -134,22 +131,7 @@ while True:
 
 def test_kill_9_between_journal_and_fold_loses_and_doubles_nothing(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert proc.stdout is not None
-    last = 0
-    for line in proc.stdout:
-        last = int(line)
-        if last >= 1500:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for line in proc.stdout:
-        last = int(line)
+    last = kill_9_after(_CHILD, str(path), 1500)
     assert _rows(path, "usage_log") >= 1500
     assert _rows(path, "usage") == 0
 

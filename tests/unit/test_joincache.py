@@ -8,7 +8,6 @@ where the module says it may; a redirect into another served domain must fall ba
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,25 +19,7 @@ from compiler.render.agentconfig import render_agent_config
 from compiler.render.fragments import FragmentCache
 from compiler.render.join import DomainSetData, make_domain_set_data
 from compiler.render.resolve import resolve_host
-
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "bench_generate_joincache", ROOT / "bench/compile/generate.py"
-)
-assert _spec and _spec.loader
-_generate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_generate)
-HASH = "{BLF-CRYPT}$2b$12$1.bvD2JGivMxXj64XddFyOe2th8Ti5BNJWgAYM4gEHsd1m4j0GoYm"
-
-
-def _domain(inv: Path, n: int) -> Path:
-    return inv / "domains" / f"d{n:04d}.bench.test.yml"
-
-
-def _replace(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1))
+from tests.unit.benchedits import GENERATE, HASH, domain_file, replace_once
 
 
 def _account(name: str, extra: str = "") -> str:
@@ -48,36 +29,38 @@ def _account(name: str, extra: str = "") -> str:
 def add_accounts(inv: Path) -> None:
     # Names that sort first, last and between the others' (aaa < user000 < zzz).
     for name in ("aaa", "user000a", "zzz"):
-        _replace(_domain(inv, 3), "accounts:\n", "accounts:\n" + _account(name))
+        replace_once(domain_file(inv, 3), "accounts:\n", "accounts:\n" + _account(name))
 
 
 def remove_account(inv: Path) -> None:
-    text = _domain(inv, 2).read_text()
+    text = domain_file(inv, 2).read_text()
     start, end = text.index("  - name: user001\n"), text.index("  - name: user002\n")
-    _domain(inv, 2).write_text(text[:start] + text[end:])
+    domain_file(inv, 2).write_text(text[:start] + text[end:])
 
 
 def change_protocols_and_disable(inv: Path) -> None:
-    _replace(_domain(inv, 1), "    quota: 2G\n", "    quota: 2G\n    imap: false\n")
-    _replace(_domain(inv, 1), "    quota: 3G\n", "    quota: 3G\n    enabled: false\n")
+    replace_once(domain_file(inv, 1), "    quota: 2G\n", "    quota: 2G\n    imap: false\n")
+    replace_once(domain_file(inv, 1), "    quota: 3G\n", "    quota: 3G\n    enabled: false\n")
 
 
 def add_responder_and_postmaster(inv: Path) -> None:
     responder = "    autoresponder: {subject: Away, body: Back soon}\n"
-    _replace(_domain(inv, 4), "accounts:\n", "accounts:\n" + _account("postmaster", responder))
+    replace_once(
+        domain_file(inv, 4), "accounts:\n", "accounts:\n" + _account("postmaster", responder)
+    )
 
 
 def change_redirects(inv: Path) -> None:
-    _replace(
-        _domain(inv, 5),
+    replace_once(
+        domain_file(inv, 5),
         "redirects:\n",
         "redirects:\n  - {name: abc, to: [user001@d0005.bench.test, x@outside.example]}\n",
     )
-    _replace(_domain(inv, 6), "  - name: alias001\n", "  - name: alias001x\n")
+    replace_once(domain_file(inv, 6), "  - name: alias001\n", "  - name: alias001x\n")
 
 
 def add_catch_all(inv: Path) -> None:
-    _replace(_domain(inv, 0), "admins:", "catch_all: user002@d0000.bench.test\nadmins:")
+    replace_once(domain_file(inv, 0), "admins:", "catch_all: user002@d0000.bench.test\nadmins:")
 
 
 def edit_many(inv: Path) -> None:
@@ -129,7 +112,7 @@ def _count_joins(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_a_spliced_base_equals_a_full_join(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: Callable[[Path], None]
 ) -> None:
-    inv = _generate.generate(tmp_path / "inv", domains=8, accounts=30, redirects=6)
+    inv = GENERATE(tmp_path / "inv", domains=8, accounts=30, redirects=6)
     cache = tmp_path / "cache"
     first, fresh = _data(inv, cache)
     assert first == fresh
@@ -147,11 +130,11 @@ def test_a_spliced_base_equals_a_full_join(
 def test_a_redirect_into_another_served_domain_is_joined_in_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inv = _generate.generate(tmp_path / "inv", domains=4, accounts=30, redirects=6)
+    inv = GENERATE(tmp_path / "inv", domains=4, accounts=30, redirects=6)
     cache = tmp_path / "cache"
     _data(inv, cache)
-    _replace(
-        _domain(inv, 1),
+    replace_once(
+        domain_file(inv, 1),
         "redirects:\n",
         "redirects:\n  - {name: r, to: [user025@d0002.bench.test]}\n",
     )
@@ -166,7 +149,7 @@ def test_a_redirect_into_another_served_domain_is_joined_in_full(
 def test_a_forged_or_damaged_base_is_a_full_join(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inv = _generate.generate(tmp_path / "inv", domains=4, accounts=8, redirects=2)
+    inv = GENERATE(tmp_path / "inv", domains=4, accounts=8, redirects=2)
     cache = tmp_path / "cache"
     _data(inv, cache)
     (base,) = (cache / "joined").iterdir()

@@ -8,7 +8,6 @@ that made them changes, and a hand-edited output file must be rewritten.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from collections.abc import Callable
@@ -32,16 +31,8 @@ from tests.reference_render import (
     make_autoresponders,
     make_table_texts,
 )
+from tests.unit.benchedits import GENERATE, HASH, domain_file, replace_once
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "bench_generate_edits", ROOT / "bench/compile/generate.py"
-)
-assert _spec and _spec.loader
-_generate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_generate)
-GENERATE = _generate.generate
-HASH = "{BLF-CRYPT}$2b$12$1.bvD2JGivMxXj64XddFyOe2th8Ti5BNJWgAYM4gEHsd1m4j0GoYm"
 SIEVE = "mx1/etc/dovecot/autoreply/{}.sieve"
 
 
@@ -57,24 +48,16 @@ def _render(inv: Path, out: Path, cache: Path, *extra: str) -> None:
     assert main(["render", str(inv), "--out", str(out), "--cache", str(cache), *extra]) == 0
 
 
-def _domain(inv: Path, n: int) -> Path:
-    return inv / "domains" / f"d{n:04d}.bench.test.yml"
-
-
-def _replace(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1))
-
-
 def add_account(inv: Path) -> None:
-    _replace(
-        _domain(inv, 3), "accounts:\n", f'accounts:\n  - name: newcomer\n    password: "{HASH}"\n'
+    replace_once(
+        domain_file(inv, 3),
+        "accounts:\n",
+        f'accounts:\n  - name: newcomer\n    password: "{HASH}"\n',
     )
 
 
 def remove_account(inv: Path) -> None:
-    f = _domain(inv, 2)
+    f = domain_file(inv, 2)
     text = f.read_text()
     start = text.index("  - name: user001\n")
     end = text.index("  - name: user002\n")
@@ -84,8 +67,8 @@ def remove_account(inv: Path) -> None:
 def add_cross_domain_alias(inv: Path) -> None:
     # user025@d0002 has an autoresponder and no alias in its own domain: a redirect in
     # another domain's file gives its script an `:addresses` entry (d0002's file unchanged).
-    _replace(
-        _domain(inv, 1),
+    replace_once(
+        domain_file(inv, 1),
         "redirects:\n",
         "redirects:\n  - {name: relay, to: [user025@d0002.bench.test]}\n",
     )
@@ -93,40 +76,40 @@ def add_cross_domain_alias(inv: Path) -> None:
 
 def add_cross_domain_chain(inv: Path) -> None:
     # d0001 → d0004 → d0002's responder, two hops over two other files.
-    _replace(
-        _domain(inv, 1),
+    replace_once(
+        domain_file(inv, 1),
         "redirects:\n",
         "redirects:\n  - {name: hop1, to: [hop2@d0004.bench.test]}\n",
     )
-    _replace(
-        _domain(inv, 4),
+    replace_once(
+        domain_file(inv, 4),
         "redirects:\n",
         "redirects:\n  - {name: hop2, to: [user025@d0002.bench.test]}\n",
     )
 
 
 def change_whitelist(inv: Path) -> None:
-    _replace(
-        _domain(inv, 5),
+    replace_once(
+        domain_file(inv, 5),
         "entries: [friend@example.org",
         "entries: [pal@example.org, friend@example.org",
     )
 
 
 def only_whitelisted(inv: Path) -> None:
-    _replace(
-        _domain(inv, 0),
+    replace_once(
+        domain_file(inv, 0),
         "      subject: Out of office\n",
         "      subject: Out of office\n      only_whitelisted: true\n",
     )
 
 
 def change_policy(inv: Path) -> None:
-    _replace(inv / "mailcfg.yml", "per_hour: 200", "per_hour: 250")
+    replace_once(inv / "mailcfg.yml", "per_hour: 200", "per_hour: 250")
 
 
 def change_host_domains(inv: Path) -> None:
-    _replace(
+    replace_once(
         inv / "mailcfg.yml",
         "    groups: [frontline]\n    policy:",
         "    groups: [frontline]\n    domains: [d0001.bench.test, d0002.bench.test]\n    policy:",
@@ -134,7 +117,7 @@ def change_host_domains(inv: Path) -> None:
 
 
 def remove_domain(inv: Path) -> None:
-    _domain(inv, 7).unlink()
+    domain_file(inv, 7).unlink()
 
 
 EDITS: dict[str, Callable[[Path], None]] = {
@@ -177,7 +160,7 @@ def test_a_cross_domain_alias_reaches_the_script_and_goes_again(tmp_path: Path) 
     add_cross_domain_alias(inv)
     _render(inv, out, cache)
     assert ':addresses ["relay@d0001.bench.test"]' in (out / script).read_text()
-    _replace(_domain(inv, 1), "  - {name: relay, to: [user025@d0002.bench.test]}\n", "")
+    replace_once(domain_file(inv, 1), "  - {name: relay, to: [user025@d0002.bench.test]}\n", "")
     _render(inv, out, cache)
     assert (out / script).read_text() == original
 
