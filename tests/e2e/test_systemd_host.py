@@ -179,6 +179,9 @@ def test_one_apply_enables_and_starts_every_unit_under_systemd(booted: Booted) -
     )
     booted.applied("apply", "--yes")
     wait_active(booted.lab, booted.host, UNITS, timeout=60)
+    # rspamd was running the package's stock workers (localhost): restarted onto mailcfg's
+    # (a reload cannot move a worker's socket), the restart recorded.
+    assert booted.in_host("cat /run/mailcfg-rspamd-workers").strip()
     enabled = booted.lab.run_in_host(booted.host, "systemctl is-enabled " + " ".join(UNITS))
     assert enabled.stdout.split() == ["enabled"] * len(UNITS), enabled.stdout
     # The unit runs the install `current` names, by its absolute path.
