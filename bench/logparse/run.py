@@ -3,7 +3,7 @@
 from a line being written to its counter being stored.
 
     python bench/logparse/run.py [--lines N] [--accounts A] [--domains D] [--days N]
-        [--format rfc3339|classic] [--rounds R] [--baseline SRC] [--no-latency]
+        [--format rfc3339|classic] [--rounds R] [--baseline SRC] [--floor] [--no-latency]
 
 The log is `generate.py`'s (a Debian 12 host: 3,000 accounts in 150 domains over 7 days,
 2,000,000 lines by default), with the counters its lines must give. Each contender is a whole
@@ -15,7 +15,10 @@ pflogsumm side is Debian's pflogsumm on the same file. They alternate for R roun
 runs its ingest in the same rounds, so before and after meet the same machine load. The first
 agent round's store is compared with the generator's counters: every counter must be exact.
 CPU seconds do not depend on how busy the other cores are; wall time does, so the load average
-is printed with the results. Latency: the follower (`follow_logs`, inotify and poll) runs in a
+is printed with the results. `--floor` adds two contenders to the same rounds: the agent's
+start alone (the same command on an empty log: interpreter, imports, agent.json validated, the
+store opened and closed) and `floor.py` (a bare read loop with one regex per line, counting
+nothing), and prints the CPU budget of 8x pflogsumm beside them. Latency: the follower (`follow_logs`, inotify and poll) runs in a
 child process; the bench appends a login line and polls the store until the counter moves.
 Everything lives in a temp dir.
 """
@@ -155,6 +158,10 @@ def main() -> None:
     ap.add_argument(
         "--baseline", type=Path, help="another agent source tree, run in the same rounds"
     )
+    ap.add_argument(
+        "--floor", action="store_true",
+        help="also run the agent's start alone and a bare one-regex-per-line loop",
+    )  # fmt: skip
     ap.add_argument("--no-latency", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mailcfg-bench-logparse-"))
@@ -183,7 +190,10 @@ def main() -> None:
         sides = {"agent": REPO}
         if args.baseline:
             sides["baseline"] = args.baseline.resolve()
-        cpu: dict[str, list[float]] = {name: [] for name in [*sides, "pflogsumm"]}
+        extras = ["agent start only", "bare loop, one regex per line"] if args.floor else []
+        cpu: dict[str, list[float]] = {name: [] for name in [*sides, *extras, "pflogsumm"]}
+        empty = tmp / "empty.log"
+        empty.write_text("")
         rss: dict[str, int] = dict.fromkeys(cpu, 0)
         wall: dict[str, list[float]] = {name: [] for name in cpu}
         exact = None
@@ -203,6 +213,23 @@ def main() -> None:
                 if name == "agent" and exact is None:
                     exact = stored_counters(db) == wanted
                 db.unlink()
+            if args.floor:
+                config = tmp / f"agent-start-{r}.json"
+                write_agent_config(config, expect, tmp / f"start-{r}.db")
+                floor_runs = {
+                    "agent start only": [
+                        sys.executable, "-m", "runtime", "ingest", "--config", str(config),
+                        "--year", "2024", str(empty),
+                    ],
+                    "bare loop, one regex per line": [
+                        sys.executable, str(HERE / "floor.py"), str(log)
+                    ],
+                }  # fmt: skip
+                for name, cmd in floor_runs.items():
+                    w, m, c, _ = timed(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                    cpu[name].append(c)
+                    wall[name].append(w)
+                    rss[name] = max(rss[name], m)
             w, m, c, _ = timed(["pflogsumm", str(log)])
             cpu["pflogsumm"].append(c)
             wall["pflogsumm"].append(w)
@@ -227,6 +254,8 @@ def main() -> None:
                 f"| {name} | {c:.2f} ({rounds}) | {ratio} | {args.lines / c:,.0f} | "
                 f"{rss[name] / 1024:.1f} MiB |"
             )
+        if args.floor:
+            print(f"| 8x pflogsumm (the target) | {pf / 8:.2f} | **8.0x** | | |")
         print(
             f"\nevery counter exact (agent vs the generator's {len(wanted):,} account-days): "
             f"{'yes' if exact else 'NO'}"
