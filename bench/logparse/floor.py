@@ -7,7 +7,9 @@ this log can go below on this machine.
 Each line is read by the file object's own loop (the cheapest way Python hands out lines)
 and matched once by the cheapest regex that finds its program tag (timestamp, host, tag;
 possessive, so it never backtracks): the least any parser must do to know what kind of line
-it holds. The matches are counted, nothing else.
+it holds. The matches are counted, nothing else. Lines with an RFC 3339 timestamp (one word,
+as Debian 12's rsyslog writes them and `generate.py` by default), which is why `run.py` takes
+`--floor` only with that format.
 """
 
 from __future__ import annotations

@@ -164,6 +164,8 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--no-latency", action="store_true")
     args = ap.parse_args()
+    if args.floor and args.format != "rfc3339":
+        ap.error("--floor: floor.py reads RFC 3339 lines only")
     tmp = Path(tempfile.mkdtemp(prefix="mailcfg-bench-logparse-"))
     try:
         log = tmp / "mail.log"
