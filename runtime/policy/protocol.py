@@ -37,16 +37,11 @@ class RequestParser:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Mapping[str, str]]:
-        if (
-            not self._buf
-            and len(data) > 2
-            and data.find(b"\n\n") == len(data) - 2
-            and data[:1] != b"\n"
-        ):
+        if not self._buf and len(data) <= self.max_request + 2:
             # One whole request in one read: what a client waiting for each answer sends.
-            if len(data) - 2 > self.max_request:
-                raise ProtocolError(f"request larger than {self.max_request} bytes")
-            return [parse_request(data[:-1])]
+            req = read_whole_request(data)
+            if req is not None:
+                return [req]
         buf = self._buf + data if self._buf else data
         out: list[Mapping[str, str]] = []
         start = 0
@@ -112,21 +107,33 @@ class Request(Mapping[str, str]):
         return f"Request({self._dict()!r})"
 
 
-def parse_request(block: bytes) -> Mapping[str, str]:
-    """One request's lines (each ending in LF, without the closing blank line) → attributes.
+def read_whole_request(data: bytes) -> Request | None:
+    """`data` as one request and its closing blank line, when it is one and in the form of
+    every request Postfix sends (each line a name and an `=`, no CR); None otherwise, and
+    then the line-by-line rule decides (`parse_request`, errors included).
 
-    Bytes that are not UTF-8 are kept as surrogate escapes: comparisons with config values
-    (always ASCII) still work and nothing is silently replaced."""
+    The shape of the lines is seen in their LFs and `=`s alone (one C-level pass;
+    UTF-8 never uses these bytes inside a character), instead of splitting the request
+    into its 27 lines: a line without `=` is a line break with no `=` since the previous
+    one (or the start), and so is a blank line, so the only `\\n\\n` left must be the
+    request's end. Bytes that are not UTF-8 are kept as surrogate escapes: comparisons with
+    config values (always ASCII) still work and nothing is silently replaced."""
+    marks = data.translate(None, _NOT_MARKS)
+    if marks.find(b"\n\n") != len(marks) - 2 or marks[:1] == b"\n" or data[-2:] != b"\n\n":
+        return None
+    text = data.decode("utf-8", "surrogateescape")
+    if "\r" in text or text[:1] == "=" or "\n=" in text:
+        return None
+    return Request("\n" + text[:-1])
+
+
+def parse_request(block: bytes) -> Mapping[str, str]:
+    """One request's lines (each ending in LF, without the closing blank line) → attributes
+    (`read_whole_request` when it is in Postfix's form)."""
+    req = read_whole_request(block + b"\n")
+    if req is not None:
+        return req
     text = block.decode("utf-8", "surrogateescape")
-    if text.endswith("\n") and "\r" not in text and not text.startswith("=") and "\n=" not in text:
-        # Fast path (every request from Postfix): each line has a name and an `=`; the
-        # attributes are read when asked (`Request`). A line without `=` is a line break
-        # with no `=` since the previous one (or the start): seen in the block's line
-        # breaks and `=`s alone (one C-level pass; UTF-8 never uses these bytes inside a
-        # character), instead of splitting the request into its 27 lines.
-        marks = block.translate(None, _NOT_MARKS)
-        if b"\n\n" not in marks and not marks.startswith(b"\n"):
-            return Request("\n" + text)
     attrs = {}
     for line in text.split("\n")[:-1]:
         name, sep, value = line.partition("=")

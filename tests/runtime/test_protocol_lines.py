@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.policy.protocol import ProtocolError, parse_request
+from runtime.policy.protocol import ProtocolError, RequestParser, parse_request
 
 
 def parse_by_lines(block: bytes) -> dict[str, str] | None:
@@ -59,3 +59,29 @@ def test_examples(block: bytes) -> None:
 def test_fuzz_same_as_line_rule(lines: list[bytes], fill: bytes) -> None:
     block = b"".join(fill + line + b"\n" for line in lines)
     assert parse_or_none(block) == parse_by_lines(block)
+
+
+def feed_outcome(chunks: list[bytes]) -> list[dict[str, str]] | str:
+    """What a parser fed `chunks` returns (as dicts), or its error's message."""
+    p = RequestParser(max_request=64)
+    try:
+        return [dict(r) for c in chunks for r in p.feed(c)]
+    except ProtocolError as exc:
+        return str(exc)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    lines=st.lists(
+        st.sampled_from(
+            [b"a=1", b"b=", b"=c", b"d", b"", b"e==f", b"g=h\r", b"\xff=\xfe", b"x" * 70]
+        ),
+        max_size=8,
+    ),
+)
+def test_fuzz_whole_request_check_same_as_split(lines: list[bytes]) -> None:
+    # A read holding one whole request is checked by `read_whole_request` (its lines' LFs and
+    # `=`s alone); fed a byte at a time the same bytes take the general path: the same
+    # requests or the same error, whatever the lines (blank ones make several requests).
+    data = b"".join(line + b"\n" for line in lines) + b"\n"
+    assert feed_outcome([data]) == feed_outcome([data[:1], data[1:]])
