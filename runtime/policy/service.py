@@ -68,7 +68,8 @@ class ReplySlot:
 
 @dataclass
 class _Batch:
-    limits: list[tuple[LimitRequest, ReplySlot, PolicyConnection]] = field(default_factory=list)
+    limits: list[LimitRequest] = field(default_factory=list)
+    slots: list[ReplySlot] = field(default_factory=list)  # each limit request's
     stats: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     after_stats: list[tuple[ReplySlot, bytes]] = field(default_factory=list)
     conns: set[PolicyConnection] = field(default_factory=set)
@@ -116,7 +117,9 @@ class PolicyService:
         try:
             lreq = policy.outbound_request(req, self.clock())
             if lreq is not None:
-                self._batch.limits.append((lreq, slot, conn))
+                batch = self._batch
+                batch.limits.append(lreq)
+                batch.slots.append(slot)
                 self._schedule_flush(conn)
                 return slot
             rcpt = policy.inbound_recipient(req)
@@ -190,7 +193,7 @@ class PolicyService:
         """Decide the batch's limits in one store call; if the store refuses the batch, decide
         its requests one by one so that only a request that fails itself is None (fail-safe),
         and its unrelated neighbours are decided as usual."""
-        requests = [r for r, _, _ in batch.limits]
+        requests = batch.limits
         if not requests:
             return []
         try:
@@ -235,7 +238,7 @@ class PolicyService:
         """Set the replies of the batch's limit decisions (fail-safe where a result is None)."""
         policy = self.policy
         fail: bytes | None = None
-        for (req, slot, _), res in zip(batch.limits, results, strict=True):
+        for req, slot, res in zip(batch.limits, batch.slots, results, strict=True):
             if res is None:
                 if fail is None:
                     action = fail_action(policy.config.fail_action_outbound, "sending limit")

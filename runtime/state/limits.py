@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from runtime.state.base import Consumption, StateStore, Window
@@ -187,21 +187,31 @@ class LimitRule:
     windows: tuple[Window, ...]
     lock: bool
     by_messages: bool
+    unit: str = field(init=False, repr=False, compare=False)  # what `amount` counts
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unit", "messages" if self.by_messages else "recipients")
 
     def amount(self, recipients: int) -> int:
         """Units one message to `recipients` recipients charges: 1 per message, or its
         recipients (at least 1)."""
         return 1 if self.by_messages else max(1, recipients)
 
-    @property
-    def unit(self) -> str:
-        return "messages" if self.by_messages else "recipients"
-
     def request(self, account: str, recipients: int, now: float) -> LimitRequest:
         """The policy service's check-and-count of one message before it is sent."""
-        amount = self.amount(recipients)
-        return LimitRequest(
-            account, amount, self.windows, now, self.lock, reason=LOCK_REASON, unit=self.unit
+        # The fields in LimitRequest's order, without its Python-level __new__ (one per
+        # decision: about a third of this method's time).
+        return tuple.__new__(
+            LimitRequest,
+            (
+                account,
+                self.amount(recipients),
+                self.windows,
+                now,
+                self.lock,
+                LOCK_REASON,
+                self.unit,
+            ),
         )
 
 

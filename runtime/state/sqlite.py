@@ -230,10 +230,13 @@ class SqliteStore(BatchConsume):
                     cache[account] = (locked, hk, hn, dk, dn, mk, mn)
                     writes[account] = (account, hk, hn, dk, dn, mk, mn)
                     # With force the amount was added anyway; `exceeded` then says a window
-                    # is now over its limit.
-                    allowed = exceeded is None
+                    # is now over its limit. LimitResult's fields in order, made without its
+                    # Python-level __new__ (one per decision).
+                    counts = {"hour": hn, "day": dn, "month": mn}
                     results.append(
-                        LimitResult(allowed, False, exceeded, False, _counts(hn, dn, mn))
+                        new_tuple(
+                            LimitResult, (exceeded is None, False, exceeded, False, counts, "")
+                        )
                     )
                     continue
                 newly = r.lock and not locked
@@ -243,7 +246,7 @@ class SqliteStore(BatchConsume):
                     record = r.lock_record(exceeded, (hn, dn, mn))
                     new_locks.append((account, record, r.now))
                     reason = describe_lock(record)
-                counts = _counts(hn, dn, mn)
+                counts = {"hour": hn, "day": dn, "month": mn}
                 results.append(LimitResult(False, False, exceeded, newly, counts, reason))
             if new_locks:
                 self._db.executemany(_INSERT_LOCK, new_locks)
@@ -477,10 +480,7 @@ _ADD_STATS = (
 _SET_POSITION = "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)"
 _CACHE_MAX = 200_000  # accounts; beyond that the cache starts over (about 40 MB)
 _LOCKED = LimitResult(False, True, None, False, MappingProxyType({}))
-
-
-def _counts(hour: int, day: int, month: int) -> dict[str, int]:
-    return {"hour": hour, "day": day, "month": month}
+new_tuple = tuple.__new__  # a named tuple from its fields in order, in C
 
 
 def group_stats(rows: Sequence[tuple[str, str, str, int]]) -> list[StatRow]:
