@@ -8,8 +8,10 @@ flush (one commit), as in the server at 8 connections (about 5 decisions per com
 it measures is the Python and SQLite work of a decision without the kernel's socket work and
 wake-ups, steadier than the real server on a shared machine; `--profile` prints cProfile's
 top functions instead of timing. Replies are checked against the workload's expected counts.
+`--no-sql` puts a store that allows everything and touches no file in the SQLite store's
+place: what is left is the Python of parsing, deciding and answering (every reply DUNNO).
 
-    python bench/policy/inproc.py [--runs 5] [--batch 5] [--profile]
+    python bench/policy/inproc.py [--runs 5] [--batch 5] [--profile] [--no-sql]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import run as bench  # noqa: E402
 from runtime.config import load_agent_config, prepare_policy  # noqa: E402
 from runtime.policy.connection import PolicyConnection, new_event_loop  # noqa: E402
 from runtime.policy.service import PolicyService  # noqa: E402
+from runtime.state.limits import LimitRequest, LimitResult  # noqa: E402
 from runtime.state.sqlite import SqliteStore  # noqa: E402
 
 
@@ -57,7 +60,20 @@ class SinkTransport:
     abort = close
 
 
-async def drive(service: PolicyService, msgs: list[str], conns: int, batch: int) -> float:
+class AllowAll:
+    """`--no-sql`: every request allowed, nothing stored (one result made per request, as
+    the SQLite store makes one)."""
+
+    def consume_limits(self, requests: list[LimitRequest]) -> list[LimitResult]:
+        return [LimitResult(True, False, None, False, {"day": 1}) for _ in requests]
+
+    def close(self) -> None:
+        pass
+
+
+async def drive(
+    service: PolicyService, msgs: list[str], conns: int, batch: int, expected: dict[bytes, int]
+) -> float:
     """Feed the workload; return the CPU seconds of the process meanwhile."""
     links = [PolicyConnection(service) for _ in range(conns)]
     sinks = [SinkTransport() for _ in range(conns)]
@@ -74,7 +90,6 @@ async def drive(service: PolicyService, msgs: list[str], conns: int, batch: int)
     await asyncio.sleep(0)
     cpu = time.process_time() - cpu0
     replies = Counter(r.split(b" ", 1)[0].rstrip(b"\n") for s in sinks for r in s.out)
-    expected = {b"action=DUNNO": 51_000, b"action=DEFER": 9_000}
     if sum(len(s.out) for s in sinks) != len(msgs) or dict(replies) != expected:
         raise SystemExit(f"wrong replies: {dict(replies)}")
     for link in links:
@@ -87,15 +102,21 @@ def run_once(args: argparse.Namespace, tmp: Path, profile: cProfile.Profile | No
     cfg_path = bench.agent_config(tmp, f"sqlite:///{tmp}/state.db", 100)
     config = load_agent_config(cfg_path)
     # The lock alerts go nowhere: the bench's notify_smtp has no listener.
-    store = SqliteStore(tmp / "state.db")
+    store = AllowAll() if args.no_sql else SqliteStore(tmp / "state.db")
+    expected = {b"action=DUNNO": 51_000, b"action=DEFER": 9_000}
+    if args.no_sql:
+        expected = {b"action=DUNNO": len(msgs)}
     service = PolicyService(
-        prepare_policy(config), store, send_alert=lambda *a: None, send_notice=lambda *a: None
+        prepare_policy(config),
+        store,  # type: ignore[arg-type]
+        send_alert=lambda *a: None,
+        send_notice=lambda *a: None,
     )
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             if profile is not None:
                 profile.enable()
-            cpu = runner.run(drive(service, msgs, args.conns, args.batch))
+            cpu = runner.run(drive(service, msgs, args.conns, args.batch, expected))
             if profile is not None:
                 profile.disable()
     finally:
@@ -109,6 +130,7 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=8)
     ap.add_argument("--batch", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-sql", action="store_true", help="a store that allows everything")
     args = ap.parse_args()
     profile = cProfile.Profile() if args.profile else None
     cpus = []
