@@ -132,6 +132,10 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-sql", action="store_true", help="a store that allows everything")
     args = ap.parse_args()
+    if not 1 <= args.batch <= args.conns:
+        # One request outstanding per connection, as smtpd sends them (and as the reply
+        # check counts them: one write per request).
+        ap.error("--batch must be between 1 and --conns")
     profile = cProfile.Profile() if args.profile else None
     cpus = []
     for _ in range(1 if profile else args.runs):
