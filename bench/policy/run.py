@@ -28,7 +28,11 @@ source tree (say `git archive` of an older commit) to the same rounds. Ports: 22
 127.0.0.1.
 
     python bench/policy/run.py [--conns 1,8,32] [--repeat 3] [--baseline SRC]
-        [--servers agent-sqlite,agent-redis,postfwd,policyd]
+        [--servers agent-sqlite,agent-redis,floor,postfwd,policyd]
+
+`floor` is `floor.py`: the least a durable per-sender limit server does per decision (uvloop,
+counts in memory, one WAL commit per event-loop pass before the replies, nothing else), so the
+table shows how much of the agent's CPU is its own work.
 """
 
 from __future__ import annotations
@@ -470,6 +474,12 @@ def start_agent_redis(tmp: Path, limit: int) -> Running:
     return run
 
 
+def start_floor(tmp: Path, limit: int) -> Running:
+    sock = tmp / "floor.sock"
+    argv = [sys.executable, str(ROOT / "bench/policy/floor.py"), str(sock), str(limit)]
+    return start_server([*argv, str(tmp / "floor.db")], f"unix:{sock}", tmp / "floor.log")
+
+
 def find_postfwd() -> str:
     for name in ("postfwd3", "postfwd2"):
         path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
@@ -569,6 +579,7 @@ SERVERS = {
         stored=lambda tmp: sqlite_day_counts(tmp / "state.db"),
     ),
     "agent-redis": Server("mailcfg agent, Redis", start_agent_redis),
+    "floor": Server("floor (floor.py)", start_floor),
     "postfwd": Server("postfwd2 rate()", start_postfwd, full=False),
     # count_mode 1 counts recipient_count at DATA and ignores every other state.
     "policyd": Server("policyd-rate-limit (SQLite)", start_policyd, state="DATA", full=False),
