@@ -234,7 +234,7 @@ class SqliteStore(BatchConsume):
                     # Python-level __new__ (one per decision).
                     counts = {"hour": hn, "day": dn, "month": mn}
                     results.append(
-                        new_tuple(
+                        tuple.__new__(
                             LimitResult, (exceeded is None, False, exceeded, False, counts, "")
                         )
                     )
@@ -480,7 +480,6 @@ _ADD_STATS = (
 _SET_POSITION = "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)"
 _CACHE_MAX = 200_000  # accounts; beyond that the cache starts over (about 40 MB)
 _LOCKED = LimitResult(False, True, None, False, MappingProxyType({}))
-new_tuple = tuple.__new__  # a named tuple from its fields in order, in C
 
 
 def group_stats(rows: Sequence[tuple[str, str, str, int]]) -> list[StatRow]:
