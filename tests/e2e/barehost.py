@@ -109,15 +109,21 @@ class BareHostLab(NetnsLab):
         (root / SSHD_DIR.lstrip("/")).mkdir()
         (root / "run/sshd").mkdir(parents=True, exist_ok=True)
 
-    def start_sshd(self, host: NetnsHost) -> None:
+    def prepare_host(self, host: NetnsHost) -> Path:
+        """The host's root (unpacked and prepared the first time) and its SSH directory with
+        the host key, as each lab's `start_sshd` begins."""
         root = self.rootfs(host)
         if not root.exists():
             self.prepare_root(host)
-        ssh_dir = host.ssh_dir
-        ssh_dir.mkdir(parents=True, exist_ok=True)
-        ssh_dir.chmod(0o755)
+        host.ssh_dir.mkdir(parents=True, exist_ok=True)
+        host.ssh_dir.chmod(0o755)
         if not host.host_key.exists():
             run_cmd(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host.host_key)])
+        return root
+
+    def start_sshd(self, host: NetnsHost) -> None:
+        root = self.prepare_host(host)
+        ssh_dir = host.ssh_dir
         (ssh_dir / "authorized_keys.root").write_text(
             self.identity_file.with_suffix(".pub").read_text()
         )

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from barehost import BareHostLab, debian_tarball
-from netns import NetnsHost, child_pids, listening_ports, run_cmd, wait_until
+from netns import NetnsHost, child_pids, listening_ports, wait_until
 
 # The hierarchies systemd places its units in (by /proc/self/cgroup's name for each) and where
 # this machine mounts them.
@@ -116,13 +116,7 @@ class SystemdHostLab(BareHostLab):
         )
 
     def start_sshd(self, host: NetnsHost) -> None:
-        root = self.rootfs(host)
-        if not root.exists():
-            self.prepare_root(host)
-        ssh_dir = host.ssh_dir
-        ssh_dir.mkdir(parents=True, exist_ok=True)
-        if not host.host_key.exists():
-            run_cmd(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host.host_key)])
+        root = self.prepare_host(host)
         keys = root / KEYS_DIR.lstrip("/")
         keys.mkdir(mode=0o700, exist_ok=True)
         (keys / "ssh_host_ed25519_key").write_bytes(host.host_key.read_bytes())
